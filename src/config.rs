@@ -1,0 +1,797 @@
+//! Configuration v1: the raw JSON shape (serde), its validation, and the compiled plan that
+//! request handling reads. Everything is checked and compiled here, once, in `on_configure`:
+//! names are lower-cased, CIDRs and times parsed, percents turned into integer bucket bounds.
+//! A config either compiles whole or is rejected whole with one `ConfigError`.
+
+use serde::Deserialize;
+
+use crate::cidr::Cidr;
+use crate::error::ConfigError;
+use crate::hash::BUCKETS;
+use crate::matcher::StringMatch;
+use crate::time::parse_rfc3339;
+
+/// The default routing header (DESIGN.md `route_header`).
+pub const DEFAULT_ROUTE_HEADER: &str = "x-graysplit-version";
+/// Rule names reserved for the metrics of the override and of the no-rule decision.
+const RESERVED_RULE_NAMES: [&str; 2] = ["override", "default"];
+const MAX_AGE_RANGE: std::ops::RangeInclusive<u64> = 60..=63_072_000;
+
+// ---------------------------------------------------------------------------------------------
+// Raw shape. `deny_unknown_fields` everywhere; no `flatten` / `untagged` (their errors say
+// nothing about where the problem is).
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    route_header: Option<String>,
+    stable: String,
+    identity: Option<RawIdentity>,
+    #[serde(rename = "override")]
+    override_: Option<RawOverride>,
+    response_header: Option<String>,
+    rules: Option<Vec<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    from: Option<Vec<RawSource>>,
+    sticky_cookie: Option<RawSticky>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    header: Option<String>,
+    cookie: Option<String>,
+    query: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSticky {
+    name: String,
+    max_age_s: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOverride {
+    header: String,
+    trusted_cidrs: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    when: Option<RawWhen>,
+    version: Option<String>,
+    split: Option<Vec<RawSplit>>,
+    salt: Option<String>,
+    starts_at: Option<String>,
+    expires_at: Option<String>,
+    enabled: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWhen {
+    headers: Option<Vec<RawMatch>>,
+    cookies: Option<Vec<RawMatch>>,
+    query: Option<Vec<RawMatch>>,
+    path_prefix: Option<String>,
+    methods: Option<Vec<String>>,
+    source_cidrs: Option<Vec<String>>,
+    users: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    name: String,
+    exact: Option<String>,
+    prefix: Option<String>,
+    suffix: Option<String>,
+    one_of: Option<Vec<String>>,
+    present: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSplit {
+    version: String,
+    percent: f64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compiled plan.
+
+/// Index into [`Plan::versions`]; 0 is `stable`.
+pub type VersionId = usize;
+/// Index into [`Plan::metrics`].
+pub type MetricId = usize;
+/// Index into [`Plan::headers`]: a request header the plan reads, fetched at most once.
+pub type HeaderSlot = usize;
+
+/// Metric index of `graysplit_override_total.result.accepted`.
+pub const METRIC_OVERRIDE_ACCEPTED: MetricId = 0;
+/// Metric index of `graysplit_override_total.result.rejected`.
+pub const METRIC_OVERRIDE_REJECTED: MetricId = 1;
+
+/// A validated, compiled configuration. Request handling only reads it.
+#[derive(Debug)]
+pub struct Plan {
+    /// Lower-case name of the header set on every request to the chosen version.
+    pub route_header: String,
+    /// Lower-case name of the response header echoing the version, if any.
+    pub response_header: Option<String>,
+    /// Known versions; `versions[0]` is `stable`.
+    pub versions: Vec<String>,
+    /// Raw metric names (DESIGN.md "Observability"), defined by the glue in this order.
+    pub metrics: Vec<String>,
+    /// Lower-case names of the request headers the plan reads (pseudo-headers included).
+    pub headers: Vec<String>,
+    pub(crate) identity: Vec<IdSource>,
+    pub(crate) sticky: Option<Sticky>,
+    pub(crate) override_: Option<Override>,
+    pub(crate) rules: Vec<Rule>,
+    pub(crate) default_metric: MetricId,
+    pub(crate) path_slot: HeaderSlot,
+    pub(crate) method_slot: HeaderSlot,
+}
+
+#[derive(Debug)]
+pub(crate) enum IdSource {
+    Header(HeaderSlot),
+    Cookie(Box<[u8]>),
+    Query(Box<[u8]>),
+}
+
+#[derive(Debug)]
+pub(crate) struct Sticky {
+    pub name: String,
+    pub max_age_s: u64,
+    pub scheme_slot: HeaderSlot,
+}
+
+#[derive(Debug)]
+pub(crate) struct Override {
+    pub slot: HeaderSlot,
+    pub trusted: Vec<Cidr>,
+    /// Metric of `rule=override` for each version, indexed by `VersionId`.
+    pub metrics: Vec<MetricId>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Rule {
+    pub name: String,
+    pub enabled: bool,
+    pub starts_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub when: Vec<Cond>,
+    pub action: Action,
+}
+
+#[derive(Debug)]
+pub(crate) enum Cond {
+    Methods(Vec<Box<[u8]>>),
+    PathPrefix(Box<[u8]>),
+    Header(HeaderSlot, StringMatch),
+    Cookie(Box<[u8]>, StringMatch),
+    Query(Box<[u8]>, StringMatch),
+    Sources(Vec<Cidr>),
+    /// Sorted, deduplicated: looked up by binary search.
+    Users(Vec<Box<[u8]>>),
+}
+
+#[derive(Debug)]
+pub(crate) enum Action {
+    Fixed {
+        version: VersionId,
+        metric: MetricId,
+    },
+    Split {
+        salt_colon: Box<[u8]>,
+        bands: Vec<Band>,
+        stable_metric: MetricId,
+    },
+}
+
+/// A split entry: buckets below `upper` (and at or above the previous band's) go to `version`.
+#[derive(Debug)]
+pub(crate) struct Band {
+    pub upper: u32,
+    pub version: VersionId,
+    pub metric: MetricId,
+}
+
+impl Plan {
+    /// Whether any enabled rule has a time window, so the glue reads the clock only then.
+    pub fn uses_time(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.enabled && (r.starts_at.is_some() || r.expires_at.is_some()))
+    }
+
+    /// Whether a request can yield a user id (or mint one).
+    pub fn has_identity(&self) -> bool {
+        !self.identity.is_empty() || self.sticky.is_some()
+    }
+
+    /// The known version spelled `name`, if any.
+    pub fn version_id(&self, name: &[u8]) -> Option<VersionId> {
+        self.versions.iter().position(|v| v.as_bytes() == name)
+    }
+
+    /// Number of rules, for the configure-time log line.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing and validation.
+
+/// Parses, validates and compiles a plugin configuration.
+pub fn parse(json: &[u8]) -> Result<Plan, ConfigError> {
+    if json.iter().all(u8::is_ascii_whitespace) {
+        return Err(ConfigError::new(
+            "$",
+            "the configuration is empty; graysplit needs at least {\"stable\": \"<version>\"}",
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { "$".to_string() } else { path };
+        ConfigError::new(path, e.into_inner().to_string())
+    })?;
+    de.end().map_err(|e| ConfigError::new("$", e.to_string()))?;
+    compile(raw)
+}
+
+struct Builder {
+    versions: Vec<String>,
+    metrics: Vec<String>,
+    headers: Vec<String>,
+}
+
+impl Builder {
+    fn slot(&mut self, name: &str) -> HeaderSlot {
+        match self.headers.iter().position(|h| h == name) {
+            Some(i) => i,
+            None => {
+                self.headers.push(name.to_string());
+                self.headers.len() - 1
+            }
+        }
+    }
+
+    fn version(&mut self, name: &str) -> VersionId {
+        match self.versions.iter().position(|v| v == name) {
+            Some(i) => i,
+            None => {
+                self.versions.push(name.to_string());
+                self.versions.len() - 1
+            }
+        }
+    }
+
+    fn metric(&mut self, rule: &str, version: VersionId) -> MetricId {
+        let v = self.versions.get(version).map_or("", String::as_str);
+        let name = format!("graysplit_decisions_total.rule.{rule}.version.{v}");
+        match self.metrics.iter().position(|m| *m == name) {
+            Some(i) => i,
+            None => {
+                self.metrics.push(name);
+                self.metrics.len() - 1
+            }
+        }
+    }
+}
+
+fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
+    let mut b = Builder {
+        versions: Vec::new(),
+        metrics: vec![
+            "graysplit_override_total.result.accepted".to_string(),
+            "graysplit_override_total.result.rejected".to_string(),
+        ],
+        headers: Vec::new(),
+    };
+    let path_slot = b.slot(":path");
+    let method_slot = b.slot(":method");
+
+    let route_header = match raw.route_header {
+        Some(h) => header_name("route_header", h)?,
+        None => DEFAULT_ROUTE_HEADER.to_string(),
+    };
+    let response_header = raw
+        .response_header
+        .map(|h| header_name("response_header", h))
+        .transpose()?;
+    check_version("stable", &raw.stable)?;
+    b.version(&raw.stable);
+
+    // Identity.
+    let mut identity = Vec::new();
+    let mut sticky = None;
+    if let Some(id) = raw.identity {
+        for (i, src) in id.from.unwrap_or_default().into_iter().enumerate() {
+            let path = format!("identity.from[{i}]");
+            identity.push(match (src.header, src.cookie, src.query) {
+                (Some(h), None, None) => {
+                    IdSource::Header(b.slot(&header_name(&(path + ".header"), h)?))
+                }
+                (None, Some(c), None) => {
+                    IdSource::Cookie(cookie_name(&(path + ".cookie"), c)?.into_bytes().into())
+                }
+                (None, None, Some(q)) => {
+                    IdSource::Query(non_empty(&(path + ".query"), q)?.into_bytes().into())
+                }
+                _ => {
+                    return Err(ConfigError::new(
+                        path,
+                        "give exactly one of `header`, `cookie`, `query`",
+                    ))
+                }
+            });
+        }
+        if let Some(s) = id.sticky_cookie {
+            let name = cookie_name("identity.sticky_cookie.name", s.name)?;
+            if !MAX_AGE_RANGE.contains(&s.max_age_s) {
+                return Err(ConfigError::new(
+                    "identity.sticky_cookie.max_age_s",
+                    format!(
+                        "must be between {} and {} seconds, got {}",
+                        MAX_AGE_RANGE.start(),
+                        MAX_AGE_RANGE.end(),
+                        s.max_age_s
+                    ),
+                ));
+            }
+            sticky = Some(Sticky {
+                name,
+                max_age_s: s.max_age_s,
+                scheme_slot: b.slot(":scheme"),
+            });
+        }
+    }
+    let has_identity = !identity.is_empty() || sticky.is_some();
+
+    // Rules, first pass: everything but metrics, so every version is known before the
+    // override's metrics are named.
+    let raw_rules = raw.rules.unwrap_or_default();
+    let mut rules = Vec::with_capacity(raw_rules.len());
+    for (i, r) in raw_rules.into_iter().enumerate() {
+        let at = |field: &str| format!("rules[{i}].{field}");
+        check_rule_name(&at("name"), &r.name)?;
+        if let Some(j) = rules.iter().position(|x: &Rule| x.name == r.name) {
+            return Err(ConfigError::new(
+                at("name"),
+                format!("duplicate rule name {:?} (also rules[{j}])", r.name),
+            ));
+        }
+        let starts_at = r
+            .starts_at
+            .as_deref()
+            .map(|t| parse_rfc3339(t).map_err(|e| ConfigError::new(at("starts_at"), e)))
+            .transpose()?;
+        let expires_at = r
+            .expires_at
+            .as_deref()
+            .map(|t| parse_rfc3339(t).map_err(|e| ConfigError::new(at("expires_at"), e)))
+            .transpose()?;
+        if let (Some(s), Some(e)) = (starts_at, expires_at) {
+            if e <= s {
+                return Err(ConfigError::new(
+                    at("expires_at"),
+                    "must be later than starts_at",
+                ));
+            }
+        }
+        let when = match r.when {
+            Some(w) => compile_when(&mut b, i, w, has_identity)?,
+            None => Vec::new(),
+        };
+        let salt = match r.salt {
+            Some(s) => non_empty(&at("salt"), s)?,
+            None => r.name.clone(),
+        };
+        let action = match (r.version, r.split) {
+            (Some(v), None) => {
+                check_version(&at("version"), &v)?;
+                Action::Fixed {
+                    version: b.version(&v),
+                    metric: 0,
+                }
+            }
+            (None, Some(split)) => {
+                if !has_identity {
+                    return Err(ConfigError::new(
+                        at("split"),
+                        "a split needs a user id: set identity.from or identity.sticky_cookie",
+                    ));
+                }
+                compile_split(&mut b, i, split, salt)?
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    format!("rules[{i}]"),
+                    "has both `version` and `split`; give exactly one",
+                ))
+            }
+            (None, None) => {
+                return Err(ConfigError::new(
+                    format!("rules[{i}]"),
+                    "needs `version` or `split`",
+                ))
+            }
+        };
+        rules.push(Rule {
+            name: r.name,
+            enabled: r.enabled.unwrap_or(true),
+            starts_at,
+            expires_at,
+            when,
+            action,
+        });
+    }
+
+    // Metrics: every (rule, version) a decision can produce, named once, up front.
+    for rule in &mut rules {
+        match &mut rule.action {
+            Action::Fixed { version, metric } => *metric = b.metric(&rule.name, *version),
+            Action::Split {
+                bands,
+                stable_metric,
+                ..
+            } => {
+                for band in bands.iter_mut() {
+                    band.metric = b.metric(&rule.name, band.version);
+                }
+                *stable_metric = b.metric(&rule.name, 0);
+            }
+        }
+    }
+    let default_metric = b.metric("default", 0);
+
+    let override_ = match raw.override_ {
+        Some(o) => {
+            let name = header_name("override.header", o.header)?;
+            if name == route_header {
+                return Err(ConfigError::new(
+                    "override.header",
+                    format!(
+                        "must differ from route_header {route_header:?}, which is always replaced"
+                    ),
+                ));
+            }
+            if o.trusted_cidrs.is_empty() {
+                return Err(ConfigError::new(
+                    "override.trusted_cidrs",
+                    "must list at least one range (write 0.0.0.0/0 and ::/0 to trust everyone)",
+                ));
+            }
+            let trusted = cidrs("override.trusted_cidrs", &o.trusted_cidrs)?;
+            let metrics = (0..b.versions.len())
+                .map(|v| b.metric("override", v))
+                .collect();
+            Some(Override {
+                slot: b.slot(&name),
+                trusted,
+                metrics,
+            })
+        }
+        None => None,
+    };
+
+    Ok(Plan {
+        route_header,
+        response_header,
+        versions: b.versions,
+        metrics: b.metrics,
+        headers: b.headers,
+        identity,
+        sticky,
+        override_,
+        rules,
+        default_metric,
+        path_slot,
+        method_slot,
+    })
+}
+
+fn compile_when(
+    b: &mut Builder,
+    i: usize,
+    w: RawWhen,
+    has_identity: bool,
+) -> Result<Vec<Cond>, ConfigError> {
+    let at = |field: &str| format!("rules[{i}].when.{field}");
+    let mut conds = Vec::new();
+    // Cheapest checks first: all must hold, so the order only changes the cost.
+    if let Some(methods) = w.methods {
+        if methods.is_empty() {
+            return Err(ConfigError::new(
+                at("methods"),
+                "must not be empty (it would never match)",
+            ));
+        }
+        for (j, m) in methods.iter().enumerate() {
+            if m.is_empty() || !m.bytes().all(|c| is_tchar(c) && !c.is_ascii_lowercase()) {
+                return Err(ConfigError::new(
+                    format!("rules[{i}].when.methods[{j}]"),
+                    format!("must be an upper-case HTTP method like GET, got {m:?}"),
+                ));
+            }
+        }
+        conds.push(Cond::Methods(
+            methods.into_iter().map(|m| m.into_bytes().into()).collect(),
+        ));
+    }
+    if let Some(p) = w.path_prefix {
+        if !p.starts_with('/') {
+            return Err(ConfigError::new(
+                at("path_prefix"),
+                format!("must start with /, got {p:?}"),
+            ));
+        }
+        conds.push(Cond::PathPrefix(p.into_bytes().into()));
+    }
+    for (j, m) in w.headers.unwrap_or_default().into_iter().enumerate() {
+        let path = format!("rules[{i}].when.headers[{j}]");
+        let name = header_name(&format!("{path}.name"), m.name.clone())?;
+        let sm = string_match(&path, m)?;
+        conds.push(Cond::Header(b.slot(&name), sm));
+    }
+    for (j, m) in w.cookies.unwrap_or_default().into_iter().enumerate() {
+        let path = format!("rules[{i}].when.cookies[{j}]");
+        let name = cookie_name(&format!("{path}.name"), m.name.clone())?;
+        conds.push(Cond::Cookie(
+            name.into_bytes().into(),
+            string_match(&path, m)?,
+        ));
+    }
+    for (j, m) in w.query.unwrap_or_default().into_iter().enumerate() {
+        let path = format!("rules[{i}].when.query[{j}]");
+        let name = non_empty(&format!("{path}.name"), m.name.clone())?;
+        conds.push(Cond::Query(
+            name.into_bytes().into(),
+            string_match(&path, m)?,
+        ));
+    }
+    if let Some(list) = w.source_cidrs {
+        if list.is_empty() {
+            return Err(ConfigError::new(
+                at("source_cidrs"),
+                "must not be empty (it would never match)",
+            ));
+        }
+        conds.push(Cond::Sources(cidrs(&at("source_cidrs"), &list)?));
+    }
+    if let Some(users) = w.users {
+        if users.is_empty() {
+            return Err(ConfigError::new(
+                at("users"),
+                "must not be empty (it would never match)",
+            ));
+        }
+        if !has_identity {
+            return Err(ConfigError::new(
+                at("users"),
+                "a users condition needs a user id: set identity.from or identity.sticky_cookie",
+            ));
+        }
+        let mut users: Vec<Box<[u8]>> = users.into_iter().map(|u| u.into_bytes().into()).collect();
+        users.sort_unstable();
+        users.dedup();
+        conds.push(Cond::Users(users));
+    }
+    Ok(conds)
+}
+
+fn compile_split(
+    b: &mut Builder,
+    i: usize,
+    split: Vec<RawSplit>,
+    salt: String,
+) -> Result<Action, ConfigError> {
+    if split.is_empty() {
+        return Err(ConfigError::new(
+            format!("rules[{i}].split"),
+            "must list at least one version",
+        ));
+    }
+    let mut bands = Vec::with_capacity(split.len());
+    let mut upper: u32 = 0;
+    for (j, s) in split.into_iter().enumerate() {
+        let at = |field: &str| format!("rules[{i}].split[{j}].{field}");
+        check_version(&at("version"), &s.version)?;
+        let version = b.version(&s.version);
+        if bands.iter().any(|x: &Band| x.version == version) {
+            return Err(ConfigError::new(
+                at("version"),
+                format!("{:?} is listed twice in this split", s.version),
+            ));
+        }
+        let basis_points =
+            percent_to_basis_points(s.percent).map_err(|e| ConfigError::new(at("percent"), e))?;
+        upper += basis_points;
+        if upper > BUCKETS {
+            return Err(ConfigError::new(
+                at("percent"),
+                format!(
+                    "the percents of rules[{i}].split add up to {}, more than 100",
+                    fmt_bp(upper)
+                ),
+            ));
+        }
+        bands.push(Band {
+            upper,
+            version,
+            metric: 0,
+        });
+    }
+    let mut salt_colon = salt.into_bytes();
+    salt_colon.push(b':');
+    Ok(Action::Split {
+        salt_colon: salt_colon.into(),
+        bands,
+        stable_metric: 0,
+    })
+}
+
+/// `percent` as hundredths of a percent. At most two decimals means `percent * 100` is an
+/// integer; checked exactly: the f64 nearest `n / 100` must be the very f64 that was parsed
+/// (division is correctly rounded), so 10.555 and 10.1000000001 are rejected, 0.29 is not.
+fn percent_to_basis_points(p: f64) -> Result<u32, String> {
+    if !(0.0..=100.0).contains(&p) {
+        return Err(format!("must be between 0 and 100, got {p}"));
+    }
+    let n = (p * 100.0).round();
+    if n / 100.0 != p {
+        return Err(format!("at most two decimals are allowed, got {p}"));
+    }
+    // In 0..=10000 after the range check above.
+    Ok(n as u32)
+}
+
+fn fmt_bp(bp: u32) -> String {
+    if bp % 100 == 0 {
+        format!("{}", bp / 100)
+    } else {
+        format!("{}.{:02}", bp / 100, bp % 100)
+            .trim_end_matches('0')
+            .to_string()
+    }
+}
+
+fn string_match(path: &str, m: RawMatch) -> Result<StringMatch, ConfigError> {
+    let kinds = [
+        m.exact.is_some(),
+        m.prefix.is_some(),
+        m.suffix.is_some(),
+        m.one_of.is_some(),
+        m.present.is_some(),
+    ];
+    if kinds.iter().filter(|k| **k).count() != 1 {
+        return Err(ConfigError::new(
+            path,
+            format!(
+                "{:?}: give exactly one of `exact`, `prefix`, `suffix`, `one_of`, `present`",
+                m.name
+            ),
+        ));
+    }
+    let bytes = |s: String| -> Box<[u8]> { s.into_bytes().into() };
+    Ok(if let Some(v) = m.exact {
+        StringMatch::Exact(bytes(v))
+    } else if let Some(v) = m.prefix {
+        StringMatch::Prefix(bytes(v))
+    } else if let Some(v) = m.suffix {
+        StringMatch::Suffix(bytes(v))
+    } else if let Some(list) = m.one_of {
+        if list.is_empty() {
+            return Err(ConfigError::new(
+                format!("{path}.one_of"),
+                "must not be empty (it would never match)",
+            ));
+        }
+        StringMatch::OneOf(list.into_iter().map(bytes).collect())
+    } else {
+        StringMatch::Present(m.present.unwrap_or(true))
+    })
+}
+
+fn cidrs(path: &str, list: &[String]) -> Result<Vec<Cidr>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(j, c)| Cidr::parse(c).map_err(|e| ConfigError::new(format!("{path}[{j}]"), e)))
+        .collect()
+}
+
+/// RFC 9110 `tchar`: the characters of a token (header names, methods, cookie names).
+fn is_tchar(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
+}
+
+fn header_name(path: &str, name: String) -> Result<String, ConfigError> {
+    if name.starts_with(':') {
+        return Err(ConfigError::new(
+            path,
+            format!("pseudo-headers cannot be used, got {name:?}"),
+        ));
+    }
+    if name.is_empty() || !name.bytes().all(is_tchar) {
+        return Err(ConfigError::new(
+            path,
+            format!("must be a valid HTTP header name, got {name:?}"),
+        ));
+    }
+    if name.bytes().any(|c| c.is_ascii_uppercase()) {
+        return Err(ConfigError::new(
+            path,
+            format!("must be lower-case (header names match case-insensitively), got {name:?}; write {:?}", name.to_ascii_lowercase()),
+        ));
+    }
+    Ok(name)
+}
+
+fn cookie_name(path: &str, name: String) -> Result<String, ConfigError> {
+    if name.is_empty() || !name.bytes().all(is_tchar) {
+        return Err(ConfigError::new(
+            path,
+            format!("must be a valid cookie name (an HTTP token), got {name:?}"),
+        ));
+    }
+    Ok(name)
+}
+
+fn non_empty(path: &str, s: String) -> Result<String, ConfigError> {
+    if s.is_empty() {
+        return Err(ConfigError::new(path, "must not be empty"));
+    }
+    Ok(s)
+}
+
+/// Versions: `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`.
+fn check_version(path: &str, v: &str) -> Result<(), ConfigError> {
+    let b = v.as_bytes();
+    let ok = matches!(b.first(), Some(c) if c.is_ascii_alphanumeric())
+        && b.len() <= 64
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            path,
+            format!("must be a version name: a letter or digit, then up to 63 of [A-Za-z0-9._-], got {v:?}"),
+        ))
+    }
+}
+
+/// Rule names: `[a-z0-9][a-z0-9_-]{0,63}`, not a reserved metric name.
+fn check_rule_name(path: &str, n: &str) -> Result<(), ConfigError> {
+    let b = n.as_bytes();
+    let ok = matches!(b.first(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && b.len() <= 64
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
+    if !ok {
+        return Err(ConfigError::new(
+            path,
+            format!("must be a lower-case letter or digit, then up to 63 of [a-z0-9_-], got {n:?}"),
+        ));
+    }
+    if RESERVED_RULE_NAMES.contains(&n) {
+        return Err(ConfigError::new(
+            path,
+            format!("{n:?} is reserved for metrics; pick another name"),
+        ));
+    }
+    Ok(())
+}
