@@ -76,7 +76,7 @@ pub fn parse_socket_ip(raw: &[u8]) -> Option<IpAddr> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
 
     fn ip(s: &str) -> IpAddr {

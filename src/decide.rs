@@ -230,9 +230,435 @@ fn mint_id<H: Host>(host: &H) -> [u8; 32] {
     let mut out = [0u8; 32];
     for (pair, byte) in out.chunks_exact_mut(2).zip(raw) {
         if let [hi, lo] = pair {
-            *hi = HEX[usize::from(byte >> 4)];
-            *lo = HEX[usize::from(byte & 15)];
+            *hi = HEX.get(usize::from(byte >> 4)).copied().unwrap_or(b'0');
+            *lo = HEX.get(usize::from(byte & 15)).copied().unwrap_or(b'0');
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, clippy::type_complexity)]
+    use super::*;
+    use crate::config::parse;
+    use crate::request::StaticRequest;
+
+    const NOW: i64 = 1_796_083_200_000_000_000; // 2026-12-01T00:00:00Z
+
+    fn plan(json: &str) -> Plan {
+        parse(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn req(path: &str, headers: &[(&str, &str)]) -> StaticRequest {
+        let mut r = StaticRequest::get(path, headers);
+        r.now = NOW;
+        r
+    }
+
+    /// (version, rule) for a request.
+    fn run(p: &Plan, r: &StaticRequest) -> (String, String) {
+        let d = decide(p, r);
+        (d.version_name(p).to_string(), d.rule_name(p).to_string())
+    }
+
+    fn vr(v: &str, r: &str) -> (String, String) {
+        (v.to_string(), r.to_string())
+    }
+
+    const FULL: &str = r#"{
+      "stable": "v1",
+      "identity": {"from": [{"header": "x-user-id"}, {"cookie": "uid"}, {"query": "uid"}]},
+      "override": {"header": "x-gray-release", "trusted_cidrs": ["127.0.0.1/32", "::1/128"]},
+      "rules": [
+        {"name": "vip", "when": {"users": ["ceo@example.com"]}, "version": "v1"},
+        {"name": "legal", "when": {"headers": [{"name": "x-department", "exact": "legal"}]}, "version": "v2"},
+        {"name": "beta-cookie", "when": {"cookies": [{"name": "beta", "present": true}]}, "version": "v3"},
+        {"name": "qa", "when": {"query": [{"name": "channel", "one_of": ["qa", "dog food"]}]}, "version": "v2"},
+        {"name": "office", "when": {"source_cidrs": ["192.168.0.0/16"], "path_prefix": "/api/"}, "version": "v3"},
+        {"name": "writes", "when": {"methods": ["POST", "PUT"], "path_prefix": "/admin"}, "version": "v3"},
+        {"name": "off", "enabled": false, "version": "v4"},
+        {"name": "ramp", "split": [{"version": "v2", "percent": 10}], "salt": "release-2.1"}
+      ]
+    }"#;
+
+    #[test]
+    fn rules_decide_in_order_then_stable() {
+        let p = plan(FULL);
+        let cases: Vec<(StaticRequest, (String, String), &str)> = vec![
+            (
+                req("/", &[]),
+                vr("v1", "ramp"),
+                "no id: a matching split sends to stable",
+            ),
+            (
+                req(
+                    "/",
+                    &[("x-user-id", "ceo@example.com"), ("x-department", "legal")],
+                ),
+                vr("v1", "vip"),
+                "first match wins",
+            ),
+            (
+                req("/", &[("x-department", "legal")]),
+                vr("v2", "legal"),
+                "header exact",
+            ),
+            (
+                req("/", &[("X-Department", "legal")]),
+                vr("v2", "legal"),
+                "header names are case-insensitive",
+            ),
+            (
+                req("/", &[("x-department", "Legal")]),
+                vr("v1", "ramp"),
+                "values are case-sensitive",
+            ),
+            (
+                req("/", &[("x-department", "legal"), ("x-department", "sales")]),
+                vr("v2", "legal"),
+                "first value of a repeated header",
+            ),
+            (
+                req("/", &[("cookie", "a=1; beta=")]),
+                vr("v3", "beta-cookie"),
+                "cookie present, empty value",
+            ),
+            (
+                req("/", &[("cookie", "a=1"), ("cookie", "beta=1")]),
+                vr("v3", "beta-cookie"),
+                "second cookie header",
+            ),
+            (
+                req("/x?channel=dog+food", &[]),
+                vr("v2", "qa"),
+                "query one_of, decoded",
+            ),
+            (
+                req("/x?channel=dog%20food&channel=qa", &[]),
+                vr("v2", "qa"),
+                "first occurrence of a query name",
+            ),
+            (
+                req("/x?channel=prod&channel=qa", &[]),
+                vr("v1", "ramp"),
+                "later occurrences do not count",
+            ),
+            (
+                req("/admin/users", &[(":method", "PUT")]),
+                vr("v3", "writes"),
+                "method and path",
+            ),
+            (
+                req("/admin/users", &[]),
+                vr("v1", "ramp"),
+                "GET is not a write",
+            ),
+            (
+                req("/administrators", &[(":method", "POST")]),
+                vr("v3", "writes"),
+                "path_prefix is a plain prefix",
+            ),
+            (
+                req("/x/admin?p=/admin", &[(":method", "POST")]),
+                vr("v1", "ramp"),
+                "path_prefix ignores the query",
+            ),
+            (
+                req("/", &[("x-user-id", "alice")]),
+                vr("v1", "ramp"),
+                "alice's bucket 9862 is above 10%",
+            ),
+            (
+                req("/", &[("x-user-id", "bob")]),
+                vr("v1", "ramp"),
+                "bob's bucket 1649 is above 10%",
+            ),
+        ];
+        for (r, want, why) in cases {
+            // StaticRequest::get puts :method first; a test's own :method comes later, so
+            // move it to the front (first value wins).
+            let mut r = r;
+            if let Some(pos) = r.headers.iter().rposition(|(k, _)| k == ":method") {
+                if pos > 0 {
+                    let m = r.headers.remove(pos);
+                    r.headers.insert(0, m);
+                }
+            }
+            assert_eq!(run(&p, &r), want, "{why}");
+        }
+    }
+
+    #[test]
+    fn source_cidrs_match_ipv4_ipv6_and_mapped_sources() {
+        let p = plan(
+            r#"{"stable": "v1", "rules": [
+            {"name": "office4", "when": {"source_cidrs": ["192.168.0.0/16"]}, "version": "v2"},
+            {"name": "office6", "when": {"source_cidrs": ["2001:db8::/32"]}, "version": "v3"}]}"#,
+        );
+        for (src, want) in [
+            ("192.168.1.2:1234", vr("v2", "office4")),
+            ("[::ffff:192.168.1.2]:1234", vr("v2", "office4")),
+            ("[2001:db8::7]:1234", vr("v3", "office6")),
+            ("10.0.0.1:1234", vr("v1", "default")),
+            ("garbage", vr("v1", "default")),
+        ] {
+            let mut r = req("/", &[]);
+            r.source = Some(src.to_string());
+            assert_eq!(run(&p, &r), want, "source {src}");
+        }
+        let mut r = req("/", &[]);
+        r.source = None;
+        assert_eq!(
+            run(&p, &r),
+            vr("v1", "default"),
+            "unknown source matches no range"
+        );
+    }
+
+    #[test]
+    fn override_needs_a_known_version_and_a_trusted_source() {
+        let p = plan(FULL);
+        let with = |v: &str, src: &str| {
+            let mut r = req("/", &[("x-gray-release", v), ("x-department", "legal")]);
+            r.source = Some(src.to_string());
+            let d = decide(&p, &r);
+            (
+                d.version_name(&p).to_string(),
+                d.rule_name(&p).to_string(),
+                d.override_metric,
+            )
+        };
+        let ok = Some(METRIC_OVERRIDE_ACCEPTED);
+        let no = Some(METRIC_OVERRIDE_REJECTED);
+        assert_eq!(
+            with("v3", "127.0.0.1:5"),
+            ("v3".into(), "override".into(), ok),
+            "trusted"
+        );
+        assert_eq!(
+            with("v3", "[::1]:5"),
+            ("v3".into(), "override".into(), ok),
+            "trusted IPv6"
+        );
+        assert_eq!(
+            with("v4", "127.0.0.1:5"),
+            ("v4".into(), "override".into(), ok),
+            "a disabled rule's version is known"
+        );
+        assert_eq!(
+            with("v3", "10.1.1.1:5"),
+            ("v2".into(), "legal".into(), no),
+            "untrusted: rules decide"
+        );
+        assert_eq!(
+            with("v9", "127.0.0.1:5"),
+            ("v2".into(), "legal".into(), no),
+            "unknown version"
+        );
+        assert_eq!(
+            with("V3", "127.0.0.1:5"),
+            ("v2".into(), "legal".into(), no),
+            "versions compare exactly"
+        );
+        let d = decide(&p, &req("/", &[]));
+        assert_eq!(d.override_metric, None, "no header, no override counter");
+    }
+
+    #[test]
+    fn identity_sources_in_order_and_empty_values_skipped() {
+        let p = plan(
+            r#"{"stable": "v1", "identity": {"from": [{"header": "x-user-id"}, {"cookie": "uid"}, {"query": "uid"}]},
+               "rules": [{"name": "who", "when": {"users": ["h", "c", "q", "用户"]}, "version": "v2"}]}"#,
+        );
+        let cases: &[(&str, &[(&str, &str)], bool, &str)] = &[
+            (
+                "/",
+                &[("x-user-id", "h"), ("cookie", "uid=zz")],
+                true,
+                "header first",
+            ),
+            (
+                "/?uid=zz",
+                &[("cookie", "uid=c")],
+                true,
+                "cookie before query",
+            ),
+            ("/?uid=q", &[], true, "query last"),
+            (
+                "/?uid=q",
+                &[("x-user-id", ""), ("cookie", "uid=")],
+                true,
+                "empty values skipped",
+            ),
+            ("/?uid=%E7%94%A8%E6%88%B7", &[], true, "decoded query user"),
+            ("/?uid=zz", &[("x-user-id", "")], false, "zz is not listed"),
+            ("/", &[], false, "no id"),
+        ];
+        for (path, headers, listed, why) in cases {
+            let (v, _) = run(&p, &req(path, headers));
+            assert_eq!(v == "v2", *listed, "{why}");
+        }
+    }
+
+    #[test]
+    fn split_follows_the_bucket_contract() {
+        let p = plan(
+            r#"{"stable": "s", "identity": {"from": [{"header": "u"}]},
+               "rules": [{"name": "r", "split": [{"version": "a", "percent": 10}, {"version": "b", "percent": 20.5}]}]}"#,
+        );
+        for i in 0..3000 {
+            let user = format!("user-{i}");
+            let b = crate::hash::bucket(b"r:", user.as_bytes());
+            let want = if b < 1000 {
+                "a"
+            } else if b < 3050 {
+                "b"
+            } else {
+                "s"
+            };
+            let d = decide(&p, &req("/", &[("u", &user)]));
+            assert_eq!(d.version_name(&p), want, "{user} bucket {b}");
+            assert_eq!(d.bucket, Some(b));
+            assert_eq!(
+                p.metrics[d.metric],
+                format!("graysplit_decisions_total.rule.r.version.{want}")
+            );
+        }
+    }
+
+    #[test]
+    fn split_zero_percent_never_selects_gray_and_hundred_always_does() {
+        for (pct, gray_expected) in [(0, false), (100, true)] {
+            let p = plan(&format!(
+                r#"{{"stable": "s", "identity": {{"from": [{{"header": "u"}}]}},
+                   "rules": [{{"name": "r", "split": [{{"version": "g", "percent": {pct}}}]}}]}}"#
+            ));
+            for i in 0..500 {
+                let (v, _) = run(&p, &req("/", &[("u", &format!("{i}"))]));
+                assert_eq!(v == "g", gray_expected, "{pct}% user {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn raising_a_percent_only_moves_users_from_stable_to_gray() {
+        let at = |pct: &str| {
+            plan(&format!(
+                r#"{{"stable": "s", "identity": {{"from": [{{"header": "u"}}]}},
+                   "rules": [{{"name": "r", "salt": "rel", "split": [{{"version": "g", "percent": {pct}}}]}}]}}"#
+            ))
+        };
+        let steps = ["1", "10", "25.5", "50", "100"];
+        let plans: Vec<Plan> = steps.iter().map(|s| at(s)).collect();
+        for i in 0..2000 {
+            let r = req("/", &[("u", &format!("id{i}"))]);
+            let mut was_gray = false;
+            for (p, step) in plans.iter().zip(steps) {
+                let gray = run(p, &r).0 == "g";
+                assert!(gray || !was_gray, "id{i} left gray at {step}%");
+                was_gray = gray;
+            }
+        }
+    }
+
+    #[test]
+    fn time_windows_and_enabled_are_honoured() {
+        let p = plan(
+            r#"{"stable": "v1", "rules": [
+            {"name": "off", "enabled": false, "version": "v9"},
+            {"name": "expired", "expires_at": "2026-12-01T00:00:00Z", "version": "v2"},
+            {"name": "future", "starts_at": "2026-12-01T00:00:00.000000001Z", "version": "v3"},
+            {"name": "now", "starts_at": "2026-12-01T01:00:00+01:00", "expires_at": "2026-12-02T00:00:00Z", "version": "v4"}]}"#,
+        );
+        assert_eq!(
+            run(&p, &req("/", &[])),
+            vr("v4", "now"),
+            "starts_at is inclusive, expires_at exclusive"
+        );
+        let mut r = req("/", &[]);
+        r.now = NOW - 1;
+        assert_eq!(run(&p, &r), vr("v2", "expired"), "just before expiry");
+        r.now = NOW + 86_400_000_000_000;
+        assert_eq!(run(&p, &r), vr("v3", "future"), "after the last window");
+    }
+
+    #[test]
+    fn sticky_cookie_is_minted_once_and_then_read() {
+        let p = plan(
+            r#"{"stable": "s", "identity": {"from": [{"header": "u"}], "sticky_cookie": {"name": "gs", "max_age_s": 600}},
+               "rules": [{"name": "r", "split": [{"version": "g", "percent": 50}]}]}"#,
+        );
+        let d = decide(&p, &req("/", &[]));
+        let cookie = d.set_cookie.clone().unwrap();
+        assert_eq!(
+            cookie,
+            format!(
+                "gs={}; Path=/; Max-Age=600; HttpOnly; SameSite=Lax",
+                "ab".repeat(16)
+            )
+        );
+        let minted_bucket = d.bucket.unwrap();
+        assert_eq!(
+            minted_bucket,
+            crate::hash::bucket(b"r:", "ab".repeat(16).as_bytes()),
+            "minted id is this request's identity"
+        );
+
+        let back = decide(
+            &p,
+            &req("/", &[("cookie", &format!("gs={}", "ab".repeat(16)))]),
+        );
+        assert_eq!(
+            back.set_cookie, None,
+            "no Set-Cookie when the cookie came back"
+        );
+        assert_eq!(back.bucket, Some(minted_bucket), "same bucket next time");
+
+        let with_id = decide(&p, &req("/", &[("u", "alice")]));
+        assert_eq!(
+            with_id.set_cookie, None,
+            "no Set-Cookie when a source gave an id"
+        );
+
+        let https = decide(&p, &req("/", &[(":scheme", "https")]));
+        assert!(
+            https.set_cookie.unwrap().ends_with("; Secure"),
+            "Secure on https"
+        );
+    }
+
+    #[test]
+    fn sticky_cookie_is_minted_even_when_no_rule_needs_an_id() {
+        let p = plan(
+            r#"{"stable": "s", "identity": {"sticky_cookie": {"name": "gs", "max_age_s": 600}},
+               "override": {"header": "x-o", "trusted_cidrs": ["127.0.0.1"]}}"#,
+        );
+        assert!(decide(&p, &req("/", &[])).set_cookie.is_some());
+        assert!(
+            decide(&p, &req("/", &[("x-o", "s")])).set_cookie.is_some(),
+            "override decided, id still minted"
+        );
+    }
+
+    #[test]
+    fn non_utf8_and_hostile_input_still_gets_a_decision() {
+        let p = plan(FULL);
+        let mut r = req("/", &[]);
+        r.headers.push(("x-user-id".into(), vec![0xff, 0xfe, 0x00]));
+        r.headers
+            .push(("cookie".into(), vec![b'u', b'i', b'd', b'=', 0xc3]));
+        r.headers.push(("x-department".into(), vec![0x80; 60_000]));
+        let d = decide(&p, &r);
+        assert_eq!(d.rule_name(&p), "ramp");
+        assert_eq!(
+            d.bucket,
+            Some(crate::hash::bucket(b"release-2.1:", &[0xff, 0xfe, 0x00]))
+        );
+        let mut r = req("/%zz?%%%&&==&uid=%", &[]);
+        r.headers
+            .extend((0..100).map(|i| ("cookie".to_string(), format!("c{i}=\"{i}").into_bytes())));
+        r.headers[1].1 = vec![0xff, b'?', 0xfe];
+        assert_eq!(decide(&p, &r).rule_name(&p), "ramp");
+    }
 }
