@@ -188,15 +188,8 @@ pub(crate) enum Cond {
 
 #[derive(Debug)]
 pub(crate) enum Action {
-    Fixed {
-        version: VersionId,
-        metric: MetricId,
-    },
-    Split {
-        salt_colon: Box<[u8]>,
-        bands: Vec<Band>,
-        stable_metric: MetricId,
-    },
+    Fixed { version: VersionId, metric: MetricId },
+    Split { salt_colon: Box<[u8]>, bands: Vec<Band>, stable_metric: MetricId },
 }
 
 /// A split entry: buckets below `upper` (and at or above the previous band's) go to `version`.
@@ -210,9 +203,7 @@ pub(crate) struct Band {
 impl Plan {
     /// Whether any enabled rule has a time window, so the glue reads the clock only then.
     pub fn uses_time(&self) -> bool {
-        self.rules
-            .iter()
-            .any(|r| r.enabled && (r.starts_at.is_some() || r.expires_at.is_some()))
+        self.rules.iter().any(|r| r.enabled && (r.starts_at.is_some() || r.expires_at.is_some()))
     }
 
     /// Whether a request can yield a user id (or mint one).
@@ -228,6 +219,57 @@ impl Plan {
     /// Number of rules, for the configure-time log line.
     pub fn rule_count(&self) -> usize {
         self.rules.len()
+    }
+
+    /// The rules' names, in order.
+    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.name.as_str())
+    }
+
+    /// The name of the override header, if an override is configured.
+    pub fn override_header(&self) -> Option<&str> {
+        let o = self.override_.as_ref()?;
+        self.headers.get(o.slot).map(String::as_str)
+    }
+
+    /// Where a user id is read first: `("header" | "cookie" | "query", name)` of the first
+    /// `identity.from` source, else the sticky cookie.
+    pub fn first_identity_source(&self) -> Option<(&'static str, String)> {
+        match self.identity.first() {
+            Some(IdSource::Header(slot)) => Some(("header", self.headers.get(*slot)?.clone())),
+            Some(IdSource::Cookie(n)) => Some(("cookie", String::from_utf8_lossy(n).into_owned())),
+            Some(IdSource::Query(n)) => Some(("query", String::from_utf8_lossy(n).into_owned())),
+            None => self.sticky.as_ref().map(|s| ("cookie", s.name.clone())),
+        }
+    }
+
+    /// A human description of condition `cond` (compiled order) of rule `rule`, for
+    /// `graysplit explain`.
+    pub fn describe_condition(&self, rule: usize, cond: usize) -> String {
+        let Some(c) = self.rules.get(rule).and_then(|r| r.when.get(cond)) else {
+            return String::new();
+        };
+        let text = |b: &[u8]| format!("{:?}", String::from_utf8_lossy(b));
+        let list = |l: &[Box<[u8]>]| l.iter().map(|x| text(x)).collect::<Vec<_>>().join(", ");
+        let m = |sm: &StringMatch| match sm {
+            StringMatch::Exact(v) => format!("is exactly {}", text(v)),
+            StringMatch::Prefix(v) => format!("starts with {}", text(v)),
+            StringMatch::Suffix(v) => format!("ends with {}", text(v)),
+            StringMatch::OneOf(l) => format!("is one of [{}]", list(l)),
+            StringMatch::Present(true) => "is present".to_string(),
+            StringMatch::Present(false) => "is absent".to_string(),
+        };
+        match c {
+            Cond::Methods(l) => format!("method is one of [{}]", list(l)),
+            Cond::PathPrefix(p) => format!("path starts with {}", text(p)),
+            Cond::Header(slot, sm) => {
+                format!("header {} {}", self.headers.get(*slot).map_or("?", String::as_str), m(sm))
+            }
+            Cond::Cookie(n, sm) => format!("cookie {} {}", text(n), m(sm)),
+            Cond::Query(n, sm) => format!("query parameter {} {}", text(n), m(sm)),
+            Cond::Sources(l) => format!("source address is in one of {} listed ranges", l.len()),
+            Cond::Users(l) => format!("user id is one of {} listed users", l.len()),
+        }
     }
 }
 
@@ -262,18 +304,14 @@ fn reject_lists_as_objects(doc: &serde_json::Value) -> Result<(), ConfigError> {
     use serde_json::Value;
     fn obj(v: Option<&Value>, path: &dyn Fn() -> String) -> Result<(), ConfigError> {
         match v {
-            Some(Value::Array(_)) => Err(ConfigError::new(
-                path(),
-                "invalid type: a list, expected an object",
-            )),
+            Some(Value::Array(_)) => {
+                Err(ConfigError::new(path(), "invalid type: a list, expected an object"))
+            }
             _ => Ok(()),
         }
     }
     fn items(v: Option<&Value>) -> impl Iterator<Item = (usize, &Value)> {
-        v.and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .enumerate()
+        v.and_then(Value::as_array).into_iter().flatten().enumerate()
     }
     obj(Some(doc), &|| "$".to_string())?;
     let identity = doc.get("identity");
@@ -281,9 +319,7 @@ fn reject_lists_as_objects(doc: &serde_json::Value) -> Result<(), ConfigError> {
     for (i, src) in items(identity.and_then(|id| id.get("from"))) {
         obj(Some(src), &|| format!("identity.from[{i}]"))?;
     }
-    obj(identity.and_then(|id| id.get("sticky_cookie")), &|| {
-        "identity.sticky_cookie".to_string()
-    })?;
+    obj(identity.and_then(|id| id.get("sticky_cookie")), &|| "identity.sticky_cookie".to_string())?;
     obj(doc.get("override"), &|| "override".to_string())?;
     for (i, rule) in items(doc.get("rules")) {
         obj(Some(rule), &|| format!("rules[{i}]"))?;
@@ -357,10 +393,7 @@ fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
         Some(h) => header_name("route_header", h)?,
         None => DEFAULT_ROUTE_HEADER.to_string(),
     };
-    let response_header = raw
-        .response_header
-        .map(|h| header_name("response_header", h))
-        .transpose()?;
+    let response_header = raw.response_header.map(|h| header_name("response_header", h)).transpose()?;
     check_version("stable", &raw.stable)?;
     b.version(&raw.stable);
 
@@ -371,21 +404,14 @@ fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
         for (i, src) in id.from.unwrap_or_default().into_iter().enumerate() {
             let path = format!("identity.from[{i}]");
             identity.push(match (src.header, src.cookie, src.query) {
-                (Some(h), None, None) => {
-                    IdSource::Header(b.slot(&header_name(&(path + ".header"), h)?))
-                }
+                (Some(h), None, None) => IdSource::Header(b.slot(&header_name(&(path + ".header"), h)?)),
                 (None, Some(c), None) => {
                     IdSource::Cookie(cookie_name(&(path + ".cookie"), c)?.into_bytes().into())
                 }
                 (None, None, Some(q)) => {
                     IdSource::Query(non_empty(&(path + ".query"), q)?.into_bytes().into())
                 }
-                _ => {
-                    return Err(ConfigError::new(
-                        path,
-                        "give exactly one of `header`, `cookie`, `query`",
-                    ))
-                }
+                _ => return Err(ConfigError::new(path, "give exactly one of `header`, `cookie`, `query`")),
             });
         }
         if let Some(s) = id.sticky_cookie {
@@ -401,11 +427,7 @@ fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
                     ),
                 ));
             }
-            sticky = Some(Sticky {
-                name,
-                max_age_s: s.max_age_s,
-                scheme_slot: b.slot(":scheme"),
-            });
+            sticky = Some(Sticky { name, max_age_s: s.max_age_s, scheme_slot: b.slot(":scheme") });
         }
     }
     let has_identity = !identity.is_empty() || sticky.is_some();
@@ -435,10 +457,7 @@ fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
             .transpose()?;
         if let (Some(s), Some(e)) = (starts_at, expires_at) {
             if e <= s {
-                return Err(ConfigError::new(
-                    at("expires_at"),
-                    "must be later than starts_at",
-                ));
+                return Err(ConfigError::new(at("expires_at"), "must be later than starts_at"));
             }
         }
         let when = match r.when {
@@ -452,10 +471,7 @@ fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
         let action = match (r.version, r.split) {
             (Some(v), None) => {
                 check_version(&at("version"), &v)?;
-                Action::Fixed {
-                    version: b.version(&v),
-                    metric: 0,
-                }
+                Action::Fixed { version: b.version(&v), metric: 0 }
             }
             (None, Some(split)) => {
                 if !has_identity {
@@ -473,10 +489,7 @@ fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
                 ))
             }
             (None, None) => {
-                return Err(ConfigError::new(
-                    format!("rules[{i}]"),
-                    "needs `version` or `split`",
-                ))
+                return Err(ConfigError::new(format!("rules[{i}]"), "needs `version` or `split`"))
             }
         };
         rules.push(Rule {
@@ -493,11 +506,7 @@ fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
     for rule in &mut rules {
         match &mut rule.action {
             Action::Fixed { version, metric } => *metric = b.metric(&rule.name, *version),
-            Action::Split {
-                bands,
-                stable_metric,
-                ..
-            } => {
+            Action::Split { bands, stable_metric, .. } => {
                 for band in bands.iter_mut() {
                     band.metric = b.metric(&rule.name, band.version);
                 }
@@ -513,9 +522,7 @@ fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
             if name == route_header {
                 return Err(ConfigError::new(
                     "override.header",
-                    format!(
-                        "must differ from route_header {route_header:?}, which is always replaced"
-                    ),
+                    format!("must differ from route_header {route_header:?}, which is always replaced"),
                 ));
             }
             if o.trusted_cidrs.is_empty() {
@@ -525,14 +532,8 @@ fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
                 ));
             }
             let trusted = cidrs("override.trusted_cidrs", &o.trusted_cidrs)?;
-            let metrics = (0..b.versions.len())
-                .map(|v| b.metric("override", v))
-                .collect();
-            Some(Override {
-                slot: b.slot(&name),
-                trusted,
-                metrics,
-            })
+            let metrics = (0..b.versions.len()).map(|v| b.metric("override", v)).collect();
+            Some(Override { slot: b.slot(&name), trusted, metrics })
         }
         None => None,
     };
@@ -553,21 +554,13 @@ fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
     })
 }
 
-fn compile_when(
-    b: &mut Builder,
-    i: usize,
-    w: RawWhen,
-    has_identity: bool,
-) -> Result<Vec<Cond>, ConfigError> {
+fn compile_when(b: &mut Builder, i: usize, w: RawWhen, has_identity: bool) -> Result<Vec<Cond>, ConfigError> {
     let at = |field: &str| format!("rules[{i}].when.{field}");
     let mut conds = Vec::new();
     // Cheapest checks first: all must hold, so the order only changes the cost.
     if let Some(methods) = w.methods {
         if methods.is_empty() {
-            return Err(ConfigError::new(
-                at("methods"),
-                "must not be empty (it would never match)",
-            ));
+            return Err(ConfigError::new(at("methods"), "must not be empty (it would never match)"));
         }
         for (j, m) in methods.iter().enumerate() {
             if m.is_empty() || !m.bytes().all(|c| is_tchar(c) && !c.is_ascii_lowercase()) {
@@ -577,16 +570,11 @@ fn compile_when(
                 ));
             }
         }
-        conds.push(Cond::Methods(
-            methods.into_iter().map(|m| m.into_bytes().into()).collect(),
-        ));
+        conds.push(Cond::Methods(methods.into_iter().map(|m| m.into_bytes().into()).collect()));
     }
     if let Some(p) = w.path_prefix {
         if !p.starts_with('/') {
-            return Err(ConfigError::new(
-                at("path_prefix"),
-                format!("must start with /, got {p:?}"),
-            ));
+            return Err(ConfigError::new(at("path_prefix"), format!("must start with /, got {p:?}")));
         }
         conds.push(Cond::PathPrefix(p.into_bytes().into()));
     }
@@ -599,34 +587,22 @@ fn compile_when(
     for (j, m) in w.cookies.unwrap_or_default().into_iter().enumerate() {
         let path = format!("rules[{i}].when.cookies[{j}]");
         let name = cookie_name(&format!("{path}.name"), m.name.clone())?;
-        conds.push(Cond::Cookie(
-            name.into_bytes().into(),
-            string_match(&path, m)?,
-        ));
+        conds.push(Cond::Cookie(name.into_bytes().into(), string_match(&path, m)?));
     }
     for (j, m) in w.query.unwrap_or_default().into_iter().enumerate() {
         let path = format!("rules[{i}].when.query[{j}]");
         let name = non_empty(&format!("{path}.name"), m.name.clone())?;
-        conds.push(Cond::Query(
-            name.into_bytes().into(),
-            string_match(&path, m)?,
-        ));
+        conds.push(Cond::Query(name.into_bytes().into(), string_match(&path, m)?));
     }
     if let Some(list) = w.source_cidrs {
         if list.is_empty() {
-            return Err(ConfigError::new(
-                at("source_cidrs"),
-                "must not be empty (it would never match)",
-            ));
+            return Err(ConfigError::new(at("source_cidrs"), "must not be empty (it would never match)"));
         }
         conds.push(Cond::Sources(cidrs(&at("source_cidrs"), &list)?));
     }
     if let Some(users) = w.users {
         if users.is_empty() {
-            return Err(ConfigError::new(
-                at("users"),
-                "must not be empty (it would never match)",
-            ));
+            return Err(ConfigError::new(at("users"), "must not be empty (it would never match)"));
         }
         if !has_identity {
             return Err(ConfigError::new(
@@ -649,10 +625,7 @@ fn compile_split(
     salt: String,
 ) -> Result<Action, ConfigError> {
     if split.is_empty() {
-        return Err(ConfigError::new(
-            format!("rules[{i}].split"),
-            "must list at least one version",
-        ));
+        return Err(ConfigError::new(format!("rules[{i}].split"), "must list at least one version"));
     }
     let mut bands = Vec::with_capacity(split.len());
     let mut upper: u32 = 0;
@@ -672,25 +645,14 @@ fn compile_split(
         if upper > BUCKETS {
             return Err(ConfigError::new(
                 at("percent"),
-                format!(
-                    "the percents of rules[{i}].split add up to {}, more than 100",
-                    fmt_bp(upper)
-                ),
+                format!("the percents of rules[{i}].split add up to {}, more than 100", fmt_bp(upper)),
             ));
         }
-        bands.push(Band {
-            upper,
-            version,
-            metric: 0,
-        });
+        bands.push(Band { upper, version, metric: 0 });
     }
     let mut salt_colon = salt.into_bytes();
     salt_colon.push(b':');
-    Ok(Action::Split {
-        salt_colon: salt_colon.into(),
-        bands,
-        stable_metric: 0,
-    })
+    Ok(Action::Split { salt_colon: salt_colon.into(), bands, stable_metric: 0 })
 }
 
 /// `percent` as hundredths of a percent. At most two decimals means `percent * 100` is an
@@ -712,27 +674,17 @@ fn fmt_bp(bp: u32) -> String {
     if bp % 100 == 0 {
         format!("{}", bp / 100)
     } else {
-        format!("{}.{:02}", bp / 100, bp % 100)
-            .trim_end_matches('0')
-            .to_string()
+        format!("{}.{:02}", bp / 100, bp % 100).trim_end_matches('0').to_string()
     }
 }
 
 fn string_match(path: &str, m: RawMatch) -> Result<StringMatch, ConfigError> {
-    let kinds = [
-        m.exact.is_some(),
-        m.prefix.is_some(),
-        m.suffix.is_some(),
-        m.one_of.is_some(),
-        m.present.is_some(),
-    ];
+    let kinds =
+        [m.exact.is_some(), m.prefix.is_some(), m.suffix.is_some(), m.one_of.is_some(), m.present.is_some()];
     if kinds.iter().filter(|k| **k).count() != 1 {
         return Err(ConfigError::new(
             path,
-            format!(
-                "{:?}: give exactly one of `exact`, `prefix`, `suffix`, `one_of`, `present`",
-                m.name
-            ),
+            format!("{:?}: give exactly one of `exact`, `prefix`, `suffix`, `one_of`, `present`", m.name),
         ));
     }
     let bytes = |s: String| -> Box<[u8]> { s.into_bytes().into() };
@@ -769,21 +721,18 @@ fn is_tchar(c: u8) -> bool {
 
 fn header_name(path: &str, name: String) -> Result<String, ConfigError> {
     if name.starts_with(':') {
-        return Err(ConfigError::new(
-            path,
-            format!("pseudo-headers cannot be used, got {name:?}"),
-        ));
+        return Err(ConfigError::new(path, format!("pseudo-headers cannot be used, got {name:?}")));
     }
     if name.is_empty() || !name.bytes().all(is_tchar) {
-        return Err(ConfigError::new(
-            path,
-            format!("must be a valid HTTP header name, got {name:?}"),
-        ));
+        return Err(ConfigError::new(path, format!("must be a valid HTTP header name, got {name:?}")));
     }
     if name.bytes().any(|c| c.is_ascii_uppercase()) {
         return Err(ConfigError::new(
             path,
-            format!("must be lower-case (header names match case-insensitively), got {name:?}; write {:?}", name.to_ascii_lowercase()),
+            format!(
+                "must be lower-case (header names match case-insensitively), got {name:?}; write {:?}",
+                name.to_ascii_lowercase()
+            ),
         ));
     }
     Ok(name)
@@ -811,8 +760,7 @@ fn check_version(path: &str, v: &str) -> Result<(), ConfigError> {
     let b = v.as_bytes();
     let ok = matches!(b.first(), Some(c) if c.is_ascii_alphanumeric())
         && b.len() <= 64
-        && b.iter()
-            .all(|&c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-');
+        && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-');
     if ok {
         Ok(())
     } else {
@@ -828,8 +776,7 @@ fn check_rule_name(path: &str, n: &str) -> Result<(), ConfigError> {
     let b = n.as_bytes();
     let ok = matches!(b.first(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
         && b.len() <= 64
-        && b.iter()
-            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
+        && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
     if !ok {
         return Err(ConfigError::new(
             path,
@@ -837,10 +784,7 @@ fn check_rule_name(path: &str, n: &str) -> Result<(), ConfigError> {
         ));
     }
     if RESERVED_RULE_NAMES.contains(&n) {
-        return Err(ConfigError::new(
-            path,
-            format!("{n:?} is reserved for metrics; pick another name"),
-        ));
+        return Err(ConfigError::new(path, format!("{n:?} is reserved for metrics; pick another name")));
     }
     Ok(())
 }
@@ -896,14 +840,8 @@ mod tests {
         ] {
             assert!(plan.metrics.iter().any(|x| x == m), "missing metric {m}");
         }
-        assert_eq!(
-            plan.metrics[METRIC_OVERRIDE_ACCEPTED],
-            "graysplit_override_total.result.accepted"
-        );
-        assert_eq!(
-            plan.metrics[METRIC_OVERRIDE_REJECTED],
-            "graysplit_override_total.result.rejected"
-        );
+        assert_eq!(plan.metrics[METRIC_OVERRIDE_ACCEPTED], "graysplit_override_total.result.accepted");
+        assert_eq!(plan.metrics[METRIC_OVERRIDE_REJECTED], "graysplit_override_total.result.rejected");
     }
 
     #[test]
@@ -921,8 +859,14 @@ mod tests {
             ("", "$: the configuration is empty"),
             ("[]", "$: invalid type: a list, expected an object"),
             (r#"{"stable": "v1", "rules": [["a", null, "v2"]]}"#, "rules[0]: invalid type: a list"),
-            (r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"headers": [["x"]]}}]}"#, "rules[0].when.headers[0]: invalid type: a list"),
-            (r#"{"stable": "v1", "identity": {"sticky_cookie": ["g", 600]}}"#, "identity.sticky_cookie: invalid type: a list"),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"headers": [["x"]]}}]}"#,
+                "rules[0].when.headers[0]: invalid type: a list",
+            ),
+            (
+                r#"{"stable": "v1", "identity": {"sticky_cookie": ["g", 600]}}"#,
+                "identity.sticky_cookie: invalid type: a list",
+            ),
             ("{\"stable\": \"v1\"} x", "$: trailing characters"),
             ("{\"stable\": ", "stable: EOF while parsing a value at line 1 column 11"),
             ("{}", "$: missing field `stable`"),
@@ -933,90 +877,225 @@ mod tests {
             (r#"{"stable": "v1/x"}"#, "stable: must be a version name"),
             (r#"{"stable": 2}"#, "stable: invalid type: integer `2`, expected a string"),
             (r#"{"stable": "v1", "route_header": "X-Version"}"#, "route_header: must be lower-case"),
-            (r#"{"stable": "v1", "route_header": ":authority"}"#, "route_header: pseudo-headers cannot be used"),
+            (
+                r#"{"stable": "v1", "route_header": ":authority"}"#,
+                "route_header: pseudo-headers cannot be used",
+            ),
             (r#"{"stable": "v1", "route_header": "a b"}"#, "route_header: must be a valid HTTP header name"),
-            (r#"{"stable": "v1", "response_header": ""}"#, "response_header: must be a valid HTTP header name"),
+            (
+                r#"{"stable": "v1", "response_header": ""}"#,
+                "response_header: must be a valid HTTP header name",
+            ),
             (r#"{"stable": "v1", "identity": {"from": [{}]}}"#, "identity.from[0]: give exactly one of"),
-            (r#"{"stable": "v1", "identity": {"from": [{"header": "a", "cookie": "b"}]}}"#, "identity.from[0]: give exactly one of"),
-            (r#"{"stable": "v1", "identity": {"from": [{"header": "x", "nope": 1}]}}"#, "identity.from[0].nope: unknown field `nope`"),
-            (r#"{"stable": "v1", "identity": {"from": [{"cookie": "a;b"}]}}"#, "identity.from[0].cookie: must be a valid cookie name"),
-            (r#"{"stable": "v1", "identity": {"from": [{"query": ""}]}}"#, "identity.from[0].query: must not be empty"),
-            (r#"{"stable": "v1", "identity": {"sticky_cookie": {"name": "g"}}}"#, "identity.sticky_cookie: missing field `max_age_s`"),
-            (r#"{"stable": "v1", "identity": {"sticky_cookie": {"name": "g", "max_age_s": 59}}}"#, "identity.sticky_cookie.max_age_s: must be between 60 and 63072000 seconds, got 59"),
-            (r#"{"stable": "v1", "identity": {"sticky_cookie": {"name": "g", "max_age_s": 63072001}}}"#, "identity.sticky_cookie.max_age_s: must be between"),
-            (r#"{"stable": "v1", "identity": {"sticky_cookie": {"name": "g", "max_age_s": -1}}}"#, "identity.sticky_cookie.max_age_s: invalid value"),
+            (
+                r#"{"stable": "v1", "identity": {"from": [{"header": "a", "cookie": "b"}]}}"#,
+                "identity.from[0]: give exactly one of",
+            ),
+            (
+                r#"{"stable": "v1", "identity": {"from": [{"header": "x", "nope": 1}]}}"#,
+                "identity.from[0].nope: unknown field `nope`",
+            ),
+            (
+                r#"{"stable": "v1", "identity": {"from": [{"cookie": "a;b"}]}}"#,
+                "identity.from[0].cookie: must be a valid cookie name",
+            ),
+            (
+                r#"{"stable": "v1", "identity": {"from": [{"query": ""}]}}"#,
+                "identity.from[0].query: must not be empty",
+            ),
+            (
+                r#"{"stable": "v1", "identity": {"sticky_cookie": {"name": "g"}}}"#,
+                "identity.sticky_cookie: missing field `max_age_s`",
+            ),
+            (
+                r#"{"stable": "v1", "identity": {"sticky_cookie": {"name": "g", "max_age_s": 59}}}"#,
+                "identity.sticky_cookie.max_age_s: must be between 60 and 63072000 seconds, got 59",
+            ),
+            (
+                r#"{"stable": "v1", "identity": {"sticky_cookie": {"name": "g", "max_age_s": 63072001}}}"#,
+                "identity.sticky_cookie.max_age_s: must be between",
+            ),
+            (
+                r#"{"stable": "v1", "identity": {"sticky_cookie": {"name": "g", "max_age_s": -1}}}"#,
+                "identity.sticky_cookie.max_age_s: invalid value",
+            ),
             (r#"{"stable": "v1", "override": {"header": "x-o"}}"#, "override: missing field `trusted_cidrs`"),
-            (r#"{"stable": "v1", "override": {"header": "x-o", "trusted_cidrs": []}}"#, "override.trusted_cidrs: must list at least one range"),
-            (r#"{"stable": "v1", "override": {"header": "x-o", "trusted_cidrs": ["10.0.0.0/8", "300.1.1.1/8"]}}"#, "override.trusted_cidrs[1]: must be a CIDR"),
-            (r#"{"stable": "v1", "override": {"header": "x-graysplit-version", "trusted_cidrs": ["::/0"]}}"#, "override.header: must differ from route_header"),
+            (
+                r#"{"stable": "v1", "override": {"header": "x-o", "trusted_cidrs": []}}"#,
+                "override.trusted_cidrs: must list at least one range",
+            ),
+            (
+                r#"{"stable": "v1", "override": {"header": "x-o", "trusted_cidrs": ["10.0.0.0/8", "300.1.1.1/8"]}}"#,
+                "override.trusted_cidrs[1]: must be a CIDR",
+            ),
+            (
+                r#"{"stable": "v1", "override": {"header": "x-graysplit-version", "trusted_cidrs": ["::/0"]}}"#,
+                "override.header: must differ from route_header",
+            ),
             (r#"{"stable": "v1", "rules": {}}"#, "rules: invalid type: map, expected a sequence"),
             (r#"{"stable": "v1", "rules": [{"version": "v2"}]}"#, "rules[0]: missing field `name`"),
-            (r#"{"stable": "v1", "rules": [{"name": "A", "version": "v2"}]}"#, "rules[0].name: must be a lower-case letter or digit"),
-            (r#"{"stable": "v1", "rules": [{"name": "default", "version": "v2"}]}"#, "rules[0].name: \"default\" is reserved"),
-            (r#"{"stable": "v1", "rules": [{"name": "override", "version": "v2"}]}"#, "rules[0].name: \"override\" is reserved"),
-            (r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2"}, {"name": "a", "version": "v3"}]}"#, "rules[1].name: duplicate rule name \"a\" (also rules[0])"),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "A", "version": "v2"}]}"#,
+                "rules[0].name: must be a lower-case letter or digit",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "default", "version": "v2"}]}"#,
+                "rules[0].name: \"default\" is reserved",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "override", "version": "v2"}]}"#,
+                "rules[0].name: \"override\" is reserved",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2"}, {"name": "a", "version": "v3"}]}"#,
+                "rules[1].name: duplicate rule name \"a\" (also rules[0])",
+            ),
             (r#"{"stable": "v1", "rules": [{"name": "a"}]}"#, "rules[0]: needs `version` or `split`"),
-            (r#"{"stable": "v1", ID, "rules": [{"name": "a", "version": "v2", "split": []}]}"#, "rules[0]: has both `version` and `split`"),
-            (r#"{"stable": "v1", "rules": [{"name": "a", "version": "v 2"}]}"#, "rules[0].version: must be a version name"),
-            (r#"{"stable": "v1", "rules": [{"name": "a", "split": [{"version": "v2", "percent": 10}]}]}"#, "rules[0].split: a split needs a user id"),
-            (r#"{"stable": "v1", "rules": [{"name": "a", "when": {"users": ["x"]}, "version": "v2"}]}"#, "rules[0].when.users: a users condition needs a user id"),
-            (r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": []}]}"#, "rules[0].split: must list at least one version"),
-            (r#"{"stable": "v1", ID, "rules": [{"name": "r", "version": "v2"}, {"name": "a", "split": [{"version": "v2", "percent": 10}, {"version": "v3", "percent": 120}]}]}"#, "rules[1].split[1].percent: must be between 0 and 100, got 120"),
-            (r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": -1}]}]}"#, "rules[0].split[0].percent: must be between 0 and 100, got -1"),
-            (r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 10.555}]}]}"#, "rules[0].split[0].percent: at most two decimals are allowed, got 10.555"),
-            (r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 10.1000000001}]}]}"#, "rules[0].split[0].percent: at most two decimals"),
-            (r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": "10"}]}]}"#, "rules[0].split[0].percent: invalid type: string \"10\", expected f64"),
-            (r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 60}, {"version": "v3", "percent": 40.01}]}]}"#, "rules[0].split[1].percent: the percents of rules[0].split add up to 100.01, more than 100"),
-            (r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 6}, {"version": "v2", "percent": 4}]}]}"#, "rules[0].split[1].version: \"v2\" is listed twice"),
-            (r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2"}]}]}"#, "rules[0].split[0]: missing field `percent`"),
-            (r#"{"stable": "v1", ID, "rules": [{"name": "a", "salt": "", "split": [{"version": "v2", "percent": 1}]}]}"#, "rules[0].salt: must not be empty"),
-            (r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "expires_at": "2026-12-01"}]}"#, "rules[0].expires_at: must be an RFC 3339 time"),
-            (r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "starts_at": "soon"}]}"#, "rules[0].starts_at: must be an RFC 3339 time"),
-            (r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "starts_at": "2026-12-01T00:00:00Z", "expires_at": "2026-12-01T00:00:00Z"}]}"#, "rules[0].expires_at: must be later than starts_at"),
-            (r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "enabled": "no"}]}"#, "rules[0].enabled: invalid type: string \"no\", expected a boolean"),
-            (r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"hdrs": []}}]}"#, "rules[0].when.hdrs: unknown field `hdrs`"),
-            (r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"headers": [{"name": "x"}]}}]}"#, "rules[0].when.headers[0]: \"x\": give exactly one of"),
-            (r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"headers": [{"name": "x", "exact": "1", "prefix": "2"}]}}]}"#, "rules[0].when.headers[0]: \"x\": give exactly one of"),
-            (r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"headers": [{"name": "X-Dept", "exact": "1"}]}}]}"#, "rules[0].when.headers[0].name: must be lower-case"),
-            (r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"headers": [{"name": ":path", "exact": "1"}]}}]}"#, "rules[0].when.headers[0].name: pseudo-headers cannot be used"),
-            (r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"headers": [{"name": "x", "one_of": []}]}}]}"#, "rules[0].when.headers[0].one_of: must not be empty"),
-            (r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"headers": [{"name": "x", "regex": ".*"}]}}]}"#, "rules[0].when.headers[0].regex: unknown field `regex`"),
-            (r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"cookies": [{"name": "a b", "exact": "1"}]}}]}"#, "rules[0].when.cookies[0].name: must be a valid cookie name"),
-            (r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"query": [{"name": "", "exact": "1"}]}}]}"#, "rules[0].when.query[0].name: must not be empty"),
-            (r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"path_prefix": "api"}}]}"#, "rules[0].when.path_prefix: must start with /"),
-            (r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"methods": ["get"]}}]}"#, "rules[0].when.methods[0]: must be an upper-case HTTP method"),
-            (r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"methods": []}}]}"#, "rules[0].when.methods: must not be empty"),
-            (r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"source_cidrs": ["10.0.0.0/8", "fe80::/200"]}}]}"#, "rules[0].when.source_cidrs[1]: prefix length must be 0..=128"),
-            (r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"source_cidrs": []}}]}"#, "rules[0].when.source_cidrs: must not be empty"),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "version": "v2", "split": []}]}"#,
+                "rules[0]: has both `version` and `split`",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v 2"}]}"#,
+                "rules[0].version: must be a version name",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "split": [{"version": "v2", "percent": 10}]}]}"#,
+                "rules[0].split: a split needs a user id",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "when": {"users": ["x"]}, "version": "v2"}]}"#,
+                "rules[0].when.users: a users condition needs a user id",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": []}]}"#,
+                "rules[0].split: must list at least one version",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "r", "version": "v2"}, {"name": "a", "split": [{"version": "v2", "percent": 10}, {"version": "v3", "percent": 120}]}]}"#,
+                "rules[1].split[1].percent: must be between 0 and 100, got 120",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": -1}]}]}"#,
+                "rules[0].split[0].percent: must be between 0 and 100, got -1",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 10.555}]}]}"#,
+                "rules[0].split[0].percent: at most two decimals are allowed, got 10.555",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 10.1000000001}]}]}"#,
+                "rules[0].split[0].percent: at most two decimals",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": "10"}]}]}"#,
+                "rules[0].split[0].percent: invalid type: string \"10\", expected f64",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 60}, {"version": "v3", "percent": 40.01}]}]}"#,
+                "rules[0].split[1].percent: the percents of rules[0].split add up to 100.01, more than 100",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 6}, {"version": "v2", "percent": 4}]}]}"#,
+                "rules[0].split[1].version: \"v2\" is listed twice",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2"}]}]}"#,
+                "rules[0].split[0]: missing field `percent`",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "salt": "", "split": [{"version": "v2", "percent": 1}]}]}"#,
+                "rules[0].salt: must not be empty",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "expires_at": "2026-12-01"}]}"#,
+                "rules[0].expires_at: must be an RFC 3339 time",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "starts_at": "soon"}]}"#,
+                "rules[0].starts_at: must be an RFC 3339 time",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "starts_at": "2026-12-01T00:00:00Z", "expires_at": "2026-12-01T00:00:00Z"}]}"#,
+                "rules[0].expires_at: must be later than starts_at",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "enabled": "no"}]}"#,
+                "rules[0].enabled: invalid type: string \"no\", expected a boolean",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"hdrs": []}}]}"#,
+                "rules[0].when.hdrs: unknown field `hdrs`",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"headers": [{"name": "x"}]}}]}"#,
+                "rules[0].when.headers[0]: \"x\": give exactly one of",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"headers": [{"name": "x", "exact": "1", "prefix": "2"}]}}]}"#,
+                "rules[0].when.headers[0]: \"x\": give exactly one of",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"headers": [{"name": "X-Dept", "exact": "1"}]}}]}"#,
+                "rules[0].when.headers[0].name: must be lower-case",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"headers": [{"name": ":path", "exact": "1"}]}}]}"#,
+                "rules[0].when.headers[0].name: pseudo-headers cannot be used",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"headers": [{"name": "x", "one_of": []}]}}]}"#,
+                "rules[0].when.headers[0].one_of: must not be empty",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"headers": [{"name": "x", "regex": ".*"}]}}]}"#,
+                "rules[0].when.headers[0].regex: unknown field `regex`",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"cookies": [{"name": "a b", "exact": "1"}]}}]}"#,
+                "rules[0].when.cookies[0].name: must be a valid cookie name",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"query": [{"name": "", "exact": "1"}]}}]}"#,
+                "rules[0].when.query[0].name: must not be empty",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"path_prefix": "api"}}]}"#,
+                "rules[0].when.path_prefix: must start with /",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"methods": ["get"]}}]}"#,
+                "rules[0].when.methods[0]: must be an upper-case HTTP method",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"methods": []}}]}"#,
+                "rules[0].when.methods: must not be empty",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"source_cidrs": ["10.0.0.0/8", "fe80::/200"]}}]}"#,
+                "rules[0].when.source_cidrs[1]: prefix length must be 0..=128",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"source_cidrs": []}}]}"#,
+                "rules[0].when.source_cidrs: must not be empty",
+            ),
         ];
         for (json, want) in cases {
             let json = json.replace("ID", ID);
             let got = err(&json);
-            assert!(
-                got.starts_with(want),
-                "config {json}\n  want prefix: {want}\n  got:         {got}"
-            );
+            assert!(got.starts_with(want), "config {json}\n  want prefix: {want}\n  got:         {got}");
         }
     }
 
     #[test]
     fn percents_with_two_decimals_are_exact_bucket_counts() {
-        for (p, want) in [
-            (0.0, 0),
-            (0.01, 1),
-            (0.29, 29),
-            (10.0, 1000),
-            (33.33, 3333),
-            (99.99, 9999),
-            (100.0, 10000),
-        ] {
+        for (p, want) in
+            [(0.0, 0), (0.01, 1), (0.29, 29), (10.0, 1000), (33.33, 3333), (99.99, 9999), (100.0, 10000)]
+        {
             assert_eq!(percent_to_basis_points(p), Ok(want), "{p}");
         }
         for p in [0.001, 10.555, 10.1000000001, 100.01, -0.01, f64::NAN] {
-            assert!(
-                percent_to_basis_points(p).is_err(),
-                "{p} should be rejected"
-            );
+            assert!(percent_to_basis_points(p).is_err(), "{p} should be rejected");
         }
     }
 
@@ -1027,12 +1106,7 @@ mod tests {
                 .as_bytes(),
         )
         .unwrap();
-        let Action::Split {
-            bands, salt_colon, ..
-        } = &plan.rules[0].action
-        else {
-            panic!("not a split")
-        };
+        let Action::Split { bands, salt_colon, .. } = &plan.rules[0].action else { panic!("not a split") };
         let uppers: Vec<u32> = bands.iter().map(|b| b.upper).collect();
         assert_eq!(uppers, [1000, 1550, 1550]);
         assert_eq!(&salt_colon[..], b"r:", "salt defaults to the rule name");
@@ -1049,10 +1123,7 @@ mod tests {
         assert_eq!(plan.versions, ["v1", "v2", "v3"]);
         assert_eq!(plan.version_id(b"v3"), Some(2));
         assert_eq!(plan.version_id(b"v9"), None);
-        assert!(
-            plan.uses_time(),
-            "an enabled rule with a window needs the clock"
-        );
+        assert!(plan.uses_time(), "an enabled rule with a window needs the clock");
     }
 
     #[test]
@@ -1060,10 +1131,6 @@ mod tests {
         let plan = parse(br#"{"stable": "v1", "rules": [
             {"name": "a", "version": "v2", "when": {"headers": [{"name": "x-dept", "exact": "legal"}, {"name": "x-dept", "prefix": "l"}]}}]}"#)
         .unwrap();
-        assert_eq!(
-            plan.headers,
-            [":path", ":method", "x-dept"],
-            "one slot per distinct name"
-        );
+        assert_eq!(plan.headers, [":path", ":method", "x-dept"], "one slot per distinct name");
     }
 }

@@ -54,32 +54,18 @@ mod tests {
             ("a=1; uid=alice; b=2", "uid", Some("alice"), "middle pair"),
             ("a=1;uid=alice", "uid", Some("alice"), "no space after ;"),
             ("  uid = alice  ", "uid", Some("alice"), "spaces trimmed"),
-            (
-                "uid=\"alice\"",
-                "uid",
-                Some("alice"),
-                "quoted value unquoted",
-            ),
+            ("uid=\"alice\"", "uid", Some("alice"), "quoted value unquoted"),
             ("uid=\"", "uid", Some("\""), "a lone quote stays"),
             ("uid=", "uid", Some(""), "empty value"),
             ("uid=a=b", "uid", Some("a=b"), "value keeps later ="),
-            (
-                "uid=alice; uid=bob",
-                "uid",
-                Some("alice"),
-                "first occurrence wins",
-            ),
+            ("uid=alice; uid=bob", "uid", Some("alice"), "first occurrence wins"),
             ("xuid=alice", "uid", None, "name must match whole"),
             ("UID=alice", "uid", None, "names are case-sensitive"),
             ("uid; =x; ;;", "uid", None, "pairs without = skipped"),
             ("", "uid", None, "empty header"),
         ];
         for (header, name, want, why) in cases {
-            assert_eq!(
-                one(header, name),
-                want.map(|w| w.as_bytes().to_vec()),
-                "{why}"
-            );
+            assert_eq!(one(header, name), want.map(|w| w.as_bytes().to_vec()), "{why}");
         }
     }
 

@@ -53,6 +53,33 @@ impl Decision {
     }
 }
 
+/// What happened to the override header, for `graysplit explain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverrideVerdict {
+    Accepted,
+    UnknownVersion,
+    UntrustedSource,
+}
+
+/// Why a rule did or did not decide, for `graysplit explain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleVerdict {
+    Disabled,
+    NotStarted,
+    Expired,
+    /// The condition at this index (see [`Plan::describe_condition`]) did not hold.
+    ConditionFailed(usize),
+    Decided,
+}
+
+/// Receives the steps of a decision. `()` ignores them (the filter's request path).
+pub trait Tracer {
+    fn override_header(&mut self, _verdict: OverrideVerdict) {}
+    fn rule(&mut self, _index: usize, _verdict: RuleVerdict) {}
+}
+
+impl Tracer for () {}
+
 /// The user id: resolved on first need, then kept for the rest of the request.
 enum Identity {
     Unresolved,
@@ -67,12 +94,13 @@ struct Ctx<'a, H: Host> {
 
 /// Decides the version for one request.
 pub fn decide<H: Host>(plan: &Plan, host: &H) -> Decision {
-    let mut cx = Ctx {
-        facts: Facts::new(plan, host),
-        identity: Identity::Unresolved,
-        set_cookie: None,
-    };
-    let mut d = decide_inner(plan, &mut cx);
+    decide_traced(plan, host, &mut ())
+}
+
+/// [`decide`], reporting each step to `trace`.
+pub fn decide_traced<H: Host, T: Tracer>(plan: &Plan, host: &H, trace: &mut T) -> Decision {
+    let mut cx = Ctx { facts: Facts::new(plan, host), identity: Identity::Unresolved, set_cookie: None };
+    let mut d = decide_inner(plan, &mut cx, trace);
     if plan.has_identity() {
         // A visitor without an id gets one minted now, whoever decided, so the next request
         // already carries it.
@@ -82,16 +110,18 @@ pub fn decide<H: Host>(plan: &Plan, host: &H) -> Decision {
     d
 }
 
-fn decide_inner<H: Host>(plan: &Plan, cx: &mut Ctx<'_, H>) -> Decision {
+fn decide_inner<H: Host, T: Tracer>(plan: &Plan, cx: &mut Ctx<'_, H>, trace: &mut T) -> Decision {
     let mut override_metric = None;
     if let Some(o) = &plan.override_ {
         if let Some(value) = cx.facts.header(o.slot) {
             let version = plan.version_id(value);
             let trusted = version.is_some()
-                && cx
-                    .facts
-                    .source()
-                    .is_some_and(|ip| o.trusted.iter().any(|c| c.contains(ip)));
+                && cx.facts.source().is_some_and(|ip| o.trusted.iter().any(|c| c.contains(ip)));
+            trace.override_header(match (version, trusted) {
+                (None, _) => OverrideVerdict::UnknownVersion,
+                (Some(_), false) => OverrideVerdict::UntrustedSource,
+                (Some(_), true) => OverrideVerdict::Accepted,
+            });
             match version {
                 Some(v) if trusted => {
                     return Decision {
@@ -108,16 +138,14 @@ fn decide_inner<H: Host>(plan: &Plan, cx: &mut Ctx<'_, H>) -> Decision {
         }
     }
     for (i, rule) in plan.rules.iter().enumerate() {
-        if !rule_applies(plan, rule, cx) {
+        let verdict = rule_verdict(plan, rule, cx);
+        trace.rule(i, verdict);
+        if verdict != RuleVerdict::Decided {
             continue;
         }
         let (version, metric, bucket) = match &rule.action {
             Action::Fixed { version, metric } => (*version, *metric, None),
-            Action::Split {
-                salt_colon,
-                bands,
-                stable_metric,
-            } => match user_id(plan, cx) {
+            Action::Split { salt_colon, bands, stable_metric } => match user_id(plan, cx) {
                 None => (0, *stable_metric, None),
                 Some(user) => {
                     let b = bucket(salt_colon, user);
@@ -147,17 +175,23 @@ fn decide_inner<H: Host>(plan: &Plan, cx: &mut Ctx<'_, H>) -> Decision {
     }
 }
 
-fn rule_applies<H: Host>(plan: &Plan, rule: &Rule, cx: &mut Ctx<'_, H>) -> bool {
+fn rule_verdict<H: Host>(plan: &Plan, rule: &Rule, cx: &mut Ctx<'_, H>) -> RuleVerdict {
     if !rule.enabled {
-        return false;
+        return RuleVerdict::Disabled;
     }
     if rule.starts_at.is_some() || rule.expires_at.is_some() {
         let now = cx.facts.now();
-        if rule.starts_at.is_some_and(|s| now < s) || rule.expires_at.is_some_and(|e| now >= e) {
-            return false;
+        if rule.starts_at.is_some_and(|s| now < s) {
+            return RuleVerdict::NotStarted;
+        }
+        if rule.expires_at.is_some_and(|e| now >= e) {
+            return RuleVerdict::Expired;
         }
     }
-    rule.when.iter().all(|c| cond_holds(plan, c, cx))
+    match rule.when.iter().position(|c| !cond_holds(plan, c, cx)) {
+        Some(failed) => RuleVerdict::ConditionFailed(failed),
+        None => RuleVerdict::Decided,
+    }
 }
 
 fn cond_holds<H: Host>(plan: &Plan, cond: &Cond, cx: &mut Ctx<'_, H>) -> bool {
@@ -168,9 +202,7 @@ fn cond_holds<H: Host>(plan: &Plan, cond: &Cond, cx: &mut Ctx<'_, H>) -> bool {
         Cond::Header(slot, m) => m.matches(f.header(*slot)),
         Cond::Cookie(name, m) => m.matches(f.cookie(name)),
         Cond::Query(name, m) => m.matches(f.query(name).as_deref()),
-        Cond::Sources(cidrs) => f
-            .source()
-            .is_some_and(|ip| cidrs.iter().any(|c| c.contains(ip))),
+        Cond::Sources(cidrs) => f.source().is_some_and(|ip| cidrs.iter().any(|c| c.contains(ip))),
         Cond::Users(sorted) => {
             user_id(plan, cx).is_some_and(|u| sorted.binary_search_by(|x| x[..].cmp(u)).is_ok())
         }
@@ -193,11 +225,7 @@ fn user_id<'c, H: Host>(plan: &Plan, cx: &'c mut Ctx<'_, H>) -> Option<&'c [u8]>
             }
         }
         if let (None, Some(sticky)) = (&found, &plan.sticky) {
-            found = cx
-                .facts
-                .cookie(sticky.name.as_bytes())
-                .filter(|v| !v.is_empty())
-                .map(<[u8]>::to_vec);
+            found = cx.facts.cookie(sticky.name.as_bytes()).filter(|v| !v.is_empty()).map(<[u8]>::to_vec);
             if found.is_none() {
                 let id = mint_id(cx.facts.host);
                 let secure = cx.facts.header(sticky.scheme_slot) == Some(b"https");
@@ -286,74 +314,35 @@ mod tests {
     fn rules_decide_in_order_then_stable() {
         let p = plan(FULL);
         let cases: Vec<(StaticRequest, (String, String), &str)> = vec![
+            (req("/", &[]), vr("v1", "ramp"), "no id: a matching split sends to stable"),
             (
-                req("/", &[]),
-                vr("v1", "ramp"),
-                "no id: a matching split sends to stable",
-            ),
-            (
-                req(
-                    "/",
-                    &[("x-user-id", "ceo@example.com"), ("x-department", "legal")],
-                ),
+                req("/", &[("x-user-id", "ceo@example.com"), ("x-department", "legal")]),
                 vr("v1", "vip"),
                 "first match wins",
             ),
-            (
-                req("/", &[("x-department", "legal")]),
-                vr("v2", "legal"),
-                "header exact",
-            ),
-            (
-                req("/", &[("X-Department", "legal")]),
-                vr("v2", "legal"),
-                "header names are case-insensitive",
-            ),
-            (
-                req("/", &[("x-department", "Legal")]),
-                vr("v1", "ramp"),
-                "values are case-sensitive",
-            ),
+            (req("/", &[("x-department", "legal")]), vr("v2", "legal"), "header exact"),
+            (req("/", &[("X-Department", "legal")]), vr("v2", "legal"), "header names are case-insensitive"),
+            (req("/", &[("x-department", "Legal")]), vr("v1", "ramp"), "values are case-sensitive"),
             (
                 req("/", &[("x-department", "legal"), ("x-department", "sales")]),
                 vr("v2", "legal"),
                 "first value of a repeated header",
             ),
-            (
-                req("/", &[("cookie", "a=1; beta=")]),
-                vr("v3", "beta-cookie"),
-                "cookie present, empty value",
-            ),
+            (req("/", &[("cookie", "a=1; beta=")]), vr("v3", "beta-cookie"), "cookie present, empty value"),
             (
                 req("/", &[("cookie", "a=1"), ("cookie", "beta=1")]),
                 vr("v3", "beta-cookie"),
                 "second cookie header",
             ),
-            (
-                req("/x?channel=dog+food", &[]),
-                vr("v2", "qa"),
-                "query one_of, decoded",
-            ),
+            (req("/x?channel=dog+food", &[]), vr("v2", "qa"), "query one_of, decoded"),
             (
                 req("/x?channel=dog%20food&channel=qa", &[]),
                 vr("v2", "qa"),
                 "first occurrence of a query name",
             ),
-            (
-                req("/x?channel=prod&channel=qa", &[]),
-                vr("v1", "ramp"),
-                "later occurrences do not count",
-            ),
-            (
-                req("/admin/users", &[(":method", "PUT")]),
-                vr("v3", "writes"),
-                "method and path",
-            ),
-            (
-                req("/admin/users", &[]),
-                vr("v1", "ramp"),
-                "GET is not a write",
-            ),
+            (req("/x?channel=prod&channel=qa", &[]), vr("v1", "ramp"), "later occurrences do not count"),
+            (req("/admin/users", &[(":method", "PUT")]), vr("v3", "writes"), "method and path"),
+            (req("/admin/users", &[]), vr("v1", "ramp"), "GET is not a write"),
             (
                 req("/administrators", &[(":method", "POST")]),
                 vr("v3", "writes"),
@@ -364,16 +353,8 @@ mod tests {
                 vr("v1", "ramp"),
                 "path_prefix ignores the query",
             ),
-            (
-                req("/", &[("x-user-id", "alice")]),
-                vr("v1", "ramp"),
-                "alice's bucket 9862 is above 10%",
-            ),
-            (
-                req("/", &[("x-user-id", "bob")]),
-                vr("v1", "ramp"),
-                "bob's bucket 1649 is above 10%",
-            ),
+            (req("/", &[("x-user-id", "alice")]), vr("v1", "ramp"), "alice's bucket 9862 is above 10%"),
+            (req("/", &[("x-user-id", "bob")]), vr("v1", "ramp"), "bob's bucket 1649 is above 10%"),
         ];
         for (r, want, why) in cases {
             // StaticRequest::get puts :method first; a test's own :method comes later, so
@@ -409,11 +390,7 @@ mod tests {
         }
         let mut r = req("/", &[]);
         r.source = None;
-        assert_eq!(
-            run(&p, &r),
-            vr("v1", "default"),
-            "unknown source matches no range"
-        );
+        assert_eq!(run(&p, &r), vr("v1", "default"), "unknown source matches no range");
     }
 
     #[test]
@@ -423,44 +400,20 @@ mod tests {
             let mut r = req("/", &[("x-gray-release", v), ("x-department", "legal")]);
             r.source = Some(src.to_string());
             let d = decide(&p, &r);
-            (
-                d.version_name(&p).to_string(),
-                d.rule_name(&p).to_string(),
-                d.override_metric,
-            )
+            (d.version_name(&p).to_string(), d.rule_name(&p).to_string(), d.override_metric)
         };
         let ok = Some(METRIC_OVERRIDE_ACCEPTED);
         let no = Some(METRIC_OVERRIDE_REJECTED);
-        assert_eq!(
-            with("v3", "127.0.0.1:5"),
-            ("v3".into(), "override".into(), ok),
-            "trusted"
-        );
-        assert_eq!(
-            with("v3", "[::1]:5"),
-            ("v3".into(), "override".into(), ok),
-            "trusted IPv6"
-        );
+        assert_eq!(with("v3", "127.0.0.1:5"), ("v3".into(), "override".into(), ok), "trusted");
+        assert_eq!(with("v3", "[::1]:5"), ("v3".into(), "override".into(), ok), "trusted IPv6");
         assert_eq!(
             with("v4", "127.0.0.1:5"),
             ("v4".into(), "override".into(), ok),
             "a disabled rule's version is known"
         );
-        assert_eq!(
-            with("v3", "10.1.1.1:5"),
-            ("v2".into(), "legal".into(), no),
-            "untrusted: rules decide"
-        );
-        assert_eq!(
-            with("v9", "127.0.0.1:5"),
-            ("v2".into(), "legal".into(), no),
-            "unknown version"
-        );
-        assert_eq!(
-            with("V3", "127.0.0.1:5"),
-            ("v2".into(), "legal".into(), no),
-            "versions compare exactly"
-        );
+        assert_eq!(with("v3", "10.1.1.1:5"), ("v2".into(), "legal".into(), no), "untrusted: rules decide");
+        assert_eq!(with("v9", "127.0.0.1:5"), ("v2".into(), "legal".into(), no), "unknown version");
+        assert_eq!(with("V3", "127.0.0.1:5"), ("v2".into(), "legal".into(), no), "versions compare exactly");
         let d = decide(&p, &req("/", &[]));
         assert_eq!(d.override_metric, None, "no header, no override counter");
     }
@@ -472,25 +425,10 @@ mod tests {
                "rules": [{"name": "who", "when": {"users": ["h", "c", "q", "用户"]}, "version": "v2"}]}"#,
         );
         let cases: &[(&str, &[(&str, &str)], bool, &str)] = &[
-            (
-                "/",
-                &[("x-user-id", "h"), ("cookie", "uid=zz")],
-                true,
-                "header first",
-            ),
-            (
-                "/?uid=zz",
-                &[("cookie", "uid=c")],
-                true,
-                "cookie before query",
-            ),
+            ("/", &[("x-user-id", "h"), ("cookie", "uid=zz")], true, "header first"),
+            ("/?uid=zz", &[("cookie", "uid=c")], true, "cookie before query"),
             ("/?uid=q", &[], true, "query last"),
-            (
-                "/?uid=q",
-                &[("x-user-id", ""), ("cookie", "uid=")],
-                true,
-                "empty values skipped",
-            ),
+            ("/?uid=q", &[("x-user-id", ""), ("cookie", "uid=")], true, "empty values skipped"),
             ("/?uid=%E7%94%A8%E6%88%B7", &[], true, "decoded query user"),
             ("/?uid=zz", &[("x-user-id", "")], false, "zz is not listed"),
             ("/", &[], false, "no id"),
@@ -520,10 +458,7 @@ mod tests {
             let d = decide(&p, &req("/", &[("u", &user)]));
             assert_eq!(d.version_name(&p), want, "{user} bucket {b}");
             assert_eq!(d.bucket, Some(b));
-            assert_eq!(
-                p.metrics[d.metric],
-                format!("graysplit_decisions_total.rule.r.version.{want}")
-            );
+            assert_eq!(p.metrics[d.metric], format!("graysplit_decisions_total.rule.r.version.{want}"));
         }
     }
 
@@ -571,11 +506,7 @@ mod tests {
             {"name": "future", "starts_at": "2026-12-01T00:00:00.000000001Z", "version": "v3"},
             {"name": "now", "starts_at": "2026-12-01T01:00:00+01:00", "expires_at": "2026-12-02T00:00:00Z", "version": "v4"}]}"#,
         );
-        assert_eq!(
-            run(&p, &req("/", &[])),
-            vr("v4", "now"),
-            "starts_at is inclusive, expires_at exclusive"
-        );
+        assert_eq!(run(&p, &req("/", &[])), vr("v4", "now"), "starts_at is inclusive, expires_at exclusive");
         let mut r = req("/", &[]);
         r.now = NOW - 1;
         assert_eq!(run(&p, &r), vr("v2", "expired"), "just before expiry");
@@ -591,13 +522,7 @@ mod tests {
         );
         let d = decide(&p, &req("/", &[]));
         let cookie = d.set_cookie.clone().unwrap();
-        assert_eq!(
-            cookie,
-            format!(
-                "gs={}; Path=/; Max-Age=600; HttpOnly; SameSite=Lax",
-                "ab".repeat(16)
-            )
-        );
+        assert_eq!(cookie, format!("gs={}; Path=/; Max-Age=600; HttpOnly; SameSite=Lax", "ab".repeat(16)));
         let minted_bucket = d.bucket.unwrap();
         assert_eq!(
             minted_bucket,
@@ -605,27 +530,15 @@ mod tests {
             "minted id is this request's identity"
         );
 
-        let back = decide(
-            &p,
-            &req("/", &[("cookie", &format!("gs={}", "ab".repeat(16)))]),
-        );
-        assert_eq!(
-            back.set_cookie, None,
-            "no Set-Cookie when the cookie came back"
-        );
+        let back = decide(&p, &req("/", &[("cookie", &format!("gs={}", "ab".repeat(16)))]));
+        assert_eq!(back.set_cookie, None, "no Set-Cookie when the cookie came back");
         assert_eq!(back.bucket, Some(minted_bucket), "same bucket next time");
 
         let with_id = decide(&p, &req("/", &[("u", "alice")]));
-        assert_eq!(
-            with_id.set_cookie, None,
-            "no Set-Cookie when a source gave an id"
-        );
+        assert_eq!(with_id.set_cookie, None, "no Set-Cookie when a source gave an id");
 
         let https = decide(&p, &req("/", &[(":scheme", "https")]));
-        assert!(
-            https.set_cookie.unwrap().ends_with("; Secure"),
-            "Secure on https"
-        );
+        assert!(https.set_cookie.unwrap().ends_with("; Secure"), "Secure on https");
     }
 
     #[test]
@@ -646,18 +559,13 @@ mod tests {
         let p = plan(FULL);
         let mut r = req("/", &[]);
         r.headers.push(("x-user-id".into(), vec![0xff, 0xfe, 0x00]));
-        r.headers
-            .push(("cookie".into(), vec![b'u', b'i', b'd', b'=', 0xc3]));
+        r.headers.push(("cookie".into(), vec![b'u', b'i', b'd', b'=', 0xc3]));
         r.headers.push(("x-department".into(), vec![0x80; 60_000]));
         let d = decide(&p, &r);
         assert_eq!(d.rule_name(&p), "ramp");
-        assert_eq!(
-            d.bucket,
-            Some(crate::hash::bucket(b"release-2.1:", &[0xff, 0xfe, 0x00]))
-        );
+        assert_eq!(d.bucket, Some(crate::hash::bucket(b"release-2.1:", &[0xff, 0xfe, 0x00])));
         let mut r = req("/%zz?%%%&&==&uid=%", &[]);
-        r.headers
-            .extend((0..100).map(|i| ("cookie".to_string(), format!("c{i}=\"{i}").into_bytes())));
+        r.headers.extend((0..100).map(|i| ("cookie".to_string(), format!("c{i}=\"{i}").into_bytes())));
         r.headers[1].1 = vec![0xff, b'?', 0xfe];
         assert_eq!(decide(&p, &r).rule_name(&p), "ramp");
     }

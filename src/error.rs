@@ -13,10 +13,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(path: impl Into<String>, problem: impl Into<String>) -> Self {
-        ConfigError {
-            path: path.into(),
-            problem: problem.into(),
-        }
+        ConfigError { path: path.into(), problem: problem.into() }
     }
 }
 

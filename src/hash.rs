@@ -68,10 +68,7 @@ pub fn murmur3_x86_32(parts: &[&[u8]], seed: u32) -> u32 {
 #[inline]
 fn mix_block(h: u32, k: u32) -> u32 {
     let k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-    (h ^ k)
-        .rotate_left(13)
-        .wrapping_mul(5)
-        .wrapping_add(0xe654_6b64)
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
 }
 
 #[inline]
@@ -109,11 +106,7 @@ mod tests {
         ];
         for (salt, user, want) in cases {
             let prefix = format!("{salt}:");
-            assert_eq!(
-                bucket(prefix.as_bytes(), user.as_bytes()),
-                *want,
-                "{salt}:{user}"
-            );
+            assert_eq!(bucket(prefix.as_bytes(), user.as_bytes()), *want, "{salt}:{user}");
         }
     }
 
@@ -123,10 +116,7 @@ mod tests {
         assert_eq!(murmur3_x86_32(&[b""], 0), 0);
         assert_eq!(murmur3_x86_32(&[b""], 1), 0x514e_28b7);
         assert_eq!(murmur3_x86_32(&[b"hello"], 0), 0x248b_fa47);
-        assert_eq!(
-            murmur3_x86_32(&[b"The quick brown fox jumps over the lazy dog"], 0),
-            0x2e4f_f723
-        );
+        assert_eq!(murmur3_x86_32(&[b"The quick brown fox jumps over the lazy dog"], 0), 0x2e4f_f723);
     }
 
     #[test]

@@ -71,9 +71,7 @@ mod glue {
                 match hostcalls::define_metric(MetricType::Counter, name) {
                     Ok(id) => metric_ids.push(id),
                     Err(status) => {
-                        log::error!(
-                            "graysplit: invalid config: $: Envoy refused metric {name}: {status:?}"
-                        );
+                        log::error!("graysplit: invalid config: $: Envoy refused metric {name}: {status:?}");
                         return false;
                     }
                 }
@@ -90,11 +88,7 @@ mod glue {
         }
 
         fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-            Some(Box::new(Http {
-                active: self.active.clone(),
-                version: None,
-                set_cookie: None,
-            }))
+            Some(Box::new(Http { active: self.active.clone(), version: None, set_cookie: None }))
         }
 
         fn get_type(&self) -> Option<ContextType> {
@@ -115,22 +109,15 @@ mod glue {
             let Some(active) = self.active.clone() else {
                 // Unreachable in practice (Envoy does not run a plugin whose configure failed),
                 // but never let a client-sent routing header through.
-                let _ = hostcalls::set_map_value(
-                    MapType::HttpRequestHeaders,
-                    config::DEFAULT_ROUTE_HEADER,
-                    None,
-                );
+                let _ =
+                    hostcalls::set_map_value(MapType::HttpRequestHeaders, config::DEFAULT_ROUTE_HEADER, None);
                 return Action::Continue;
             };
             let plan = &active.plan;
             let d = decide(plan, &WasmHost);
             let version = d.version_name(plan);
             // Replaces every copy the client sent; Envoy then re-selects the route.
-            let _ = hostcalls::set_map_value(
-                MapType::HttpRequestHeaders,
-                &plan.route_header,
-                Some(version),
-            );
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, &plan.route_header, Some(version));
             for m in [Some(d.metric), d.override_metric].into_iter().flatten() {
                 if let Some(id) = active.metric_ids.get(m) {
                     let _ = hostcalls::increment_metric(*id, 1);
@@ -140,32 +127,23 @@ mod glue {
             let rule = d.rule_name(plan);
             let _ = hostcalls::set_property(vec!["graysplit_version"], Some(version.as_bytes()));
             let _ = hostcalls::set_property(vec!["graysplit_rule"], Some(rule.as_bytes()));
-            log::debug!(
-                "graysplit: version {version} by rule {rule} (bucket {:?})",
-                d.bucket
-            );
+            log::debug!("graysplit: version {version} by rule {rule} (bucket {:?})", d.bucket);
             self.version = Some(d.version);
             self.set_cookie = d.set_cookie;
             Action::Continue
         }
 
-        fn on_http_response_headers(
-            &mut self,
-            _num_headers: usize,
-            _end_of_stream: bool,
-        ) -> Action {
+        fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
             let Some(active) = &self.active else {
                 return Action::Continue;
             };
             if let (Some(name), Some(v)) = (&active.plan.response_header, self.version) {
                 if let Some(version) = active.plan.versions.get(v) {
-                    let _ =
-                        hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(version));
+                    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(version));
                 }
             }
             if let Some(cookie) = self.set_cookie.take() {
-                let _ =
-                    hostcalls::add_map_value(MapType::HttpResponseHeaders, "set-cookie", &cookie);
+                let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, "set-cookie", &cookie);
             }
             Action::Continue
         }
@@ -177,26 +155,17 @@ mod glue {
 
     impl Host for WasmHost {
         fn header(&self, name: &str) -> Option<Vec<u8>> {
-            hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-                .ok()
-                .flatten()
+            hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
         }
 
         fn header_values(&self, name: &str) -> Vec<Vec<u8>> {
             hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
-                .map(|all| {
-                    all.into_iter()
-                        .filter(|(k, _)| k == name)
-                        .map(|(_, v)| v)
-                        .collect()
-                })
+                .map(|all| all.into_iter().filter(|(k, _)| k == name).map(|(_, v)| v).collect())
                 .unwrap_or_default()
         }
 
         fn source_address(&self) -> Option<Vec<u8>> {
-            hostcalls::get_property(vec!["source", "address"])
-                .ok()
-                .flatten()
+            hostcalls::get_property(vec!["source", "address"]).ok().flatten()
         }
 
         fn now_unix_nanos(&self) -> i64 {

@@ -38,76 +38,21 @@ mod tests {
     fn each_kind_matches_as_documented() {
         let one_of = StringMatch::OneOf(vec![b("legal"), b("finance")].into());
         let cases: &[(StringMatch, Option<&[u8]>, bool, &str)] = &[
-            (
-                StringMatch::Exact(b("legal")),
-                Some(b"legal"),
-                true,
-                "exact equal",
-            ),
-            (
-                StringMatch::Exact(b("legal")),
-                Some(b"Legal"),
-                false,
-                "exact is case-sensitive",
-            ),
-            (
-                StringMatch::Exact(b("legal")),
-                None,
-                false,
-                "exact needs a value",
-            ),
+            (StringMatch::Exact(b("legal")), Some(b"legal"), true, "exact equal"),
+            (StringMatch::Exact(b("legal")), Some(b"Legal"), false, "exact is case-sensitive"),
+            (StringMatch::Exact(b("legal")), None, false, "exact needs a value"),
             (StringMatch::Exact(b("")), Some(b""), true, "exact empty"),
-            (
-                StringMatch::Prefix(b("beta-")),
-                Some(b"beta-7"),
-                true,
-                "prefix",
-            ),
-            (
-                StringMatch::Prefix(b("beta-")),
-                Some(b"alpha-7"),
-                false,
-                "prefix miss",
-            ),
-            (
-                StringMatch::Suffix(b("@corp.example")),
-                Some(b"a@corp.example"),
-                true,
-                "suffix",
-            ),
-            (
-                StringMatch::Suffix(b("@corp.example")),
-                Some(b"a@corp.example.com"),
-                false,
-                "suffix miss",
-            ),
+            (StringMatch::Prefix(b("beta-")), Some(b"beta-7"), true, "prefix"),
+            (StringMatch::Prefix(b("beta-")), Some(b"alpha-7"), false, "prefix miss"),
+            (StringMatch::Suffix(b("@corp.example")), Some(b"a@corp.example"), true, "suffix"),
+            (StringMatch::Suffix(b("@corp.example")), Some(b"a@corp.example.com"), false, "suffix miss"),
             (one_of.clone(), Some(b"finance"), true, "one_of member"),
             (one_of.clone(), Some(b"sales"), false, "one_of non-member"),
             (one_of, None, false, "one_of absent"),
-            (
-                StringMatch::Present(true),
-                Some(b""),
-                true,
-                "present holds for an empty value",
-            ),
-            (
-                StringMatch::Present(true),
-                None,
-                false,
-                "present true, absent",
-            ),
-            (
-                StringMatch::Present(false),
-                None,
-                true,
-                "present false, absent",
-            ),
-            (
-                StringMatch::Present(false),
-                Some(b"x"),
-                false,
-                "present false, present",
-            ),
+            (StringMatch::Present(true), Some(b""), true, "present holds for an empty value"),
+            (StringMatch::Present(true), None, false, "present true, absent"),
+            (StringMatch::Present(false), None, true, "present false, absent"),
+            (StringMatch::Present(false), Some(b"x"), false, "present false, present"),
         ];
         for (m, v, want, why) in cases {
             assert_eq!(m.matches(*v), *want, "{why}");

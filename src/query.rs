@@ -5,10 +5,7 @@ use std::borrow::Cow;
 /// Splits `:path` into the path proper (before `?`, as received) and the query (after it).
 pub fn split_path(path: &[u8]) -> (&[u8], &[u8]) {
     match path.iter().position(|&c| c == b'?') {
-        Some(q) => (
-            path.get(..q).unwrap_or_default(),
-            path.get(q + 1..).unwrap_or_default(),
-        ),
+        Some(q) => (path.get(..q).unwrap_or_default(), path.get(q + 1..).unwrap_or_default()),
         None => (path, &[]),
     }
 }
@@ -26,10 +23,7 @@ pub fn find<'a>(query: &'a [u8], name: &[u8]) -> Option<Cow<'a, [u8]>> {
             continue;
         }
         let (k, v) = match pair.iter().position(|&c| c == b'=') {
-            Some(eq) => (
-                pair.get(..eq).unwrap_or_default(),
-                pair.get(eq + 1..).unwrap_or_default(),
-            ),
+            Some(eq) => (pair.get(..eq).unwrap_or_default(), pair.get(eq + 1..).unwrap_or_default()),
             None => (pair, &[][..]),
         };
         if decode(k) == name {
@@ -85,33 +79,13 @@ mod tests {
         let cases: &[(&str, &str, Option<&[u8]>, &str)] = &[
             ("uid=alice", "uid", Some(b"alice"), "single"),
             ("a=1&uid=alice&b=2", "uid", Some(b"alice"), "middle"),
-            (
-                "uid=alice&uid=bob",
-                "uid",
-                Some(b"alice"),
-                "first occurrence wins",
-            ),
+            ("uid=alice&uid=bob", "uid", Some(b"alice"), "first occurrence wins"),
             ("uid=a%20b", "uid", Some(b"a b"), "percent escape"),
             ("uid=a+b", "uid", Some(b"a b"), "plus is a space"),
             ("u%69d=x", "uid", Some(b"x"), "names are decoded too"),
-            (
-                "uid=%zz%4",
-                "uid",
-                Some(b"%zz%4"),
-                "broken escapes stay literal",
-            ),
-            (
-                "uid=%E7%94%A8",
-                "uid",
-                Some("用".as_bytes()),
-                "UTF-8 escapes",
-            ),
-            (
-                "uid=%FF",
-                "uid",
-                Some(b"\xff"),
-                "non-UTF-8 escape is a byte",
-            ),
+            ("uid=%zz%4", "uid", Some(b"%zz%4"), "broken escapes stay literal"),
+            ("uid=%E7%94%A8", "uid", Some("用".as_bytes()), "UTF-8 escapes"),
+            ("uid=%FF", "uid", Some(b"\xff"), "non-UTF-8 escape is a byte"),
             ("uid", "uid", Some(b""), "no = is an empty value"),
             ("uid=", "uid", Some(b""), "empty value"),
             ("&&=&uid=x", "uid", Some(b"x"), "empty pairs skipped"),

@@ -37,14 +37,7 @@ pub struct Facts<'a, H: Host> {
 
 impl<'a, H: Host> Facts<'a, H> {
     pub fn new(plan: &'a Plan, host: &'a H) -> Self {
-        Facts {
-            plan,
-            host,
-            headers: vec![None; plan.headers.len()],
-            cookies: None,
-            source: None,
-            now: None,
-        }
+        Facts { plan, host, headers: vec![None; plan.headers.len()], cookies: None, source: None, now: None }
     }
 
     /// The first value of the header in `slot`.
@@ -60,9 +53,7 @@ impl<'a, H: Host> Facts<'a, H> {
     /// The value of cookie `name` across every `cookie` header.
     pub fn cookie(&mut self, name: &[u8]) -> Option<&[u8]> {
         let host = self.host;
-        let all = self
-            .cookies
-            .get_or_insert_with(|| host.header_values("cookie"));
+        let all = self.cookies.get_or_insert_with(|| host.header_values("cookie"));
         cookie::find(all.iter().map(Vec::as_slice), name)
     }
 
@@ -88,9 +79,7 @@ impl<'a, H: Host> Facts<'a, H> {
     /// The downstream remote address; `None` when unknown or unparsable.
     pub fn source(&mut self) -> Option<IpAddr> {
         let host = self.host;
-        *self
-            .source
-            .get_or_insert_with(|| host.source_address().as_deref().and_then(parse_socket_ip))
+        *self.source.get_or_insert_with(|| host.source_address().as_deref().and_then(parse_socket_ip))
     }
 
     /// The current time, read once per request.
@@ -116,37 +105,19 @@ pub struct StaticRequest {
 impl StaticRequest {
     /// A `GET path` request with the given headers.
     pub fn get(path: &str, headers: &[(&str, &str)]) -> Self {
-        let mut all = vec![
-            (":method".to_string(), b"GET".to_vec()),
-            (":path".to_string(), path.as_bytes().to_vec()),
-        ];
-        all.extend(
-            headers
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec())),
-        );
-        StaticRequest {
-            headers: all,
-            source: Some("127.0.0.1:40000".to_string()),
-            now: 0,
-            random_byte: 0xab,
-        }
+        let mut all =
+            vec![(":method".to_string(), b"GET".to_vec()), (":path".to_string(), path.as_bytes().to_vec())];
+        all.extend(headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec())));
+        StaticRequest { headers: all, source: Some("127.0.0.1:40000".to_string()), now: 0, random_byte: 0xab }
     }
 }
 
 impl Host for StaticRequest {
     fn header(&self, name: &str) -> Option<Vec<u8>> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }
     fn header_values(&self, name: &str) -> Vec<Vec<u8>> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .collect()
+        self.headers.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect()
     }
     fn source_address(&self) -> Option<Vec<u8>> {
         self.source.as_ref().map(|s| s.as_bytes().to_vec())
