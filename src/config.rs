@@ -226,6 +226,22 @@ impl Plan {
         self.rules.iter().map(|r| r.name.as_str())
     }
 
+    /// For a split rule: each band as (version, first bucket, end bucket), then stable's.
+    pub fn split_bands(&self, rule: usize) -> Option<Vec<(&str, u32, u32)>> {
+        let Some(Action::Split { bands, .. }) = self.rules.get(rule).map(|r| &r.action) else {
+            return None;
+        };
+        let name = |v: VersionId| self.versions.get(v).map_or("", String::as_str);
+        let mut lo = 0;
+        let mut out = Vec::with_capacity(bands.len() + 1);
+        for b in bands {
+            out.push((name(b.version), lo, b.upper));
+            lo = b.upper;
+        }
+        out.push((name(0), lo, BUCKETS));
+        Some(out)
+    }
+
     /// The name of the override header, if an override is configured.
     pub fn override_header(&self) -> Option<&str> {
         let o = self.override_.as_ref()?;

@@ -1,0 +1,387 @@
+//! `graysplit`: the operator CLI, built from the same crate as the filter (feature `cli`), so
+//! `check` runs the filter's own validation and `explain` / `simulate` its own decision.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use graysplit::config::{self, Plan};
+use graysplit::decide::{decide, decide_traced, DecidedBy, OverrideVerdict, RuleVerdict, Tracer};
+use graysplit::hash;
+use graysplit::request::StaticRequest;
+use graysplit::time::parse_rfc3339;
+
+const USAGE: &str = "\
+graysplit: check, explain and simulate graysplit configurations
+
+Usage:
+  graysplit check CONFIG...            validate configs (exit 1 if any is invalid)
+  graysplit explain CONFIG [REQUEST]   which version a request gets, and why
+  graysplit simulate CONFIG --users N [REQUEST]
+                                       share per rule and version over N distinct users
+  graysplit bucket SALT USER           the bucket (0..9999) of USER under SALT
+
+CONFIG is the plugin configuration as JSON, or a YAML file with WasmPlugin resources (their
+spec.pluginConfig is checked; with several, pick one with --plugin NAME). `-` reads stdin.
+
+REQUEST facts (all optional, repeatable where it makes sense):
+  --user ID              the user id, put where the config reads it first
+  --header NAME:VALUE    a request header      --cookie NAME=VALUE  a cookie
+  --query NAME=VALUE     a query parameter     --path PATH          default /
+  --method METHOD        default GET           --source IP          downstream address
+  --scheme http|https    default http          --at RFC3339         the time, default now
+  --plugin NAME          which WasmPlugin of a YAML file
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("graysplit: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<ExitCode, String> {
+    let Some((cmd, rest)) = args.split_first() else {
+        print!("{USAGE}");
+        return Ok(ExitCode::from(2));
+    };
+    match cmd.as_str() {
+        "check" => check(rest),
+        "explain" => explain(rest),
+        "simulate" => simulate(rest),
+        "bucket" => match rest {
+            [salt, user] => {
+                let mut prefix = salt.clone().into_bytes();
+                prefix.push(b':');
+                println!("{}", hash::bucket(&prefix, user.as_bytes()));
+                Ok(ExitCode::SUCCESS)
+            }
+            _ => Err("usage: graysplit bucket SALT USER".into()),
+        },
+        "-h" | "--help" | "help" => {
+            print!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(format!("unknown command {other:?}; see graysplit --help")),
+    }
+}
+
+/// A plugin configuration found in a file: where it came from, and its JSON text.
+struct Found {
+    origin: String,
+    json: String,
+}
+
+fn read_input(path: &str) -> Result<String, String> {
+    if path == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| format!("stdin: {e}"))?;
+        return Ok(s);
+    }
+    std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))
+}
+
+/// The configurations in `path`: the file itself when it is JSON, else the `pluginConfig` of
+/// every WasmPlugin document in the YAML.
+fn configs_in(path: &str) -> Result<Vec<Found>, String> {
+    let text = read_input(path)?;
+    if text.trim_start().starts_with('{') {
+        return Ok(vec![Found { origin: path.to_string(), json: text }]);
+    }
+    let mut found = Vec::new();
+    for (i, doc) in serde_norway::Deserializer::from_str(&text).enumerate() {
+        let value: serde_json::Value = serde::Deserialize::deserialize(doc)
+            .map_err(|e| format!("{path}: document {}: not YAML: {e}", i + 1))?;
+        if value.get("kind").and_then(|k| k.as_str()) != Some("WasmPlugin") {
+            continue;
+        }
+        let name = value.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("?").to_string();
+        let origin = format!("{path}: WasmPlugin {name}");
+        let Some(cfg) = value.pointer("/spec/pluginConfig") else {
+            return Err(format!("{origin}: has no spec.pluginConfig"));
+        };
+        found.push(Found { origin, json: cfg.to_string() });
+    }
+    if found.is_empty() {
+        return Err(format!("{path}: neither JSON nor YAML with a WasmPlugin"));
+    }
+    Ok(found)
+}
+
+fn check(paths: &[String]) -> Result<ExitCode, String> {
+    if paths.is_empty() {
+        return Err("usage: graysplit check CONFIG...".into());
+    }
+    let mut bad = 0;
+    for path in paths {
+        for f in configs_in(path)? {
+            match config::parse(f.json.as_bytes()) {
+                Ok(plan) => println!(
+                    "{}: ok: stable {}, {} rules, versions {}",
+                    f.origin,
+                    plan.versions.first().map_or("", String::as_str),
+                    plan.rule_count(),
+                    plan.versions.join(", ")
+                ),
+                Err(e) => {
+                    bad += 1;
+                    println!("{}: invalid config: {e}", f.origin);
+                }
+            }
+        }
+    }
+    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Request facts and options shared by `explain` and `simulate`.
+struct Opts {
+    config: String,
+    plugin: Option<String>,
+    users: Option<usize>,
+    user: Option<String>,
+    request: StaticRequest,
+    path: String,
+    query: Vec<(String, String)>,
+    cookies: Vec<String>,
+}
+
+fn parse_opts(args: &[String], cmd: &str) -> Result<Opts, String> {
+    let mut it = args.iter();
+    let mut o = Opts {
+        config: String::new(),
+        plugin: None,
+        users: None,
+        user: None,
+        request: StaticRequest::default(),
+        path: "/".into(),
+        query: Vec::new(),
+        cookies: Vec::new(),
+    };
+    o.request.source = None;
+    o.request.now = now_nanos();
+    o.request.random_byte = 0x5a;
+    let mut method = "GET".to_string();
+    let mut scheme = "http".to_string();
+    while let Some(a) = it.next() {
+        let mut val = |flag: &str| it.next().cloned().ok_or_else(|| format!("{flag} needs a value"));
+        match a.as_str() {
+            "--user" => o.user = Some(val(a)?),
+            "--header" => {
+                let v = val(a)?;
+                let (k, v) =
+                    v.split_once(':').ok_or_else(|| format!("--header wants NAME:VALUE, got {v:?}"))?;
+                o.request.headers.push((k.trim().to_ascii_lowercase(), v.trim_start().as_bytes().to_vec()));
+            }
+            "--cookie" => o.cookies.push(val(a)?),
+            "--query" => {
+                let v = val(a)?;
+                let (k, v) =
+                    v.split_once('=').ok_or_else(|| format!("--query wants NAME=VALUE, got {v:?}"))?;
+                o.query.push((k.to_string(), v.to_string()));
+            }
+            "--path" => o.path = val(a)?,
+            "--method" => method = val(a)?,
+            "--scheme" => scheme = val(a)?,
+            "--source" => {
+                let v = val(a)?;
+                v.parse::<std::net::IpAddr>()
+                    .map_err(|_| format!("--source wants an IP address, got {v:?}"))?;
+                o.request.source = Some(v);
+            }
+            "--at" => {
+                let v = val(a)?;
+                o.request.now = parse_rfc3339(&v).map_err(|e| format!("--at {e}"))?;
+            }
+            "--plugin" => o.plugin = Some(val(a)?),
+            "--users" if cmd == "simulate" => {
+                let v = val(a)?;
+                o.users = Some(v.parse().map_err(|_| format!("--users wants a count, got {v:?}"))?);
+            }
+            flag if flag.starts_with("--") => return Err(format!("unknown option {flag} for {cmd}")),
+            path if o.config.is_empty() => o.config = path.to_string(),
+            extra => return Err(format!("unexpected argument {extra:?}")),
+        }
+    }
+    if o.config.is_empty() {
+        return Err(format!("usage: graysplit {cmd} CONFIG [options]; see graysplit --help"));
+    }
+    o.request.headers.insert(0, (":scheme".into(), scheme.into_bytes()));
+    o.request.headers.insert(0, (":method".into(), method.into_bytes()));
+    Ok(o)
+}
+
+fn load_plan(o: &Opts) -> Result<(String, Plan), String> {
+    let mut found = configs_in(&o.config)?;
+    if let Some(name) = &o.plugin {
+        found.retain(|f| f.origin.ends_with(&format!("WasmPlugin {name}")));
+    }
+    let f = match found.len() {
+        1 => found.remove(0),
+        0 => {
+            return Err(format!("{}: no WasmPlugin named {:?}", o.config, o.plugin.as_deref().unwrap_or("")))
+        }
+        _ => {
+            let names: Vec<_> = found.iter().map(|f| f.origin.clone()).collect();
+            return Err(format!("several configs, pick one with --plugin NAME: {}", names.join("; ")));
+        }
+    };
+    let plan = config::parse(f.json.as_bytes()).map_err(|e| format!("{}: invalid config: {e}", f.origin))?;
+    Ok((f.origin, plan))
+}
+
+/// The request for user `user` (or none): the user id goes where the config reads it first.
+fn build_request(o: &Opts, plan: &Plan, user: Option<&str>) -> StaticRequest {
+    let mut r = o.request.clone();
+    let mut cookies = o.cookies.clone();
+    let mut query = o.query.clone();
+    if let (Some(u), Some((kind, name))) = (user, plan.first_identity_source()) {
+        match kind {
+            "header" => r.headers.push((name, u.as_bytes().to_vec())),
+            "cookie" => cookies.insert(0, format!("{name}={u}")),
+            _ => query.insert(0, (name, u.to_string())),
+        }
+    }
+    if !cookies.is_empty() {
+        r.headers.push(("cookie".into(), cookies.join("; ").into_bytes()));
+    }
+    let mut path = o.path.clone();
+    for (i, (k, v)) in query.iter().enumerate() {
+        path.push(if i == 0 && !path.contains('?') { '?' } else { '&' });
+        path.push_str(&encode(k));
+        path.push('=');
+        path.push_str(&encode(v));
+    }
+    r.headers.insert(1, (":path".into(), path.into_bytes()));
+    r
+}
+
+fn encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[derive(Default)]
+struct Steps {
+    override_header: Option<OverrideVerdict>,
+    rules: Vec<(usize, RuleVerdict)>,
+}
+
+impl Tracer for Steps {
+    fn override_header(&mut self, v: OverrideVerdict) {
+        self.override_header = Some(v);
+    }
+    fn rule(&mut self, i: usize, v: RuleVerdict) {
+        self.rules.push((i, v));
+    }
+}
+
+fn explain(args: &[String]) -> Result<ExitCode, String> {
+    let o = parse_opts(args, "explain")?;
+    let (origin, plan) = load_plan(&o)?;
+    let r = build_request(&o, &plan, o.user.as_deref());
+    let mut steps = Steps::default();
+    let d = decide_traced(&plan, &r, &mut steps);
+    let names: Vec<&str> = plan.rule_names().collect();
+    println!("config:  {origin}");
+    println!("version: {}", d.version_name(&plan));
+    println!("rule:    {}", d.rule_name(&plan));
+    if let Some(b) = d.bucket {
+        println!("bucket:  {b} of {}", hash::BUCKETS);
+    }
+    if let Some(c) = &d.set_cookie {
+        let attrs = c.split_once(';').map_or("", |(_, a)| a);
+        let name = c.split('=').next().unwrap_or("");
+        println!("user id: none sent; the filter mints one (Set-Cookie: {name}=<32 random hex>;{attrs})");
+    } else if let Some(u) = &o.user {
+        println!("user id: {u:?}");
+    }
+    println!("why:");
+    match (plan.override_header(), steps.override_header) {
+        (Some(h), None) => println!("  override header {h}: not sent"),
+        (Some(h), Some(OverrideVerdict::Accepted)) => {
+            println!("  override header {h}: accepted (known version, trusted source)")
+        }
+        (Some(h), Some(OverrideVerdict::UnknownVersion)) => {
+            println!("  override header {h}: ignored, not a known version ({})", plan.versions.join(", "))
+        }
+        (Some(h), Some(OverrideVerdict::UntrustedSource)) => println!(
+            "  override header {h}: ignored, source {} is not in trusted_cidrs",
+            o.request.source.as_deref().unwrap_or("(none; pass --source)")
+        ),
+        (None, _) => {}
+    }
+    for (i, v) in &steps.rules {
+        let name = names.get(*i).copied().unwrap_or("?");
+        let line = match v {
+            RuleVerdict::Disabled => "skipped: enabled is false".to_string(),
+            RuleVerdict::NotStarted => "skipped: starts_at is in the future".to_string(),
+            RuleVerdict::Expired => "skipped: expires_at has passed".to_string(),
+            RuleVerdict::ConditionFailed(c) => {
+                format!("skipped: not true that {}", plan.describe_condition(*i, *c))
+            }
+            RuleVerdict::Decided => match plan.split_bands(*i) {
+                None => "matched: decides".to_string(),
+                Some(bands) => match d.bucket {
+                    None => "matched: split, but no user id, so stable".to_string(),
+                    Some(b) => {
+                        let (v, lo, hi) = bands
+                            .iter()
+                            .find(|(_, lo, hi)| (*lo..*hi).contains(&b))
+                            .copied()
+                            .unwrap_or(("", 0, 0));
+                        format!("matched: split, bucket {b} is in {v}'s range [{lo}, {hi})")
+                    }
+                },
+            },
+        };
+        println!("  rules[{i}] {name}: {line}");
+    }
+    if d.by == DecidedBy::Default {
+        println!("  no rule decided: stable");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn simulate(args: &[String]) -> Result<ExitCode, String> {
+    let o = parse_opts(args, "simulate")?;
+    let n = o.users.ok_or("simulate needs --users N")?;
+    let (origin, plan) = load_plan(&o)?;
+    let mut by_rule: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mut by_version: BTreeMap<String, usize> = BTreeMap::new();
+    for i in 0..n {
+        let user = format!("sim-user-{i}");
+        let d = decide(&plan, &build_request(&o, &plan, Some(&user)));
+        *by_rule.entry((d.rule_name(&plan).to_string(), d.version_name(&plan).to_string())).or_default() += 1;
+        *by_version.entry(d.version_name(&plan).to_string()).or_default() += 1;
+    }
+    let pct = |c: usize| if n == 0 { 0.0 } else { 100.0 * c as f64 / n as f64 };
+    println!("{origin}: {n} simulated users (ids sim-user-0 .. sim-user-{})", n.saturating_sub(1));
+    println!("{:<24} {:<16} {:>9} {:>8}", "rule", "version", "users", "share");
+    for ((rule, version), c) in &by_rule {
+        println!("{rule:<24} {version:<16} {c:>9} {:>7.2}%", pct(*c));
+    }
+    println!();
+    for (version, c) in &by_version {
+        println!("{:<24} {version:<16} {c:>9} {:>7.2}%", "(all rules)", pct(*c));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_nanos()).ok())
+        .unwrap_or(0)
+}
