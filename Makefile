@@ -10,7 +10,7 @@ ENVOY := $(VENV)/bin/envoy
 VENV_STAMP := $(VENV)/.installed
 SRC := $(shell find src -name '*.rs') Cargo.toml $(wildcard Cargo.lock)
 
-.PHONY: help build wasm-target venv test unit functional lint run demo clean sha256 cli
+.PHONY: help build wasm-target venv test unit functional lint run demo clean sha256 cli bench soak fuzz istio-pin
 CLI := target/release/graysplit
 
 help: ## List the targets
@@ -41,10 +41,10 @@ venv: $(VENV_STAMP) ## Install Envoy 1.40.0 and the test tools into .venv/
 unit: ## Unit tests of the pure logic, on the host
 	cargo test --features cli
 
-functional: build venv ## Functional tests against a real Envoy
+functional: build cli venv ## Functional tests against a real Envoy (and the CLI, and istio/*.yaml)
 	$(PY) -m pytest tests
 
-test: unit functional ## Everything: unit tests, functional tests against real Envoy, config validation
+test: lint unit functional ## Everything: lint, unit tests, functional tests against real Envoy, Istio config validation
 
 lint: wasm-target ## rustfmt and clippy (wasm and host), warnings are errors
 	cargo fmt --check
@@ -56,6 +56,18 @@ run: build venv ## Envoy with the filter and a demo config on 127.0.0.1:10000 (f
 
 demo: build venv ## Scripted tour: 1000 users, tester override, live ramp to 50%
 	$(PY) scripts/demo.py
+
+bench: build venv ## Envoy CPU per request vs native Envoy routing, Lua and a no-op wasm (writes bench/results.md)
+	$(PY) scripts/bench.py
+
+soak: build venv ## Minutes of live ramps and rollbacks under load; prints failures, step latency, RSS, VM count
+	$(PY) scripts/soak.py
+
+fuzz: ## Coverage-guided fuzzing of the config parser and the request path (FUZZ_SECONDS each, default 60)
+	$(MAKE) -C fuzz run SECONDS=$${FUZZ_SECONDS:-60}
+
+istio-pin: build ## Write the built wasm's sha256 into istio/wasmplugin-*.yaml
+	@sum=$$(sha256sum $(WASM) | cut -d' ' -f1); sed -i -E "s/^(  sha256: ).*/\1$$sum/" istio/wasmplugin-*.yaml; echo "pinned sha256 $$sum"
 
 clean: ## Remove build output and the venv
 	cargo clean
