@@ -13,6 +13,7 @@ pub mod cookie;
 pub mod decide;
 pub mod error;
 pub mod hash;
+pub mod json;
 pub mod matcher;
 pub mod query;
 pub mod request;
@@ -77,10 +78,10 @@ mod glue {
                 }
             }
             log::info!(
-                "graysplit: config applied: stable {:?}, {} rules, versions {:?}, route header {:?}",
+                "graysplit: config applied: stable {}, {} rules, versions [{}], route header {}",
                 plan.versions.first().map_or("", String::as_str),
                 plan.rule_count(),
-                plan.versions,
+                plan.versions.join(", "),
                 plan.route_header
             );
             self.active = Some(Rc::new(Active { plan, metric_ids }));
