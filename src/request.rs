@@ -30,14 +30,25 @@ pub struct Facts<'a, H: Host> {
     pub(crate) plan: &'a Plan,
     pub(crate) host: &'a H,
     headers: Vec<Option<Option<Vec<u8>>>>,
-    cookies: Option<Vec<Vec<u8>>>,
+    /// The first `cookie` header (one cheap host call), and all of them (the whole header map:
+    /// fetched only when a name is not in the first one).
+    first_cookie: Option<Option<Vec<u8>>>,
+    all_cookies: Option<Vec<Vec<u8>>>,
     source: Option<Option<IpAddr>>,
     now: Option<i64>,
 }
 
 impl<'a, H: Host> Facts<'a, H> {
     pub fn new(plan: &'a Plan, host: &'a H) -> Self {
-        Facts { plan, host, headers: vec![None; plan.headers.len()], cookies: None, source: None, now: None }
+        Facts {
+            plan,
+            host,
+            headers: vec![None; plan.headers.len()],
+            first_cookie: None,
+            all_cookies: None,
+            source: None,
+            now: None,
+        }
     }
 
     /// The first value of the header in `slot`.
@@ -50,11 +61,17 @@ impl<'a, H: Host> Facts<'a, H> {
         cached.as_ref().and_then(|v| v.as_deref())
     }
 
-    /// The value of cookie `name` across every `cookie` header.
+    /// The value of cookie `name` across every `cookie` header. The first occurrence wins, so
+    /// when the first header has the name (or there is no cookie header at all) the others
+    /// need not be read.
     pub fn cookie(&mut self, name: &[u8]) -> Option<&[u8]> {
-        let host = self.host;
-        let all = self.cookies.get_or_insert_with(|| host.header_values("cookie"));
-        cookie::find(all.iter().map(Vec::as_slice), name)
+        let Facts { host, first_cookie, all_cookies, .. } = self;
+        let first = first_cookie.get_or_insert_with(|| host.header("cookie")).as_deref()?;
+        if let Some(v) = cookie::find([first], name) {
+            return Some(v);
+        }
+        let all = all_cookies.get_or_insert_with(|| host.header_values("cookie"));
+        cookie::find(all.iter().skip(1).map(Vec::as_slice), name)
     }
 
     /// `:path` before `?`, as received.
@@ -127,5 +144,59 @@ impl Host for StaticRequest {
     }
     fn fill_random(&self, buf: &mut [u8]) {
         buf.fill(self.random_byte);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::config::parse;
+
+    /// Counts how often the whole header map is read.
+    struct Counting {
+        inner: StaticRequest,
+        full_reads: Cell<usize>,
+    }
+
+    impl Host for Counting {
+        fn header(&self, name: &str) -> Option<Vec<u8>> {
+            self.inner.header(name)
+        }
+        fn header_values(&self, name: &str) -> Vec<Vec<u8>> {
+            self.full_reads.set(self.full_reads.get() + 1);
+            self.inner.header_values(name)
+        }
+        fn source_address(&self) -> Option<Vec<u8>> {
+            self.inner.source_address()
+        }
+        fn now_unix_nanos(&self) -> i64 {
+            0
+        }
+        fn fill_random(&self, buf: &mut [u8]) {
+            buf.fill(0);
+        }
+    }
+
+    #[test]
+    fn later_cookie_headers_are_read_only_when_the_first_lacks_the_name() {
+        let plan = parse(br#"{"stable": "v1"}"#).unwrap();
+        let cases: &[(&[&str], &str, Option<&str>, usize)] = &[
+            (&[], "uid", None, 0),
+            (&["uid=a; x=1"], "uid", Some("a"), 0),
+            (&["x=1", "uid=b"], "uid", Some("b"), 1),
+            (&["uid=a", "uid=b"], "uid", Some("a"), 0),
+            (&["x=1", "y=2"], "uid", None, 1),
+        ];
+        for (headers, name, want, full_reads) in cases {
+            let pairs: Vec<(&str, &str)> = headers.iter().map(|h| ("cookie", *h)).collect();
+            let host = Counting { inner: StaticRequest::get("/", &pairs), full_reads: Cell::new(0) };
+            let mut facts = Facts::new(&plan, &host);
+            assert_eq!(facts.cookie(name.as_bytes()), want.map(str::as_bytes), "{headers:?}");
+            assert_eq!(facts.cookie(name.as_bytes()), want.map(str::as_bytes), "cached: {headers:?}");
+            assert_eq!(host.full_reads.get(), *full_reads, "full header map reads for {headers:?}");
+        }
     }
 }
