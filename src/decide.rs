@@ -5,7 +5,7 @@
 //! [`Host`]) and the time.
 
 use crate::config::{
-    Action, Cond, IdSource, MetricId, Plan, Rule, VersionId, METRIC_OVERRIDE_ACCEPTED,
+    Action, Cond, HeaderSlot, IdSource, MetricId, Plan, Rule, VersionId, METRIC_OVERRIDE_ACCEPTED,
     METRIC_OVERRIDE_REJECTED,
 };
 use crate::hash::bucket;
@@ -83,7 +83,10 @@ impl Tracer for () {}
 /// The user id: resolved on first need, then kept for the rest of the request.
 enum Identity {
     Unresolved,
-    Known(Option<Vec<u8>>),
+    None,
+    /// The value of this header slot, already cached in `Facts` (no copy).
+    Header(HeaderSlot),
+    Owned(Vec<u8>),
 }
 
 struct Ctx<'a, H: Host> {
@@ -212,42 +215,54 @@ fn cond_holds<H: Host>(plan: &Plan, cond: &Cond, cx: &mut Ctx<'_, H>) -> bool {
 /// The user id: the first non-empty identity source, then the sticky cookie, then a minted id.
 fn user_id<'c, H: Host>(plan: &Plan, cx: &'c mut Ctx<'_, H>) -> Option<&'c [u8]> {
     if let Identity::Unresolved = cx.identity {
-        let mut found = None;
-        for src in &plan.identity {
-            let v = match src {
-                IdSource::Header(slot) => cx.facts.header(*slot).map(<[u8]>::to_vec),
-                IdSource::Cookie(name) => cx.facts.cookie(name).map(<[u8]>::to_vec),
-                IdSource::Query(name) => cx.facts.query(name).map(|v| v.into_owned()),
-            };
-            if let Some(v) = v.filter(|v| !v.is_empty()) {
-                found = Some(v);
-                break;
-            }
-        }
-        if let (None, Some(sticky)) = (&found, &plan.sticky) {
-            found = cx.facts.cookie(sticky.name.as_bytes()).filter(|v| !v.is_empty()).map(<[u8]>::to_vec);
-            if found.is_none() {
-                let id = mint_id(cx.facts.host);
-                let secure = cx.facts.header(sticky.scheme_slot) == Some(b"https");
-                let mut cookie = format!(
-                    "{}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
-                    sticky.name,
-                    String::from_utf8_lossy(&id),
-                    sticky.max_age_s
-                );
-                if secure {
-                    cookie.push_str("; Secure");
-                }
-                cx.set_cookie = Some(cookie);
-                found = Some(id.to_vec());
-            }
-        }
-        cx.identity = Identity::Known(found);
+        cx.identity = resolve_identity(plan, cx);
     }
     match &cx.identity {
-        Identity::Known(v) => v.as_deref(),
-        Identity::Unresolved => None,
+        Identity::Header(slot) => cx.facts.header(*slot),
+        Identity::Owned(v) => Some(v),
+        Identity::None | Identity::Unresolved => None,
     }
+}
+
+fn resolve_identity<H: Host>(plan: &Plan, cx: &mut Ctx<'_, H>) -> Identity {
+    for src in &plan.identity {
+        match src {
+            IdSource::Header(slot) => {
+                if cx.facts.header(*slot).is_some_and(|v| !v.is_empty()) {
+                    return Identity::Header(*slot);
+                }
+            }
+            IdSource::Cookie(name) => {
+                if let Some(v) = cx.facts.cookie(name).filter(|v| !v.is_empty()) {
+                    return Identity::Owned(v.to_vec());
+                }
+            }
+            IdSource::Query(name) => {
+                if let Some(v) = cx.facts.query(name).filter(|v| !v.is_empty()) {
+                    return Identity::Owned(v.into_owned());
+                }
+            }
+        }
+    }
+    let Some(sticky) = &plan.sticky else {
+        return Identity::None;
+    };
+    if let Some(v) = cx.facts.cookie(sticky.name.as_bytes()).filter(|v| !v.is_empty()) {
+        return Identity::Owned(v.to_vec());
+    }
+    let id = mint_id(cx.facts.host);
+    let secure = cx.facts.header(sticky.scheme_slot) == Some(b"https");
+    let mut cookie = format!(
+        "{}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
+        sticky.name,
+        String::from_utf8_lossy(&id),
+        sticky.max_age_s
+    );
+    if secure {
+        cookie.push_str("; Secure");
+    }
+    cx.set_cookie = Some(cookie);
+    Identity::Owned(id.to_vec())
 }
 
 /// 128 random bits as 32 lower-case hex characters.
