@@ -77,3 +77,11 @@ def pytest_runtest_makereport(item, call):
 def _kill_leftovers() -> None:
     for e in list(RUNNING):
         e.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Figures the tests measured (e.g. live-ramp step latencies), shown without `-s`."""
+    if harness.SUMMARY:
+        terminalreporter.section("graysplit measurements")
+        for line in harness.SUMMARY:
+            terminalreporter.write_line(line)

@@ -567,3 +567,404 @@ def plugin_config(rules: list[dict], **top) -> dict:
     }
     cfg.update(top)
     return {k: v for k, v in cfg.items() if v is not None}
+
+
+# --------------------------------------------------------------------------- Istio's rendering
+
+ISTIO_BOOTSTRAP_TEMPLATE = REPO / "envoy" / "istio-ecds-bootstrap.yaml"
+WASM_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+
+# WasmPlugin.spec.failStrategy -> Wasm.failure_policy (istiod's toEnvoyFailurePolicy); unset
+# means FAIL_CLOSE.
+ISTIO_FAILURE_POLICY = {"FAIL_CLOSE": "FAIL_CLOSED", "FAIL_OPEN": "FAIL_OPEN",
+                        "FAIL_RELOAD": "FAIL_RELOAD"}
+
+_GO_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t",
+               "\b": "\\b", "\f": "\\f", "<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
+               "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def go_string(s: str) -> str:
+    """A string as Go's encoding/json writes it (HTML-safe: <, >, & as \\u003c \\u003e \\u0026;
+    U+2028/U+2029 escaped; other control characters as lower-case \\u00XX; the rest as UTF-8)."""
+    out = ['"']
+    for ch in s:
+        esc = _GO_ESCAPES.get(ch)
+        if esc is not None:
+            out.append(esc)
+        elif ord(ch) < 0x20:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def go_float(x: float) -> str:
+    """A float64 as Go's encoding/json writes it: the shortest round-trip digits, positional
+    ('f') for 1e-6 <= |x| < 1e21 (so 10.0 is `10`), else exponent ('e') with e-07 cleaned to
+    e-7 and positive exponents of at least two digits (1e+21)."""
+    from decimal import Decimal
+
+    x = float(x)
+    if x != x or x in (float("inf"), float("-inf")):
+        raise ValueError(f"json: unsupported value: {x!r}")  # what Go's encoder says too
+    d = Decimal(repr(x)).normalize()  # repr is the shortest round-trip, like Go's -1 precision
+    if x == 0 or 1e-6 <= abs(x) < 1e21:
+        return format(d, "f")
+    sign, digits, exp = d.as_tuple()
+    e = exp + len(digits) - 1
+    mant = str(digits[0]) + ("." + "".join(map(str, digits[1:])) if len(digits) > 1 else "")
+    return f"{'-' if sign else ''}{mant}e{'-' if e < 0 else '+'}{abs(e) if e < 0 else f'{e:02d}'}"
+
+
+def go_json(value) -> str:
+    """istiod's rendering of a WasmPlugin's pluginConfig (a protobuf Struct) into the plugin's
+    configuration string: compact JSON, object keys sorted, every number a float64, Go string
+    escaping."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, (int, float)):
+        return go_float(value)
+    if isinstance(value, str):
+        return go_string(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{go_string(str(k))}:{go_json(value[k])}"
+                              for k in sorted(value, key=lambda k: str(k).encode("utf-8"))) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(go_json(v) for v in value) + "]"
+    raise TypeError(f"not representable in a protobuf Struct: {value!r}")
+
+
+def istio_resource_name(plugin: dict) -> str:
+    """The ECDS resource (and HTTP filter) name istiod (<= 1.29) gives a WasmPlugin."""
+    md = plugin["metadata"]
+    return f"extensions.istio.io/wasmplugin/{md.get('namespace', 'default')}.{md['name']}"
+
+
+def istio_ecds_document(plugin: dict, version_info: str = "1", wasm: Path | None = None,
+                        plugin_config: dict | None = None) -> dict:
+    """The ECDS DiscoveryResponse istiod + istio-agent deliver for a WasmPlugin (see
+    ../shared/istio-envoy-ecds-example/), with the module rewritten to the local `wasm` file as
+    istio-agent does after fetching it. `plugin_config` replaces spec.pluginConfig."""
+    md, spec = plugin["metadata"], plugin["spec"]
+    cfg = spec.get("pluginConfig") if plugin_config is None else plugin_config
+    vm_config: dict = {"runtime": "envoy.wasm.runtime.v8",
+                       "code": {"local": {"filename": str(wasm or WASM)}}}
+    if str(spec.get("url", "")).startswith("file://"):
+        # istiod adds this variable; istio-agent strips it only when it fetched the module.
+        vm_config["environment_variables"] = {
+            "key_values": {"ISTIO_META_WASM_PLUGIN_RESOURCE_VERSION": version_info}}
+    wasm_config: dict = {
+        "name": f"{md.get('namespace', 'default')}.{md['name']}",
+        "root_id": spec.get("pluginName", ""),
+        "vm_config": vm_config,
+        "failure_policy": ISTIO_FAILURE_POLICY[spec.get("failStrategy", "FAIL_CLOSE")],
+    }
+    if cfg is not None:
+        wasm_config["configuration"] = {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                        "value": go_json(cfg)}
+    return {
+        "version_info": version_info,
+        "resources": [{
+            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+            "name": istio_resource_name(plugin),
+            "typed_config": {"@type": WASM_TYPE_URL, "config": wasm_config},
+        }],
+    }
+
+
+def write_istio_ecds(path: Path, plugin: dict, version_info: str = "1",
+                     plugin_config: dict | None = None) -> str:
+    """Write the ECDS file for `plugin` (new file + rename); returns the configuration string."""
+    doc = istio_ecds_document(plugin, version_info, plugin_config=plugin_config)
+    tmp = path.with_name(f".{path.name}.{version_info}.tmp")
+    tmp.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    os.rename(tmp, path)
+    return doc["resources"][0]["typed_config"]["config"].get("configuration", {}).get("value", "")
+
+
+def istio_bootstrap(plugin: dict, *, ecds_path: Path, access_log: Path,
+                    routes: list[dict]) -> dict:
+    """Fill in envoy/istio-ecds-bootstrap.yaml for `plugin`, with `routes` for the app vhost."""
+    doc = yaml.safe_load(ISTIO_BOOTSTRAP_TEMPLATE.read_text())
+    hcm = (doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+           ["typed_config"])
+    hcm["access_log"][0]["typed_config"]["path"] = str(access_log)
+    hcm["route_config"]["virtual_hosts"][0]["routes"] = routes
+    entry = hcm["http_filters"][0]
+    entry["name"] = istio_resource_name(plugin)
+    entry["config_discovery"]["config_source"]["path_config_source"]["path"] = str(ecds_path)
+    return doc
+
+
+# --------------------------------------------------------------------------- live load
+
+def worker_connections(envoy: "Envoy") -> dict[str, int]:
+    """Active downstream connections per Envoy worker on the app listener."""
+    out: dict[str, int] = {}
+    for name, value in envoy.stats(r"^listener\..*\.worker_[0-9]+\.downstream_cx_active$").items():
+        if name.startswith("listener.127.0.0.1_"):
+            out[name.rsplit(".", 2)[-2]] = value
+    return out
+
+
+def process_rss_kb(pid: int) -> int:
+    """VmRSS of a process, in kB (from /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+
+
+GEN_HEADER_PREFIX = "x-graysplit-gen-"
+
+
+def marked(config: dict, gen: int) -> dict:
+    """`config` with its responses marked as served by generation `gen` (the response_header
+    `x-graysplit-gen-<gen>` echoes the version)."""
+    return {**config, "response_header": f"{GEN_HEADER_PREFIX}{gen}"}
+
+
+class LoadGen:
+    """Steady keep-alive traffic from threads (one connection each, loopback only), bounded by a
+    request count and a deadline. Each response is attributed to the config generation that
+    served it (the pushed configs echo the version in `x-graysplit-gen-<n>`; see LiveRamp) and
+    checked against the version that generation gives its user (mmh3, DESIGN's bucket ranges).
+    """
+
+    def __init__(self, envoy: "Envoy", users: Sequence[str], *, conns: int = 8,
+                 max_conns: int = 32, max_requests: int = 2_000_000, max_seconds: float = 60.0,
+                 versions: Iterable[str] = ()):
+        self.envoy = envoy
+        self.users = list(users)
+        self.versions = set(versions)
+        self.max_requests = max_requests
+        self.deadline = time.monotonic() + max_seconds
+        self.stop_event = threading.Event()
+        self.lock = threading.Lock()
+        # Filled in by LiveRamp: gen -> {user: expected version}.
+        self.expected: dict[int, dict[str, str]] = {}
+        self.requests = 0
+        self.failures: list[str] = []      # non-200, unexpected body, connection errors
+        self.wrong: list[str] = []         # a version other than its generation gives the user
+        self.conns: list[Conn] = []
+        # Open connections until every worker holds at least one (the kernel spreads them).
+        while True:
+            self.conns.append(Conn(envoy.port))
+            if len(self.conns) >= conns:
+                def all_workers() -> bool:
+                    per = worker_connections(envoy)
+                    return (sum(per.values()) >= len(self.conns)
+                            and len(per) == envoy.concurrency and min(per.values()) > 0)
+                try:
+                    wait_until(all_workers, 2.0, "connections on every worker", interval=0.01)
+                    break
+                except AssertionError:
+                    if len(self.conns) >= max_conns:
+                        raise
+        n = len(self.conns)
+        self.count = [0] * n                         # responses per connection
+        self.gen = [0] * n                           # last generation seen per connection
+        self.first_seen: list[dict[int, float]] = [{} for _ in range(n)]
+        self.by_gen: list[dict[int, int]] = [{} for _ in range(n)]
+        # observed[gen][user] = version served (set by whichever connection serves the user)
+        self.observed: dict[int, dict[str, str]] = {}
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
+                        for i in range(n)]
+
+    def start(self) -> "LoadGen":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(timeout=15)
+        for c in self.conns:
+            c.close()
+
+    def __enter__(self) -> "LoadGen":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return any(t.is_alive() for t in self.threads)
+
+    def _fail(self, msg: str) -> None:
+        with self.lock:
+            if len(self.failures) < 1000:
+                self.failures.append(msg)
+            else:
+                self.failures.append("...")
+                del self.failures[1000:]
+
+    def _run(self, i: int) -> None:
+        mine = self.users[i::len(self.conns)] or self.users
+        k = 0
+        conn = self.conns[i]
+        while not self.stop_event.is_set() and time.monotonic() < self.deadline:
+            with self.lock:
+                if self.requests >= self.max_requests:
+                    return
+                self.requests += 1
+            user = mine[k % len(mine)]
+            k += 1
+            try:
+                r = conn.get("/", [("x-user-id", user)])
+            except (OSError, ConnectionError, ValueError, IndexError) as exc:
+                self._fail(f"conn {i} user {user}: {exc!r}")
+                conn.close()
+                try:
+                    conn = self.conns[i] = Conn(self.envoy.port)
+                except OSError as exc2:
+                    self._fail(f"conn {i}: reconnect failed: {exc2!r}")
+                    return
+                continue
+            t = time.monotonic()
+            if r.status != 200 or (self.versions and r.text not in self.versions):
+                self._fail(f"conn {i} user {user}: {r.status} {r.body[:80]!r}")
+                continue
+            gens = [int(k_[len(GEN_HEADER_PREFIX):]) for k_, _ in r.headers
+                    if k_.startswith(GEN_HEADER_PREFIX)]
+            gen = gens[0] if len(gens) == 1 else None
+            if gen is None:
+                self._fail(f"conn {i} user {user}: no single generation marker in {r.headers}")
+                continue
+            with self.lock:
+                self.count[i] += 1
+                if gen < self.gen[i]:
+                    self.wrong.append(f"conn {i} went back from generation {self.gen[i]} to {gen}")
+                self.gen[i] = max(self.gen[i], gen)
+                self.first_seen[i].setdefault(gen, t)
+                self.by_gen[i][gen] = self.by_gen[i].get(gen, 0) + 1
+                want = self.expected.get(gen, {}).get(user)
+                if want is not None and r.text != want and len(self.wrong) < 1000:
+                    self.wrong.append(f"user {user} got {r.text} under generation {gen}, "
+                                      f"which gives {want}")
+                seen = self.observed.setdefault(gen, {})
+                prev = seen.setdefault(user, r.text)
+                if prev != r.text and len(self.wrong) < 1000:
+                    self.wrong.append(f"user {user} flipped {prev} -> {r.text} within "
+                                      f"generation {gen}")
+
+    def snapshot(self) -> tuple[list[int], list[int]]:
+        with self.lock:
+            return list(self.count), list(self.gen)
+
+
+@dataclass
+class Step:
+    label: str
+    gen: int
+    accepted: bool
+    visible_ms: float | None = None       # rename -> the last connection's first new response
+    first_ms: float | None = None         # rename -> the first connection's first new response
+    rejected_ms: float | None = None      # rename -> update_rejected counter moved
+
+
+class LiveRamp:
+    """Pushes plugin configs through ECDS (write + rename) while a LoadGen runs, and measures
+    how long each takes to reach every connection (hence every worker).
+
+    Every pushed config gets `response_header: x-graysplit-gen-<n>` (n counts the pushes, bad
+    ones included), so each response says which config served it. That makes the checks exact:
+    no window has to be left out around a push."""
+
+    def __init__(self, envoy: "Envoy", load: LoadGen, ecds_stat_prefix: str,
+                 step_timeout: float = 10.0):
+        self.envoy = envoy
+        self.load = load
+        self.stat = ecds_stat_prefix
+        self.timeout = step_timeout
+        self.gen = 0
+        self.steps: list[Step] = []
+
+    def expect(self, gen: int, config: dict) -> None:
+        stable = config["stable"]
+        split_rules = [r for r in config.get("rules", []) if "split" in r]
+        exp: dict[str, str] = {}
+        for u in self.load.users:
+            version = stable
+            for rule in split_rules:  # these configs: split rules without conditions
+                if rule.get("enabled", True):
+                    version = expected_split(rule.get("salt", rule["name"]), u,
+                                             [(s["version"], s["percent"])
+                                              for s in rule["split"]], stable)
+                    break
+            exp[u] = version
+        with self.load.lock:
+            self.load.expected[gen] = exp
+
+    def initial(self, config: dict) -> None:
+        """Expect `config` as generation 1 (Envoy started with `marked(config, 1)`)."""
+        self.gen = 1
+        self.expect(1, config)
+
+    def wait_for(self, pred: Callable[[], object], what: str):
+        def check():
+            if not self.load.running:
+                raise AssertionError(f"load generator stopped while waiting for {what}")
+            return pred()
+        return wait_until(check, self.timeout, what, interval=0.002)
+
+    def push(self, label: str, config: dict, hold: int, *, bad: bool = False) -> Step:
+        """Push `config`; wait until every connection serves it (or, when `bad`, until Envoy
+        rejects it), then until every connection has answered `hold` more requests."""
+        self.gen += 1
+        gen = self.gen
+        if not bad:
+            self.expect(gen, config)
+        rejected0 = self.envoy.counter(self.stat + "update_rejected")
+        count0, gen0 = self.load.snapshot()
+        t0 = time.monotonic()
+        write_ecds(self.envoy.ecds_path, marked(config, gen))  # type: ignore[attr-defined]
+        step = Step(label, gen, accepted=not bad)
+        if bad:
+            self.wait_for(lambda: self.envoy.counter(self.stat + "update_rejected") > rejected0,
+                       f"Envoy to reject the bad config ({label})")
+            step.rejected_ms = (time.monotonic() - t0) * 1000
+            self.wait_for(lambda: all(c >= c0 + hold
+                                   for c, c0 in zip(self.load.snapshot()[0], count0)),
+                       f"{hold} more responses per connection after the rejected push")
+            _, gens = self.load.snapshot()
+            assert gens == gen0, f"a connection changed config after a rejected push: " \
+                                 f"{gen0} -> {gens}"
+        else:
+            self.wait_for(lambda: all(gen in fs for fs in self.load.first_seen),
+                       f"every connection to serve config {gen} ({label})")
+            seen = [fs[gen] for fs in self.load.first_seen]
+            step.visible_ms = (max(seen) - t0) * 1000
+            step.first_ms = (min(seen) - t0) * 1000
+            self.wait_for(lambda: all(bg.get(gen, 0) >= hold for bg in self.load.by_gen),
+                       f"{hold} responses per connection under config {gen} ({label})")
+        self.steps.append(step)
+        return step
+
+
+def ramp_cycle(stable: str = "v1", gray: str = "v2", salt: str = "release") -> list[tuple]:
+    """The live release the ramp tests and the soak push, as (label, config, bad?):
+    1% -> 10% -> a broken push -> 50% -> 100% -> 0% (rollback) -> 50% -> kill switch."""
+    def ramp(percent: float, **extra) -> dict:
+        return plugin_config([{"name": "ramp", "salt": salt,
+                               "split": [{"version": gray, "percent": percent}], **extra}],
+                             stable=stable)
+    broken = ramp(50)
+    broken["rules"] = broken["rules"] + [{"name": "typo", "when": {"source_cidrs": ["10.0.0.0/33"]},
+                                          "version": gray}]
+    return [("1%", ramp(1), False), ("10%", ramp(10), False), ("bad push", broken, True),
+            ("50%", ramp(50), False), ("100%", ramp(100), False),
+            ("0% rollback", ramp(0), False), ("50% again", ramp(50), False),
+            ("kill switch", ramp(50, enabled=False), False)]
+
+
+# Lines for the end-of-run summary (conftest prints them; tests also write them to .run/).
+SUMMARY: list[str] = []

@@ -1,0 +1,222 @@
+"""The operator CLI (target/release/graysplit, `make cli`): check, explain, simulate, bucket.
+
+Its answers are checked against the contract computed independently here (mmh3 for the
+buckets, DESIGN's bucket ranges for the split), its exit codes against what scripts rely on:
+0 fine, 1 an invalid config, 2 a usage or input error."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from harness import REPO, bucket, expected_split
+
+CLI = REPO / "target" / "release" / "graysplit"
+
+DESIGN_EXAMPLE = {
+    "route_header": "x-graysplit-version",
+    "stable": "v2.0",
+    "identity": {
+        "from": [{"header": "x-user-id"}, {"cookie": "uid"}, {"query": "uid"}],
+        "sticky_cookie": {"name": "graysplit_uid", "max_age_s": 2592000},
+    },
+    "override": {"header": "x-gray-release", "trusted_cidrs": ["10.0.0.0/8", "127.0.0.1/32"]},
+    "response_header": "x-graysplit-version",
+    "rules": [
+        {"name": "vip-stay-stable", "when": {"users": ["ceo@example.com"]}, "version": "v2.0"},
+        {"name": "legal-pilot", "when": {"headers": [{"name": "x-department", "exact": "legal"}]},
+         "version": "v2.1"},
+        {"name": "office", "when": {"source_cidrs": ["192.168.0.0/16"], "path_prefix": "/api/"},
+         "version": "v2.1"},
+        {"name": "ramp", "split": [{"version": "v2.1", "percent": 10}], "salt": "release-2.1"},
+    ],
+}
+
+
+def cli(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
+    if not CLI.exists():
+        pytest.fail(f"{CLI} is missing: run `make cli` first", pytrace=False)
+    return subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True,
+                          input=stdin, timeout=60)
+
+
+def fields(out: str) -> dict[str, str]:
+    """`name:  value` lines of `explain` (the header part, before `why:`)."""
+    head = out.split("\nwhy:")[0]
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in head.splitlines())}
+
+
+@pytest.fixture
+def design(tmp_path):
+    path = tmp_path / "design.json"
+    path.write_text(json.dumps(DESIGN_EXAMPLE))
+    return path
+
+
+def wasmplugin(name: str, config: dict) -> dict:
+    return {"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+            "metadata": {"name": name, "namespace": "rag"},
+            "spec": {"url": "oci://example.com/graysplit:1", "pluginConfig": config}}
+
+
+# --------------------------------------------------------------------------- check
+
+def it_check_accepts_a_valid_config_and_names_its_versions(design):
+    r = cli("check", design)
+    assert r.returncode == 0, r
+    assert re.search(r"ok: stable v2\.0, 4 rules, versions v2\.0, v2\.1", r.stdout), r.stdout
+
+
+def it_check_rejects_an_invalid_config_with_the_json_path(tmp_path, design):
+    bad = json.loads(json.dumps(DESIGN_EXAMPLE))
+    bad["rules"][3]["split"][0]["percent"] = 120
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    r = cli("check", design, path)
+    assert r.returncode == 1, r
+    assert "rules[3].split[0].percent: must be between 0 and 100, got 120" in r.stdout, r.stdout
+    assert f"{design}: ok" in r.stdout, "the valid file is still reported"
+
+
+@pytest.mark.parametrize("mutate,path", [
+    (lambda c: c["rules"][0].update(splt=[]), "rules[0].splt"),
+    (lambda c: c["override"].update(trusted_cidrs=["10.0.0.0/33"]), "override.trusted_cidrs[0]"),
+    (lambda c: c["rules"][1]["when"]["headers"][0].update(name="X-Department"),
+     "rules[1].when.headers[0].name"),
+    (lambda c: c.pop("stable"), "stable"),
+    (lambda c: c["identity"]["sticky_cookie"].update(max_age_s=10),
+     "identity.sticky_cookie.max_age_s"),
+])
+def it_check_points_at_the_bad_field(tmp_path, mutate, path):
+    cfg = json.loads(json.dumps(DESIGN_EXAMPLE))
+    mutate(cfg)
+    r = cli("check", "-", stdin=json.dumps(cfg))
+    assert r.returncode == 1, r
+    assert f"invalid config: {path}:" in r.stdout, r.stdout
+
+
+def it_check_reads_plugin_config_from_wasmplugin_yaml(tmp_path):
+    bad = json.loads(json.dumps(DESIGN_EXAMPLE))
+    bad["rules"][3]["split"][0]["percent"] = 10.555
+    docs = [wasmplugin("good", DESIGN_EXAMPLE), {"apiVersion": "v1", "kind": "ConfigMap",
+                                                  "metadata": {"name": "x"}},
+            wasmplugin("bad", bad)]
+    path = tmp_path / "plugins.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    r = cli("check", path)
+    assert r.returncode == 1, r
+    assert "WasmPlugin good: ok" in r.stdout, r.stdout
+    assert "WasmPlugin bad: invalid config: rules[3].split[0].percent" in r.stdout, r.stdout
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(yaml.safe_dump(wasmplugin("good", DESIGN_EXAMPLE)))
+    assert cli("check", ok).returncode == 0
+    assert cli("check", REPO / "istio" / "wasmplugin-gateway.yaml").returncode == 0
+
+
+# --------------------------------------------------------------------------- explain
+
+@pytest.mark.parametrize("user", ["alice", "bob", "user-42", "用户-7", "ceo@example.org"])
+def it_explain_gives_the_version_rule_and_bucket_the_contract_gives(design, user):
+    r = cli("explain", design, "--user", user)
+    assert r.returncode == 0, r
+    f = fields(r.stdout)
+    b = bucket("release-2.1", user)
+    assert f["bucket"] == f"{b} of 10000", r.stdout
+    assert f["version"] == expected_split("release-2.1", user, [("v2.1", 10)], "v2.0"), r.stdout
+    assert f["rule"] == "ramp", r.stdout
+    assert f"bucket {b} is in" in r.stdout, r.stdout
+
+
+def it_explain_says_which_rule_decided_and_why(design):
+    f = fields(cli("explain", design, "--user", "ceo@example.com").stdout)
+    assert (f["version"], f["rule"]) == ("v2.0", "vip-stay-stable")
+    r = cli("explain", design, "--user", "alice", "--header", "x-department: legal")
+    assert (fields(r.stdout)["version"], fields(r.stdout)["rule"]) == ("v2.1", "legal-pilot")
+    r = cli("explain", design, "--user", "alice", "--path", "/api/x", "--source", "192.168.3.4")
+    assert (fields(r.stdout)["version"], fields(r.stdout)["rule"]) == ("v2.1", "office")
+    assert "skipped: not true that header x-department" in r.stdout, r.stdout
+    r = cli("explain", design, "--user", "alice", "--path", "/web/", "--source", "192.168.3.4")
+    assert fields(r.stdout)["rule"] == "ramp", r.stdout
+
+
+def it_explain_honours_the_override_only_from_a_trusted_source(design):
+    stable_user = next(u for u in (f"u{i}" for i in range(1000)) if bucket("release-2.1", u) >= 1000)
+    args = ["explain", design, "--user", stable_user, "--header", "x-gray-release: v2.1"]
+    r = cli(*args, "--source", "203.0.113.9")
+    f = fields(r.stdout)
+    assert (f["version"], f["rule"]) == ("v2.0", "ramp"), r.stdout
+    assert "not in trusted_cidrs" in r.stdout, r.stdout
+    for source in ("10.1.2.3", "127.0.0.1", "::ffff:10.9.9.9"):
+        f = fields(cli(*args, "--source", source).stdout)
+        assert (f["version"], f["rule"]) == ("v2.1", "override"), source
+    f = fields(cli("explain", design, "--user", stable_user, "--header", "x-gray-release: v9",
+                   "--source", "10.1.2.3").stdout)
+    assert f["version"] == "v2.0", "an unknown version is ignored"
+
+
+def it_explain_mints_an_id_when_there_is_none(design):
+    r = cli("explain", design)
+    assert r.returncode == 0, r
+    assert "Set-Cookie: graysplit_uid=<32 random hex>" in r.stdout, r.stdout
+
+
+# --------------------------------------------------------------------------- simulate
+
+@pytest.mark.parametrize("percent", [1, 10, 37.5, 50])
+def it_simulate_share_matches_the_percent(tmp_path, percent):
+    cfg = json.loads(json.dumps(DESIGN_EXAMPLE))
+    cfg["rules"][3]["split"][0]["percent"] = percent
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cfg))
+    r = cli("simulate", path, "--users", 10000)
+    assert r.returncode == 0, r
+    m = re.search(r"^\(all rules\)\s+v2\.1\s+(\d+)\s+([\d.]+)%$", r.stdout, re.M)
+    assert m, r.stdout
+    users, share = int(m.group(1)), float(m.group(2))
+    assert abs(share - percent) <= 1, r.stdout
+    assert share == pytest.approx(users / 100)
+    # The simulated ids are printed; the count is exactly what mmh3 gives them.
+    ids = re.search(r"ids (\S+)-0 \.\. \1-9999", r.stdout)
+    assert ids, r.stdout
+    exact = sum(bucket("release-2.1", f"{ids.group(1)}-{i}") < percent * 100
+                for i in range(10000))
+    assert users == exact, r.stdout
+
+
+def it_simulate_reports_shares_per_rule(design):
+    r = cli("simulate", design, "--users", 2000, "--header", "x-department: legal")
+    assert r.returncode == 0, r
+    assert re.search(r"^legal-pilot\s+v2\.1\s+2000\s+100\.00%$", r.stdout, re.M), r.stdout
+
+
+# --------------------------------------------------------------------------- bucket
+
+@pytest.mark.parametrize("salt,user,want", [
+    ("release-2.1", "alice", 9862), ("release-2.1", "bob", 1649),
+    ("ramp", "user-42", 3832), ("ramp", "用户-7", 5588)])
+def it_bucket_matches_the_design_golden_values(salt, user, want):
+    r = cli("bucket", salt, user)
+    assert r.returncode == 0, r
+    assert int(r.stdout) == want == bucket(salt, user)
+
+
+# --------------------------------------------------------------------------- usage errors
+
+@pytest.mark.parametrize("args", [
+    [], ["frobnicate"], ["bucket", "only-salt"], ["check"], ["explain"],
+    ["simulate", "istio/wasmplugin-gateway.yaml"],
+    ["simulate", "istio/wasmplugin-gateway.yaml", "--users", "ten"],
+    ["explain", "istio/wasmplugin-gateway.yaml", "--source", "not-an-ip"],
+    ["explain", "istio/wasmplugin-gateway.yaml", "--frob"],
+    ["explain", "istio/wasmplugin-gateway.yaml", "--header", "no-colon"],
+    ["check", "/nonexistent/config.json"],
+    ["explain", "istio/virtualservice.yaml"],
+], ids=lambda a: " ".join(a) or "(none)")
+def it_usage_errors_exit_2_with_a_message(args):
+    r = subprocess.run([str(CLI), *args], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 2, r
+    assert r.stderr.strip() or "Usage:" in r.stdout, r
