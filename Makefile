@@ -66,8 +66,8 @@ soak: build venv ## Minutes of live ramps and rollbacks under load; prints failu
 fuzz: ## Coverage-guided fuzzing of the config parser and the request path (FUZZ_SECONDS each, default 60)
 	$(MAKE) -C fuzz run SECONDS=$${FUZZ_SECONDS:-60}
 
-istio-pin: build ## Write the built wasm's sha256 into istio/wasmplugin-*.yaml
-	@sum=$$(sha256sum $(WASM) | cut -d' ' -f1); sed -i -E "s/^(  sha256: ).*/\1$$sum/" istio/wasmplugin-*.yaml; echo "pinned sha256 $$sum"
+istio-pin: build ## Write the built wasm's sha256 into the file:// WasmPlugin (istio/wasmplugin-file.yaml)
+	@sum=$$(sha256sum $(WASM) | cut -d' ' -f1); sed -i -E "s/^(  sha256: ).*/\1$$sum/" istio/wasmplugin-file.yaml; echo "pinned sha256 $$sum in istio/wasmplugin-file.yaml"
 
 clean: ## Remove build output and the venv
 	cargo clean
