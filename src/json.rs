@@ -180,12 +180,17 @@ impl<'a> Fields<'a> {
         Ok(f)
     }
 
-    /// The path of field `key`.
+    /// The path of field `key`: `rules[0].when`, or `identity[""]` for a key that is not a
+    /// plain name (only unknown fields can be).
     pub fn child(&self, key: &str) -> String {
-        if self.path == "$" || self.path.is_empty() {
-            key.to_string()
-        } else {
-            format!("{}.{key}", self.path)
+        let top = self.path == "$" || self.path.is_empty();
+        let plain =
+            !key.is_empty() && key.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
+        match (top, plain) {
+            (true, true) => key.to_string(),
+            (false, true) => format!("{}.{key}", self.path),
+            (true, false) => format!("$[{}]", quote(key)),
+            (false, false) => format!("{}[{}]", self.path, quote(key)),
         }
     }
 
@@ -290,6 +295,12 @@ mod tests {
             f.req::<bool>("z").unwrap_err().to_string(),
             "z: expected true or false, got a string \"\\u{1}\\\"q\""
         );
+        let odd = Node::parse(br#"{"": 1, "a b": {"": 2}}"#).unwrap();
+        let e = Fields::new(&odd, "$", &["x"]).err().unwrap().to_string();
+        assert!(e.starts_with("$[\"\"]: unknown field"), "{e}");
+        let Node::Obj(inner) = &odd else { panic!() };
+        let e = Fields::new(&inner[1].1, "identity", &["x"]).err().unwrap().to_string();
+        assert!(e.starts_with("identity[\"\"]: unknown field"), "{e}");
         let e = Fields::new(&n, "rules[0]", &["s"]).err().unwrap().to_string();
         assert_eq!(e, "rules[0].l: unknown field `l`, expected one of: s");
     }

@@ -67,7 +67,9 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
     };
     let days = days_from_civil(year, month, day);
     let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
-    Ok(secs * 1_000_000_000 + nanos)
+    // i64 nanoseconds span 1677..2262. Later (or earlier) times saturate: the clock never gets
+    // there, so `9999-12-31T23:59:59Z` still means "never" and `0001-01-01` "always".
+    Ok(secs.saturating_mul(1_000_000_000).saturating_add(nanos))
 }
 
 fn is_leap(y: i64) -> bool {
@@ -116,6 +118,18 @@ mod tests {
         for (text, want) in cases {
             assert_eq!(parse_rfc3339(text).unwrap(), *want, "{text}");
         }
+    }
+
+    #[test]
+    fn times_beyond_the_nanosecond_range_saturate_in_order() {
+        let never = parse_rfc3339("9999-12-31T23:59:59Z").unwrap();
+        let far = parse_rfc3339("2262-04-12T00:00:00Z").unwrap();
+        let always = parse_rfc3339("0001-01-01T00:00:00Z").unwrap();
+        assert_eq!(never, i64::MAX);
+        assert_eq!(far, i64::MAX);
+        assert_eq!(always, i64::MIN);
+        assert!(parse_rfc3339("2262-04-11T00:00:00Z").unwrap() < far, "last representable day");
+        assert!(parse_rfc3339("1677-09-22T00:00:00Z").unwrap() > always);
     }
 
     #[test]
