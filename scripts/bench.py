@@ -1,0 +1,695 @@
+#!/usr/bin/env python3
+"""`make bench`: Envoy CPU time per request with graysplit, against native Envoy routing, Lua and
+a no-op Wasm filter. Prints a markdown table and writes it to bench/results.md.
+
+    .venv/bin/python scripts/bench.py [--rounds 5] [--duration 6] [--warmup 2] [--connections 16]
+
+Scenarios (one Envoy each, all with the same listener, strip step and clusters; see
+envoy/bench-*.yaml):
+  a  native header routing, no filter: the floor every ratio is taken against
+  b  Envoy's own sticky weighted_clusters (route hash_policy on x-user-id, use_hash_policy)
+  c  graysplit, a 1-rule 50% split
+  d  graysplit, a realistic 20-rule config (header, cookie, query, CIDR rules, 1 000 users, an
+     expired rule, then the 50% split)
+  e  bench/graysplit-split.lua: (c)'s split in an Envoy Lua filter (same murmur3 contract)
+  f  bench/noop: a proxy-wasm filter that does nothing (the cost of the Wasm layer itself)
+
+How: every Envoy runs with --concurrency 1 pinned to CPU 0; nginx (the upstream, one process,
+two ports answering "v1" / "v2") and wrk (one thread, many distinct user ids, bench/wrk-users.lua)
+are pinned to CPU 1. Each run is a short warm-up then `--duration` seconds of wrk; Envoy CPU
+time is utime+stime from /proc/<pid>/stat over the run, divided by the requests Envoy served in
+it (admin counter http.app.downstream_rq_total). A round runs every scenario once, in an order
+rotated by one each round; a scenario's ratio in a round is its CPU per request over (a)'s in
+the same round, and the table gives the median, min and max over rounds. Before measuring,
+every scenario is checked to route as intended (and the Lua murmur3 against Python's mmh3).
+
+Installs wrk and nginx-light with apt-get when they are missing (needs root).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime as dt
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run  # noqa: E402  (scripts/run.py: template rendering, Envoy binary, admin helpers)
+
+ROOT = run.ROOT
+BENCH = ROOT / "bench"
+RUN_DIR = ROOT / ".run" / "bench"
+RESULTS = BENCH / "results.md"
+NOOP_MANIFEST = BENCH / "noop" / "Cargo.toml"
+NOOP_WASM = BENCH / "noop" / "target" / "wasm32-wasip1" / "release" / "graysplit_bench_noop.wasm"
+LUA_SPLIT = BENCH / "graysplit-split.lua"
+WRK_SCRIPT = BENCH / "wrk-users.lua"
+# Every request: the path and query below, plus what bench/wrk-users.lua adds (user id, cookie).
+REQUEST_PATH = "/api/chat?lang=en&model=small"
+COOKIE = "theme=dark; session=3f9a1c; lang=en"
+USER_AGENT = "Mozilla/5.0 (graysplit bench)"
+
+ENVOY_CPU, LOAD_CPU = 0, 1
+SPLIT_SALT = "ramp"      # (c), (d) and (e) split with salt "ramp" at 50%: the same users go gray
+GRAY_BELOW = 5000        # buckets [0, 5000) -> v2
+
+GOALS = {"c": 1.10, "d": 1.12}   # issue 4: (c)/(a) <= 1.10, (d)/(a) <= 1.12, and (c) < (e)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plugin configs of (c) and (d).
+
+def config_one_rule() -> dict:
+    return {
+        "route_header": "x-graysplit-version",
+        "stable": "v1",
+        "identity": {"from": [{"header": "x-user-id"}]},
+        "rules": [{"name": SPLIT_SALT, "split": [{"version": "v2", "percent": 50}]}],
+    }
+
+
+# Ten of the 1 000 listed users are ids wrk sends (user-0, user-100, ...): they stay on v1.
+VIP_USERS = [f"vip-{i:04d}@example.com" for i in range(990)] + [f"user-{i}" for i in range(0, 1000, 100)]
+
+
+def config_twenty_rules() -> dict:
+    """What a real release config grows into: testers, pilots, offices, kill switches, an old
+    ramp that expired, then the ramp. The bench traffic matches none of the conditions (save the
+    10 listed users), so nearly every request evaluates all 20 rules and lands on the split."""
+    def rule(name: str, version: str = "v2", **when) -> dict:
+        return {"name": name, "when": when, "version": version}
+    rules = [
+        rule("vip-stay-stable", "v1", users=VIP_USERS),
+        rule("legal-pilot", headers=[{"name": "x-department", "exact": "legal"}]),
+        rule("beta-header", headers=[{"name": "x-beta", "present": True}]),
+        rule("mobile-beta", headers=[{"name": "x-client", "one_of": ["ios-beta", "android-beta"]}]),
+        rule("testers-ua", headers=[{"name": "user-agent", "prefix": "graysplit-tester/"}]),
+        rule("internal-tenant", headers=[{"name": "x-tenant", "suffix": ".internal"}]),
+        rule("beta-cookie", cookies=[{"name": "beta", "exact": "1"}]),
+        rule("opt-in-cookie", cookies=[{"name": "gray_opt_in", "present": True}]),
+        rule("preview-query", query=[{"name": "preview", "exact": "1"}]),
+        rule("canary-query", query=[{"name": "canary", "one_of": ["on", "true"]}]),
+        rule("office-v4", source_cidrs=["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"],
+             path_prefix="/api/"),
+        rule("office-v6", source_cidrs=["fd00::/8", "2001:db8::/32"]),
+        rule("admin-writes-stable", "v1", path_prefix="/admin/", methods=["POST", "PUT", "DELETE"]),
+        rule("eu-pilot", headers=[{"name": "x-region", "exact": "eu-west-3"}],
+             cookies=[{"name": "lang", "exact": "fr"}]),
+        rule("debug-query", query=[{"name": "debug", "present": True}]),
+        rule("partners", headers=[{"name": "x-partner-id", "one_of": ["acme", "globex", "initech"]}]),
+        {"name": "old-ramp", "split": [{"version": "v3", "percent": 100}],
+         "expires_at": "2025-01-01T00:00:00Z"},
+        {"name": "killed", "version": "v3", "enabled": False},
+        {"name": "next-ramp", "split": [{"version": "v3", "percent": 100}],
+         "starts_at": "2099-01-01T00:00:00Z"},
+        {"name": SPLIT_SALT, "split": [{"version": "v2", "percent": 50}]},
+    ]
+    assert len(rules) == 20
+    return {
+        "route_header": "x-graysplit-version",
+        "stable": "v1",
+        "identity": {"from": [{"header": "x-user-id"}, {"cookie": "uid"}, {"query": "uid"}]},
+        "override": {"header": "x-gray-release", "trusted_cidrs": ["10.0.0.0/8"]},
+        "rules": rules,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios.
+
+@dataclass
+class Scenario:
+    key: str
+    title: str
+    template: str
+    values: dict[str, object] = field(default_factory=dict)
+    # user id -> the version it must get, or None: "a fair, sticky split" (b)
+    expect: object = None
+    proc: subprocess.Popen | None = None
+    admin: str = ""
+    port: int = 0
+
+
+def mmh3_bucket(salt: str, user: bytes) -> int:
+    import mmh3  # tests/requirements.txt installs it into .venv/
+    return mmh3.hash(salt.encode() + b":" + user, 0, signed=False) % 10000
+
+
+def expect_split(user: str) -> str:
+    return "v2" if mmh3_bucket(SPLIT_SALT, user.encode()) < GRAY_BELOW else "v1"
+
+
+def expect_twenty(user: str) -> str:
+    return "v1" if user in VIP_SET else expect_split(user)
+
+
+VIP_SET = set(VIP_USERS)
+
+
+def scenarios(graysplit_wasm: Path) -> list[Scenario]:
+    wasm = lambda path, config: {"WASM_PATH": path, "PLUGIN_CONFIG_JSON": json.dumps(json.dumps(config))}
+    return [
+        Scenario("a", "native header routing, no filter (floor)", "bench-native.yaml",
+                 expect=lambda u: "v1"),
+        Scenario("b", "Envoy weighted_clusters + hash_policy on x-user-id", "bench-weighted.yaml",
+                 expect=None),
+        Scenario("c", "graysplit, 1 rule: 50% split", "bench-wasm.yaml",
+                 wasm(graysplit_wasm, config_one_rule()), expect=expect_split),
+        Scenario("d", "graysplit, 20 rules (1 000 users, expired rule, split)", "bench-wasm.yaml",
+                 wasm(graysplit_wasm, config_twenty_rules()), expect=expect_twenty),
+        Scenario("e", "Lua filter, same murmur3 50% split", "bench-lua.yaml",
+                 {"LUA_PATH": LUA_SPLIT}, expect=expect_split),
+        Scenario("f", "no-op proxy-wasm filter (Rust, proxy-wasm 0.2.5)", "bench-wasm.yaml",
+                 wasm(NOOP_WASM, {}), expect=lambda u: "v1"),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tools: wrk, nginx, the no-op wasm.
+
+def ensure_packages() -> tuple[str, str]:
+    """wrk and nginx (Debian's nginx-light), installed with apt-get when missing."""
+    def find() -> tuple[str | None, str | None]:
+        return shutil.which("wrk"), shutil.which("nginx") or (
+            "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+    wrk, nginx = find()
+    if wrk and nginx:
+        return wrk, nginx
+    missing = [p for p, have in (("wrk", wrk), ("nginx-light", nginx)) if not have]
+    if not shutil.which("apt-get"):
+        raise SystemExit(f"make bench needs {' and '.join(missing)}, and there is no apt-get here "
+                         f"to install them: install them with your package manager and run again")
+    if os.geteuid() != 0:
+        raise SystemExit(f"make bench needs {' and '.join(missing)}: run "
+                         f"`sudo apt-get install -y {' '.join(missing)}` (or make bench as root)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
+    print(f"installing {' '.join(missing)} from Debian: {' '.join(install)}", flush=True)
+    if subprocess.run(install, env=env).returncode != 0:
+        print("apt-get install failed; running apt-get update first", flush=True)
+        if subprocess.run(["apt-get", "update"], env=env).returncode != 0 or \
+                subprocess.run(install, env=env).returncode != 0:
+            raise SystemExit(f"could not install {' '.join(missing)} with apt-get (see above)")
+    wrk, nginx = find()
+    if not (wrk and nginx):
+        raise SystemExit("apt-get ran but wrk or nginx is still not found")
+    return wrk, nginx
+
+
+def build_noop() -> None:
+    cmd = ["cargo", "build", "--release", "--target", "wasm32-wasip1",
+           "--manifest-path", str(NOOP_MANIFEST.relative_to(ROOT))]
+    print("$ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def _child_setup(cpu: int | None):
+    def setup() -> None:
+        # PR_SET_PDEATHSIG = 1: SIGKILL when bench.py dies, however it dies.
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})   # like `taskset -c <cpu>`, inherited by every thread
+    return setup
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, what: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout_s:.0f}s")
+
+
+def start_nginx(nginx: str, cpu: int | None) -> tuple[subprocess.Popen, int, int]:
+    """One nginx process (no master, so PR_SET_PDEATHSIG covers it) answering 200 "v1" / "v2"."""
+    v1, v2 = free_port(), free_port()
+    d = RUN_DIR / "nginx"
+    d.mkdir(parents=True, exist_ok=True)
+    conf = d / "nginx.conf"
+    conf.write_text(f"""daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  default_type text/plain;
+  keepalive_requests 100000000;
+  keepalive_timeout 600s;
+  server {{ listen 127.0.0.1:{v1}; location / {{ return 200 "v1\\n"; }} }}
+  server {{ listen 127.0.0.1:{v2}; location / {{ return 200 "v2\\n"; }} }}
+}}
+""")
+    proc = subprocess.Popen([nginx, "-p", str(d), "-c", str(conf)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=open(d / "stderr.log", "wb"),
+                            preexec_fn=_child_setup(cpu))
+    try:
+        wait_port(v1, proc, "nginx")
+        wait_port(v2, proc, "nginx")
+    except RuntimeError:
+        print((d / "stderr.log").read_text() + (d / "error.log").read_text() if (d / "error.log").exists() else "",
+              file=sys.stderr)
+        raise
+    return proc, v1, v2
+
+
+# ---------------------------------------------------------------------------------------------
+# Envoy.
+
+def start_envoy(s: Scenario, ports: dict[str, int], cpu: int | None, template: Path | None = None,
+                name: str | None = None, wrapper: list[str] | None = None,
+                ready_timeout_s: float = 30.0) -> None:
+    name = name or s.key
+    values = {**ports, **{k: v for k, v in s.values.items()}}
+    config = RUN_DIR / f"envoy-{name}.yaml"
+    config.write_text(run.render_bootstrap(values, template or ROOT / "envoy" / s.template))
+    admin_path = RUN_DIR / f"admin-{name}"
+    admin_path.unlink(missing_ok=True)
+    log = RUN_DIR / f"envoy-{name}.log"
+    args = [*(wrapper or []), run.envoy_binary(), "-c", str(config), "--disable-hot-restart", "--concurrency", "1",
+            "--admin-address-path", str(admin_path), "--log-level", "warn"]
+    with open(log, "wb") as out:
+        s.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  preexec_fn=_child_setup(cpu))
+    try:
+        s.admin = run.wait_ready(s.proc, admin_path, timeout_s=ready_timeout_s)
+        s.port = run.listener_port(s.admin, "bench")
+    except RuntimeError as e:
+        print(f"--- {log} ---\n{log.read_text(errors='replace')}", file=sys.stderr)
+        raise SystemExit(f"scenario ({s.key}): {e}") from None
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        run.stop_envoy(proc)
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of the whole process (every thread), in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])   # fields 14 and 15 of proc(5), counted from 1
+
+
+def cpu0_busy_ticks(cpu: int | None) -> tuple[int, int]:
+    """(busy, steal) clock ticks of Envoy's CPU from /proc/stat: what ran there besides Envoy
+    (other processes, a hypervisor taking the CPU away) is the noise of a run."""
+    if cpu is None:
+        return 0, 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            v = [int(x) for x in line.split()[1:]]
+            return v[0] + v[1] + v[2] + v[5] + v[6], v[7]   # user nice system irq softirq; steal
+    return 0, 0
+
+
+def rq_counters(admin: str) -> dict[str, int]:
+    c = run.counters(admin, "http.app.downstream_rq_")
+    return {k.rsplit("_", 1)[1]: v for k, v in c.items() if re.search(r"_(total|2xx|5xx)$", k)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks before measuring.
+
+def get(conn: http.client.HTTPConnection, user: bytes | None, extra: dict | None = None,
+        path: str = REQUEST_PATH) -> tuple[int, str, dict]:
+    headers = {"cookie": COOKIE, "user-agent": USER_AGENT, "accept": "application/json"}
+    if user is not None:
+        headers["x-user-id"] = user
+    headers.update(extra or {})
+    conn.request("GET", path, headers=headers)
+    r = conn.getresponse()
+    return r.status, r.read().decode(errors="replace").strip(), dict(r.getheaders())
+
+
+def check_routing(s: Scenario, sample: int = 600) -> str:
+    """Send `sample` users the way wrk does and check each lands where the scenario says."""
+    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=5)
+    users = [f"user-{i}" for i in range(sample)]
+    got: dict[str, str] = {}
+    problems: list[str] = []
+    for u in users:
+        status, body, _ = get(conn, u.encode())
+        if status != 200:
+            problems.append(f"{u}: HTTP {status} {body[:80]!r}")
+        got[u] = body
+    if s.expect is None:
+        # (b): no contract to compare with; the pick must be sticky and about half and half.
+        for u in users[:200]:
+            if get(conn, u.encode())[1] != got[u]:
+                problems.append(f"{u}: not sticky ({got[u]} then another version)")
+    else:
+        for u in users:
+            if got[u] != s.expect(u):
+                problems.append(f"{u}: got {got[u]!r}, expected {s.expect(u)!r}")
+    if s.key in ("b", "c", "d", "e"):
+        share = sum(v == "v2" for v in got.values()) / len(users)
+        if not 0.40 <= share <= 0.60:
+            problems.append(f"v2 share {share:.1%}, expected about 50%")
+    if s.key == "d":
+        # The rules must work, not only the split: each of these goes to v2 although the user's
+        # bucket says v1; a listed user goes to v1 although the bucket says v2.
+        on_v1 = next(u for u in users if expect_split(u) == "v1")
+        on_v2 = next(u for u in users if u in VIP_SET and expect_split(u) == "v2")
+        for why, extra, path in [("x-department: legal", {"x-department": "legal"}, REQUEST_PATH),
+                                 ("cookie beta=1", {"cookie": COOKIE + "; beta=1"}, REQUEST_PATH),
+                                 ("?preview=1", {}, REQUEST_PATH + "&preview=1")]:
+            if (body := get(conn, on_v1.encode(), extra, path)[1]) != "v2":
+                problems.append(f"{on_v1} with {why}: got {body!r}, expected 'v2'")
+        if (body := get(conn, on_v2.encode())[1]) != "v1":
+            problems.append(f"listed user {on_v2}: got {body!r}, expected 'v1'")
+    conn.close()
+    counts = {v: sum(b == v for b in got.values()) for v in sorted(set(got.values()))}
+    summary = ", ".join(f"{v} {n}" for v, n in counts.items())
+    if problems:
+        raise SystemExit(f"scenario ({s.key}) does not route as intended ({summary}):\n  "
+                         + "\n  ".join(problems[:10]))
+    return summary
+
+
+def check_lua_murmur3(ports: dict[str, int], cpu: int | None) -> int:
+    """Run bench/graysplit-split.lua's graysplit_bucket() in Envoy's LuaJIT and compare it with
+    Python's mmh3 (golden values of DESIGN.md, every tail length, non-ASCII bytes)."""
+    probe = RUN_DIR / "lua-bucket-probe.lua"
+    probe.write_text(LUA_SPLIT.read_text() + """
+-- bench.py's probe: answer the bucket of (x-salt, x-user-id) instead of routing.
+function envoy_on_request(h)
+  local hs = h:headers()
+  h:respond({[":status"] = "200"}, tostring(graysplit_bucket(hs:get("x-salt"), hs:get("x-user-id"))))
+end
+""")
+    s = Scenario("lua-probe", "", "bench-lua.yaml", {"LUA_PATH": probe})
+    start_envoy(s, ports, cpu, name="lua-probe")
+    cases = [("release-2.1", b"alice"), ("release-2.1", b"bob"), ("ramp", b"user-42"),
+             ("ramp", "用户-7".encode())]
+    cases += [(SPLIT_SALT, f"user-{i}".encode()) for i in range(100)]
+    cases += [("s" * (i % 5), (b"\xc3\xa9x\xff" * 7)[: i % 23] + b"z") for i in range(60)]
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=5)
+        for salt, user in cases:
+            conn.request("GET", "/", headers={"x-salt": salt, "x-user-id": user})
+            r = conn.getresponse()
+            got = r.read().decode().strip()
+            want = mmh3_bucket(salt, user)
+            if r.status != 200 or got != str(want):
+                raise SystemExit(f"Lua murmur3 disagrees with mmh3 for ({salt!r}, {user!r}): "
+                                 f"HTTP {r.status} {got!r}, mmh3 says {want}")
+        conn.close()
+    finally:
+        stop(s.proc)
+    return len(cases)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring.
+
+@dataclass
+class Run:
+    key: str
+    round: int
+    cpu_s: float
+    requests: int
+    rps: float
+    p99_ms: float
+    errors: int
+    other_pct: float     # CPU 0 busy with something else than Envoy, % of the run
+    steal_pct: float
+
+    @property
+    def cpu_us_per_rq(self) -> float:
+        return self.cpu_s / self.requests * 1e6
+
+
+class RunFailed(Exception):
+    """A run that could not be measured (wrk failed, Envoy gone): bench.py retries it."""
+
+
+def wrk(wrk_bin: str, s: Scenario, seconds: int, connections: int, cpu: int | None) -> dict:
+    cmd = [wrk_bin, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(WRK_SCRIPT),
+           f"http://127.0.0.1:{s.port}{REQUEST_PATH}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_child_setup(cpu))
+    m = re.search(r"^WRK_JSON (\{.*\})$", out.stdout, re.M)
+    if out.returncode != 0 or not m:
+        raise RunFailed(f"wrk failed ({out.returncode}): {(out.stdout + out.stderr).strip()[-300:]}")
+    return json.loads(m.group(1))
+
+
+def measure(wrk_bin: str, s: Scenario, rnd: int, args, envoy_cpu: int | None, cpu: int | None) -> Run:
+    wrk(wrk_bin, s, args.warmup, args.connections, cpu)
+    before_rq = rq_counters(s.admin)
+    b0, st0 = cpu0_busy_ticks(envoy_cpu)
+    t0, w0 = cpu_ticks(s.proc.pid), time.monotonic()
+    w = wrk(wrk_bin, s, args.duration, args.connections, cpu)
+    t1, w1 = cpu_ticks(s.proc.pid), time.monotonic()
+    b1, st1 = cpu0_busy_ticks(envoy_cpu)
+    after_rq = rq_counters(s.admin)
+    window = (w1 - w0) * os.sysconf("SC_CLK_TCK") / 100   # ticks per 1% of the window
+    served = after_rq.get("total", 0) - before_rq.get("total", 0)
+    bad = after_rq.get("5xx", 0) - before_rq.get("5xx", 0)
+    errors = bad + sum(w[k] for k in ("connect", "read", "write", "status", "timeout"))
+    if served <= 0 or s.proc.poll() is not None:
+        raise RunFailed(f"scenario ({s.key}): Envoy served no requests or exited")
+    return Run(s.key, rnd, (t1 - t0) / os.sysconf("SC_CLK_TCK"), served,
+               w["requests"] / (w["duration_us"] / 1e6), w["p99_us"] / 1000, errors,
+               max(0.0, (b1 - b0) - (t1 - t0)) / window, (st1 - st0) / window)
+
+
+def measure_with_retries(wrk_bin: str, s: Scenario, rnd: int, args, envoy_cpu: int | None,
+                         cpu: int | None, ports: dict[str, int], attempts: int = 3) -> Run:
+    """measure(), restarting a scenario's Envoy that is gone (on a shared machine something else
+    may stop it) and checking its routing again before measuring."""
+    for attempt in range(1, attempts + 1):
+        try:
+            if s.proc is None or s.proc.poll() is not None:
+                code = s.proc.returncode if s.proc else None
+                print(f"({s.key}) Envoy is gone (exit status {code}): restarting it", flush=True)
+                start_envoy(s, ports, envoy_cpu)
+                check_routing(s, sample=200)
+            return measure(wrk_bin, s, rnd, args, envoy_cpu, cpu)
+        except RunFailed as e:
+            if attempt == attempts:
+                raise SystemExit(f"({s.key}) round {rnd + 1}: {e}") from None
+            print(f"({s.key}) round {rnd + 1}: {e}; retrying", flush=True)
+    raise AssertionError("unreachable")
+
+
+def instructions_per_request(s: Scenario, ports: dict[str, int], n: int, cpu: int | None) -> float:
+    """Envoy instructions per request under callgrind (--callgrind N): deterministic, so immune to
+    a busy machine, but a proxy for time (no cache or branch costs). Warm up 400 requests, zero,
+    send n requests one at a time on one connection, dump, read the total."""
+    if not shutil.which("valgrind"):
+        raise SystemExit("--callgrind needs valgrind (apt-get install -y valgrind)")
+    out = RUN_DIR / f"callgrind-{s.key}.out"
+    for old in RUN_DIR.glob(f"callgrind-{s.key}.out*"):
+        old.unlink()
+    probe = Scenario(s.key, s.title, s.template, s.values)
+    start_envoy(probe, ports, cpu, name=f"callgrind-{s.key}", wrapper=[
+        "valgrind", "--tool=callgrind", "--smc-check=all-non-file", "--instr-atstart=no",
+        f"--callgrind-out-file={out}"], ready_timeout_s=600)
+    ctl = lambda *a: subprocess.run(["callgrind_control", *a, str(probe.proc.pid)], check=True,
+                                    capture_output=True)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", probe.port, timeout=120)
+        for i in range(200):
+            get(conn, f"user-{i}".encode())
+        ctl("-i", "on")
+        for i in range(200, 400):
+            get(conn, f"user-{i}".encode())
+        ctl("-z")
+        for i in range(1000, 1000 + n):
+            get(conn, f"user-{i}".encode())
+        ctl("-d")
+        conn.close()
+    finally:
+        stop(probe.proc)
+    dumps = sorted(RUN_DIR.glob(f"callgrind-{s.key}.out.*"))
+    m = re.search(r"^summary: (\d+)$", dumps[0].read_text(errors="replace"), re.M) if dumps else None
+    if not m:
+        raise SystemExit(f"({s.key}): no callgrind summary in {RUN_DIR}")
+    return int(m.group(1)) / n
+
+
+# ---------------------------------------------------------------------------------------------
+# Report.
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}"
+
+
+def envoy_version() -> str:
+    out = subprocess.run([run.envoy_binary(), "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"version: \S+?/([0-9.]+)/", out)
+    return m.group(1) if m else out.strip()
+
+
+def report(scens: list[Scenario], runs: list[Run], args, wasm: Path, pinned: bool,
+           instructions: dict[str, float] | None = None) -> str:
+    by = {(r.key, r.round): r for r in runs}
+    rounds = sorted({r.round for r in runs})
+    ratio = {s.key: [by[s.key, n].cpu_us_per_rq / by["a", n].cpu_us_per_rq for n in rounds] for s in scens}
+    med = statistics.median
+    busy = [r.other_pct + r.steal_pct for r in runs]
+    kb = lambda p: f"{p.stat().st_size / 1024:.0f} KB"
+    lines = [
+        f"# graysplit benchmark",
+        "",
+        f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {machine()}",
+        f"- Envoy {envoy_version()}, `--concurrency 1`"
+        + (f" pinned to CPU {ENVOY_CPU}; nginx and wrk pinned to CPU {LOAD_CPU}" if pinned else " (NOT pinned: fewer than 2 CPUs)"),
+        f"- graysplit.wasm {kb(wasm)}, no-op wasm {kb(NOOP_WASM)}",
+        f"- {len(rounds)} interleaved rounds; each run {args.warmup:g} s warm-up + {args.duration:g} s of "
+        f"`wrk -t1 -c{args.connections}`, 50 000 distinct user ids, upstream nginx",
+        "- CPU/rq: Envoy utime+stime per request served (/proc/<pid>/stat); ratio: to (a) in the same round",
+        f"- noise: other processes (and the hypervisor) took {med(busy):.0f}% of Envoy's CPU in the median run, "
+        f"{max(busy):.0f}% at worst" + (" (a busy machine: treat small differences as noise)" if med(busy) > 10 else ""),
+        "",
+        "| scenario | CPU/rq µs (median) | ratio to (a): median | min | max | rps (median) | p99 ms (median) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for s in scens:
+        mine = [by[s.key, n] for n in rounds]
+        rs = ratio[s.key]
+        lines.append(
+            f"| ({s.key}) {s.title} | {med(r.cpu_us_per_rq for r in mine):.1f} | **{med(rs):.3f}** | "
+            f"{min(rs):.3f} | {max(rs):.3f} | {med(r.rps for r in mine):,.0f} | {med(r.p99_ms for r in mine):.2f} |")
+    verdict = lambda ok: "met" if ok else "NOT met"
+    goals = [f"({k}) <= {g:.2f}: {med(ratio[k]):.3f}, {verdict(med(ratio[k]) <= g)}"
+             for k, g in GOALS.items() if k in ratio]
+    if "c" in ratio and "e" in ratio:
+        c, e = med(ratio["c"]), med(ratio["e"])
+        goals.append(f"(c) cheaper than (e): {c:.3f} vs {e:.3f}, {verdict(c < e)}")
+    lines += ["", "Goals (issue 4, median ratios): " + "; ".join(goals) + "." if goals else "", ""]
+    if instructions:
+        a = instructions["a"]
+        lines += [f"Instructions per request under callgrind ({args.callgrind} sequential requests, "
+                  "deterministic; no cache or branch costs):", "",
+                  "| scenario | instructions/rq | ratio to (a) |", "| --- | ---: | ---: |"]
+        lines += [f"| ({k}) | {v:,.0f} | {v / a:.3f} |" for k, v in instructions.items()]
+        lines.append("")
+    lines += [
+        "<details><summary>Every run: CPU µs per request (ratio to (a) of the round)</summary>",
+        "",
+        "| round | " + " | ".join(f"({s.key})" for s in scens) + " | CPU 0 busy with others, max |",
+        "| ---: | " + " | ".join("---:" for _ in scens) + " | ---: |",
+    ]
+    for i, n in enumerate(rounds):
+        cells = [f"{by[s.key, n].cpu_us_per_rq:.1f} ({ratio[s.key][i]:.3f})" for s in scens]
+        other = max(by[s.key, n].other_pct + by[s.key, n].steal_pct for s in scens)
+        lines.append(f"| {n + 1} | " + " | ".join(cells) + f" | {other:.0f}% |")
+    lines += ["", "</details>", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", 7)),
+                    help="interleaved rounds (default 7, or $BENCH_ROUNDS)")
+    ap.add_argument("--duration", type=int, default=int(os.environ.get("BENCH_SECONDS", 5)),
+                    help="seconds of measured load per run (default 5, or $BENCH_SECONDS)")
+    ap.add_argument("--warmup", type=int, default=2, help="seconds of warm-up load per run (default 2)")
+    ap.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
+    ap.add_argument("--callgrind", type=int, default=int(os.environ.get("BENCH_CALLGRIND", 0)),
+                    metavar="N", help="also count Envoy instructions per request under valgrind's "
+                    "callgrind over N requests per scenario (noise-free; about 30 s per scenario)")
+    ap.add_argument("--only", default="abcdef", help="scenarios to run, e.g. acf ((a) is always run)")
+    args = ap.parse_args()
+
+    run.require_wasm()
+    wrk_bin, nginx_bin = ensure_packages()
+    build_noop()
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+
+    pinned = (os.cpu_count() or 1) >= 2
+    envoy_cpu, load_cpu = (ENVOY_CPU, LOAD_CPU) if pinned else (None, None)
+    if pinned:
+        os.sched_setaffinity(0, {LOAD_CPU})   # bench.py itself stays off Envoy's CPU
+    else:
+        print("WARNING: fewer than 2 CPUs: nothing is pinned, the figures are noisier", file=sys.stderr)
+
+    scens = [s for s in scenarios(run.WASM) if s.key in set(args.only) | {"a"}]
+    nginx = None
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        nginx, v1, v2 = start_nginx(nginx_bin, load_cpu)
+        ports = {"V1_PORT": v1, "V2_PORT": v2}
+        print(f"upstream: nginx on 127.0.0.1:{v1} (v1) and :{v2} (v2)")
+        if any(s.key == "e" for s in scens):
+            n = check_lua_murmur3(ports, envoy_cpu)
+            print(f"Lua murmur3 agrees with Python mmh3 on {n} (salt, user id) pairs")
+        for s in scens:
+            start_envoy(s, ports, envoy_cpu)
+            print(f"({s.key}) {s.title}: Envoy pid {s.proc.pid}, port {s.port}; routing check: {check_routing(s)}",
+                  flush=True)
+
+        wasm_for_report = run.WASM
+        runs: list[Run] = []
+        started = time.monotonic()
+        for rnd in range(args.rounds):
+            order = scens[rnd % len(scens):] + scens[:rnd % len(scens)]
+            for s in order:
+                r = measure_with_retries(wrk_bin, s, rnd, args, envoy_cpu, load_cpu, ports)
+                runs.append(r)
+                print(f"round {rnd + 1}/{args.rounds} ({s.key}): {r.requests} rq, {r.cpu_us_per_rq:.1f} µs CPU/rq, "
+                      f"{r.rps:,.0f} rps, p99 {r.p99_ms:.2f} ms, CPU {ENVOY_CPU} other {r.other_pct:.0f}% "
+                      f"steal {r.steal_pct:.0f}%" + (f", {r.errors} ERRORS" if r.errors else ""),
+                      flush=True)
+        bad = [r for r in runs if r.errors]
+        instructions = {}
+        if args.callgrind:
+            for s in scens:
+                instructions[s.key] = instructions_per_request(s, ports, args.callgrind, envoy_cpu)
+                print(f"({s.key}) {instructions[s.key]:,.0f} instructions per request (callgrind)", flush=True)
+        for s in scens:  # still routing as intended after the load?
+            check_routing(s, sample=200)
+        print(f"measured in {time.monotonic() - started:.0f} s\n")
+        text = report(scens, runs, args, wasm_for_report, pinned, instructions)
+        if bad:
+            text += (f"\n**{len(bad)} runs had errors** (non-2xx, 5xx or socket errors): "
+                     + ", ".join(f"({r.key}) round {r.round + 1}: {r.errors}" for r in bad) + "\n")
+        RESULTS.write_text(text)
+        print(text)
+        print(f"wrote {RESULTS.relative_to(ROOT)}")
+        return 1 if bad else 0
+    finally:
+        for s in scens:
+            stop(s.proc)
+        stop(nginx)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
