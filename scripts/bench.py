@@ -623,6 +623,7 @@ def main() -> int:
                     help="seconds of measured load per run (default 5, or $BENCH_SECONDS)")
     ap.add_argument("--warmup", type=int, default=2, help="seconds of warm-up load per run (default 2)")
     ap.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
+    # --rounds 0 with --callgrind N: only the (noise-free) instruction counts, results.md untouched.
     ap.add_argument("--callgrind", type=int, default=int(os.environ.get("BENCH_CALLGRIND", 0)),
                     metavar="N", help="also count Envoy instructions per request under valgrind's "
                     "callgrind over N requests per scenario (noise-free; about 30 s per scenario)")
@@ -677,6 +678,11 @@ def main() -> int:
         for s in scens:  # still routing as intended after the load?
             check_routing(s, sample=200)
         print(f"measured in {time.monotonic() - started:.0f} s\n")
+        if not runs:  # --rounds 0: instruction counts only; results.md keeps the last timed run
+            a = instructions.get("a", 0) or 1
+            for k, v in instructions.items():
+                print(f"({k}) {v:,.0f} instructions/rq, {v / a:.3f} x (a)")
+            return 0
         text = report(scens, runs, args, wasm_for_report, pinned, instructions)
         if bad:
             text += (f"\n**{len(bad)} runs had errors** (non-2xx, 5xx or socket errors): "

@@ -201,6 +201,13 @@ pub type MetricId = usize;
 /// Index into [`Plan::headers`]: a request header the plan reads, fetched at most once.
 pub type HeaderSlot = usize;
 
+/// From this many distinct request headers a plan may read (cookies and pseudo-headers
+/// included), one host call for the whole map is cheaper than one call per header. Measured with
+/// callgrind on Envoy 1.40 (`make bench`, scenarios (c) and (d)): one call per header won for a
+/// plan that reads 1 header by 13k instructions per request; the whole map won for 12 headers by
+/// 39k.
+pub const WHOLE_MAP_MIN_HEADERS: usize = 5;
+
 /// Metric index of `graysplit_override_total.result.accepted`.
 pub const METRIC_OVERRIDE_ACCEPTED: MetricId = 0;
 /// Metric index of `graysplit_override_total.result.rejected`.
@@ -225,6 +232,9 @@ pub struct Plan {
     pub(crate) rules: Vec<Rule>,
     pub(crate) default_metric: MetricId,
     pub(crate) path_slot: HeaderSlot,
+    /// Read the whole header map in one host call instead of header by header: worth it when
+    /// a request may need many headers (see [`WHOLE_MAP_MIN_HEADERS`]).
+    pub(crate) read_whole_map: bool,
     pub(crate) method_slot: HeaderSlot,
 }
 
@@ -594,7 +604,11 @@ fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
         None => None,
     };
 
+    let read_whole_map = headers_read(&b.headers, &identity, sticky.is_some(), override_.as_ref(), &rules)
+        .len()
+        >= WHOLE_MAP_MIN_HEADERS;
     Ok(Plan {
+        read_whole_map,
         route_header,
         response_header,
         versions: b.versions,
@@ -608,6 +622,43 @@ fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
         path_slot,
         method_slot,
     })
+}
+
+/// The distinct request headers a decision may read.
+fn headers_read<'h>(
+    names: &'h [String],
+    identity: &[IdSource],
+    sticky: bool,
+    override_: Option<&Override>,
+    rules: &[Rule],
+) -> Vec<&'h str> {
+    let slot = |s: &HeaderSlot| names.get(*s).map_or("", String::as_str);
+    let mut read: Vec<&str> = Vec::new();
+    for src in identity {
+        read.push(match src {
+            IdSource::Header(s) => slot(s),
+            IdSource::Cookie(_) => "cookie",
+            IdSource::Query(_) => ":path",
+        });
+    }
+    if sticky {
+        read.push("cookie");
+    }
+    if let Some(o) = override_ {
+        read.push(slot(&o.slot));
+    }
+    for cond in rules.iter().flat_map(|r| &r.when) {
+        read.push(match cond {
+            Cond::Methods(_) => ":method",
+            Cond::PathPrefix(_) | Cond::Query(..) => ":path",
+            Cond::Header(s, _) => slot(s),
+            Cond::Cookie(..) => "cookie",
+            Cond::Sources(_) | Cond::Users(_) => continue,
+        });
+    }
+    read.sort_unstable();
+    read.dedup();
+    read
 }
 
 fn compile_when(b: &mut Builder, i: usize, w: RawWhen, has_identity: bool) -> Result<Vec<Cond>, ConfigError> {

@@ -15,8 +15,9 @@ pub trait Host {
     /// The first value of request header `name` (lower-case; pseudo-headers such as `:path`
     /// included), `None` when absent.
     fn header(&self, name: &str) -> Option<Vec<u8>>;
-    /// Every value of request header `name`, in order (HTTP/1.1 may repeat `cookie`).
-    fn header_values(&self, name: &str) -> Vec<Vec<u8>>;
+    /// The whole request header map, in order, names lower-case (HTTP/1.1 may repeat
+    /// `cookie`). One host call, but it copies every header.
+    fn headers(&self) -> Vec<(String, Vec<u8>)>;
     /// Envoy's downstream remote address, property `source.address` (`ip:port`).
     fn source_address(&self) -> Option<Vec<u8>>;
     /// The current time, Unix nanoseconds.
@@ -29,30 +30,34 @@ pub trait Host {
 pub struct Facts<'a, H: Host> {
     pub(crate) plan: &'a Plan,
     pub(crate) host: &'a H,
+    /// Headers read one by one, per slot.
     headers: Vec<Option<Option<Vec<u8>>>>,
-    /// The first `cookie` header (one cheap host call), and all of them (the whole header map:
-    /// fetched only when a name is not in the first one).
+    /// The whole header map: read at once when the plan reads many headers (one host call
+    /// instead of many, see `Plan::read_whole_map`), or when a cookie is not in the first
+    /// `cookie` header.
+    all: Option<Vec<(String, Vec<u8>)>>,
+    /// The first `cookie` header: one cheap host call.
     first_cookie: Option<Option<Vec<u8>>>,
-    all_cookies: Option<Vec<Vec<u8>>>,
     source: Option<Option<IpAddr>>,
     now: Option<i64>,
 }
 
 impl<'a, H: Host> Facts<'a, H> {
     pub fn new(plan: &'a Plan, host: &'a H) -> Self {
-        Facts {
-            plan,
-            host,
-            headers: vec![None; plan.headers.len()],
-            first_cookie: None,
-            all_cookies: None,
-            source: None,
-            now: None,
-        }
+        Facts { plan, host, headers: Vec::new(), all: None, first_cookie: None, source: None, now: None }
     }
 
     /// The first value of the header in `slot`.
     pub fn header(&mut self, slot: HeaderSlot) -> Option<&[u8]> {
+        if self.plan.read_whole_map {
+            let Facts { host, all, plan, .. } = self;
+            let name = plan.headers.get(slot)?;
+            let all = all.get_or_insert_with(|| host.headers());
+            return all.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice());
+        }
+        if self.headers.is_empty() {
+            self.headers.resize(self.plan.headers.len(), None);
+        }
         let cached = self.headers.get_mut(slot)?;
         if cached.is_none() {
             let name = self.plan.headers.get(slot)?;
@@ -65,13 +70,19 @@ impl<'a, H: Host> Facts<'a, H> {
     /// when the first header has the name (or there is no cookie header at all) the others
     /// need not be read.
     pub fn cookie(&mut self, name: &[u8]) -> Option<&[u8]> {
-        let Facts { host, first_cookie, all_cookies, .. } = self;
-        let first = first_cookie.get_or_insert_with(|| host.header("cookie")).as_deref()?;
-        if let Some(v) = cookie::find([first], name) {
-            return Some(v);
-        }
-        let all = all_cookies.get_or_insert_with(|| host.header_values("cookie"));
-        cookie::find(all.iter().skip(1).map(Vec::as_slice), name)
+        let Facts { host, all, first_cookie, plan, .. } = self;
+        let skip = if plan.read_whole_map {
+            0
+        } else {
+            let first = first_cookie.get_or_insert_with(|| host.header("cookie")).as_deref()?;
+            if let Some(v) = cookie::find([first], name) {
+                return Some(v);
+            }
+            1
+        };
+        let all = all.get_or_insert_with(|| host.headers());
+        let values = all.iter().filter(|(k, _)| k == "cookie").map(|(_, v)| v.as_slice());
+        cookie::find(values.skip(skip), name)
     }
 
     /// `:path` before `?`, as received.
@@ -133,8 +144,8 @@ impl Host for StaticRequest {
     fn header(&self, name: &str) -> Option<Vec<u8>> {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }
-    fn header_values(&self, name: &str) -> Vec<Vec<u8>> {
-        self.headers.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect()
+    fn headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.headers.clone()
     }
     fn source_address(&self) -> Option<Vec<u8>> {
         self.source.as_ref().map(|s| s.as_bytes().to_vec())
@@ -159,15 +170,17 @@ mod tests {
     struct Counting {
         inner: StaticRequest,
         full_reads: Cell<usize>,
+        single_reads: Cell<usize>,
     }
 
     impl Host for Counting {
         fn header(&self, name: &str) -> Option<Vec<u8>> {
+            self.single_reads.set(self.single_reads.get() + 1);
             self.inner.header(name)
         }
-        fn header_values(&self, name: &str) -> Vec<Vec<u8>> {
+        fn headers(&self) -> Vec<(String, Vec<u8>)> {
             self.full_reads.set(self.full_reads.get() + 1);
-            self.inner.header_values(name)
+            self.inner.headers()
         }
         fn source_address(&self) -> Option<Vec<u8>> {
             self.inner.source_address()
@@ -192,11 +205,41 @@ mod tests {
         ];
         for (headers, name, want, full_reads) in cases {
             let pairs: Vec<(&str, &str)> = headers.iter().map(|h| ("cookie", *h)).collect();
-            let host = Counting { inner: StaticRequest::get("/", &pairs), full_reads: Cell::new(0) };
+            let host = Counting {
+                inner: StaticRequest::get("/", &pairs),
+                full_reads: Cell::new(0),
+                single_reads: Cell::new(0),
+            };
             let mut facts = Facts::new(&plan, &host);
             assert_eq!(facts.cookie(name.as_bytes()), want.map(str::as_bytes), "{headers:?}");
             assert_eq!(facts.cookie(name.as_bytes()), want.map(str::as_bytes), "cached: {headers:?}");
             assert_eq!(host.full_reads.get(), *full_reads, "full header map reads for {headers:?}");
+        }
+    }
+
+    #[test]
+    fn a_plan_reading_many_headers_reads_the_map_once() {
+        let many = parse(
+            br#"{"stable": "v1", "identity": {"from": [{"header": "x-user-id"}]}, "rules": [
+            {"name": "a", "when": {"headers": [{"name": "x-a", "present": true}]}, "version": "v2"},
+            {"name": "b", "when": {"headers": [{"name": "x-b", "present": true}]}, "version": "v2"},
+            {"name": "c", "when": {"cookies": [{"name": "c", "present": true}]}, "version": "v2"},
+            {"name": "d", "when": {"path_prefix": "/d"}, "version": "v2"},
+            {"name": "r", "split": [{"version": "v2", "percent": 50}]}]}"#,
+        )
+        .unwrap();
+        let few = parse(
+            br#"{"stable": "v1", "identity": {"from": [{"header": "x-user-id"}]},
+            "rules": [{"name": "r", "split": [{"version": "v2", "percent": 50}]}]}"#,
+        )
+        .unwrap();
+        let request =
+            || StaticRequest::get("/x", &[("x-user-id", "u1"), ("cookie", "a=1"), ("cookie", "c=2")]);
+        for (plan, full, single, why) in [(&many, 1, 0, "many headers"), (&few, 0, 1, "one header")] {
+            let host = Counting { inner: request(), full_reads: Cell::new(0), single_reads: Cell::new(0) };
+            let d = crate::decide::decide(plan, &host);
+            assert_eq!(d.rule_name(plan), if full == 1 { "c" } else { "r" }, "{why}: decided by");
+            assert_eq!((host.full_reads.get(), host.single_reads.get()), (full, single), "{why}: reads");
         }
     }
 }
