@@ -633,22 +633,29 @@ fn headers_read<'h>(
     rules: &[Rule],
 ) -> Vec<&'h str> {
     let slot = |s: &HeaderSlot| names.get(*s).map_or("", String::as_str);
+    // A handful of names: a linear check instead of sort + dedup, whose code for &str costs
+    // several KB of wasm.
     let mut read: Vec<&str> = Vec::new();
+    let mut add = |name: &'h str| {
+        if !read.contains(&name) {
+            read.push(name);
+        }
+    };
     for src in identity {
-        read.push(match src {
+        add(match src {
             IdSource::Header(s) => slot(s),
             IdSource::Cookie(_) => "cookie",
             IdSource::Query(_) => ":path",
         });
     }
     if sticky {
-        read.push("cookie");
+        add("cookie");
     }
     if let Some(o) = override_ {
-        read.push(slot(&o.slot));
+        add(slot(&o.slot));
     }
     for cond in rules.iter().flat_map(|r| &r.when) {
-        read.push(match cond {
+        add(match cond {
             Cond::Methods(_) => ":method",
             Cond::PathPrefix(_) | Cond::Query(..) => ":path",
             Cond::Header(s, _) => slot(s),
@@ -656,8 +663,6 @@ fn headers_read<'h>(
             Cond::Sources(_) | Cond::Users(_) => continue,
         });
     }
-    read.sort_unstable();
-    read.dedup();
     read
 }
 
