@@ -13,28 +13,10 @@ import subprocess
 import pytest
 import yaml
 
-from harness import REPO, bucket, expected_split
+from harness import DESIGN_EXAMPLE, REPO, bucket, expected_split
 
 CLI = REPO / "target" / "release" / "graysplit"
 
-DESIGN_EXAMPLE = {
-    "route_header": "x-graysplit-version",
-    "stable": "v2.0",
-    "identity": {
-        "from": [{"header": "x-user-id"}, {"cookie": "uid"}, {"query": "uid"}],
-        "sticky_cookie": {"name": "graysplit_uid", "max_age_s": 2592000},
-    },
-    "override": {"header": "x-gray-release", "trusted_cidrs": ["10.0.0.0/8", "127.0.0.1/32"]},
-    "response_header": "x-graysplit-version",
-    "rules": [
-        {"name": "vip-stay-stable", "when": {"users": ["ceo@example.com"]}, "version": "v2.0"},
-        {"name": "legal-pilot", "when": {"headers": [{"name": "x-department", "exact": "legal"}]},
-         "version": "v2.1"},
-        {"name": "office", "when": {"source_cidrs": ["192.168.0.0/16"], "path_prefix": "/api/"},
-         "version": "v2.1"},
-        {"name": "ramp", "split": [{"version": "v2.1", "percent": 10}], "salt": "release-2.1"},
-    ],
-}
 
 
 def cli(*args, stdin: str | None = None) -> subprocess.CompletedProcess:

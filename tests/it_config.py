@@ -6,27 +6,7 @@ import re
 import pytest
 
 from conftest import launch
-from harness import plugin_config, wait_until
-
-DESIGN_EXAMPLE = {
-    "route_header": "x-graysplit-version",
-    "stable": "v2.0",
-    "identity": {
-        "from": [{"header": "x-user-id"}, {"cookie": "uid"}, {"query": "uid"}],
-        "sticky_cookie": {"name": "graysplit_uid", "max_age_s": 2592000},
-    },
-    "override": {"header": "x-gray-release", "trusted_cidrs": ["10.0.0.0/8", "127.0.0.1/32"]},
-    "response_header": "x-graysplit-version",
-    "rules": [
-        {"name": "vip-stay-stable", "when": {"users": ["ceo@example.com"]}, "version": "v2.0"},
-        {"name": "legal-pilot", "when": {"headers": [{"name": "x-department", "exact": "legal"}]},
-         "version": "v2.1"},
-        {"name": "office", "when": {"source_cidrs": ["192.168.0.0/16"], "path_prefix": "/api/"},
-         "version": "v2.1"},
-        {"name": "ramp", "split": [{"version": "v2.1", "percent": 10}], "salt": "release-2.1",
-         "expires_at": "2099-12-01T00:00:00Z"},
-    ],
-}
+from harness import DESIGN_EXAMPLE, plugin_config, wait_until
 
 
 def it_design_example_config_loads_and_routes(start_envoy):
