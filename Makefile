@@ -47,6 +47,8 @@ functional: build cli venv ## Functional tests against a real Envoy (and the CLI
 test: lint unit functional ## Everything: lint, unit tests, functional tests against real Envoy, Istio config validation
 
 lint: wasm-target ## rustfmt and clippy (wasm and host), warnings are errors
+	@cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+	@cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 	cargo fmt --check
 	cargo clippy --target $(WASM_TARGET) --lib -- -D warnings
 	cargo clippy --all-targets --features cli -- -D warnings

@@ -2,7 +2,8 @@
 """`make bench`: Envoy CPU time per request with graysplit, against native Envoy routing, Lua and
 a no-op Wasm filter. Prints a markdown table and writes it to bench/results.md.
 
-    .venv/bin/python scripts/bench.py [--rounds 5] [--duration 6] [--warmup 2] [--connections 16]
+    .venv/bin/python scripts/bench.py [--rounds 7] [--duration 5] [--warmup 2] [--connections 16]
+                                        [--callgrind N] [--only abcdef]
 
 Scenarios (one Envoy each, all with the same listener, strip step and clusters; see
 envoy/bench-*.yaml):
