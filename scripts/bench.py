@@ -24,7 +24,8 @@ rotated by one each round; a scenario's ratio in a round is its CPU per request 
 the same round, and the table gives the median, min and max over rounds. Before measuring,
 every scenario is checked to route as intended (and the Lua murmur3 against Python's mmh3).
 
-Installs wrk and nginx-light with apt-get when they are missing (needs root).
+Installs wrk, nginx-light and (for the callgrind counts, on by default) valgrind with apt-get
+when they are missing (needs root).
 """
 from __future__ import annotations
 
@@ -180,15 +181,17 @@ def scenarios(graysplit_wasm: Path) -> list[Scenario]:
 # ---------------------------------------------------------------------------------------------
 # Tools: wrk, nginx, the no-op wasm.
 
-def ensure_packages() -> tuple[str, str]:
-    """wrk and nginx (Debian's nginx-light), installed with apt-get when missing."""
+def ensure_packages(callgrind: bool) -> tuple[str, str]:
+    """wrk and nginx (Debian's nginx-light), and valgrind for --callgrind, installed with apt-get
+    when missing."""
     def find() -> tuple[str | None, str | None]:
         return shutil.which("wrk"), shutil.which("nginx") or (
             "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
     wrk, nginx = find()
-    if wrk and nginx:
+    valgrind = shutil.which("valgrind") or not callgrind
+    if wrk and nginx and valgrind:
         return wrk, nginx
-    missing = [p for p, have in (("wrk", wrk), ("nginx-light", nginx)) if not have]
+    missing = [p for p, have in (("wrk", wrk), ("nginx-light", nginx), ("valgrind", valgrind)) if not have]
     if not shutil.which("apt-get"):
         raise SystemExit(f"make bench needs {' and '.join(missing)}, and there is no apt-get here "
                          f"to install them: install them with your package manager and run again")
@@ -204,8 +207,8 @@ def ensure_packages() -> tuple[str, str]:
                 subprocess.run(install, env=env).returncode != 0:
             raise SystemExit(f"could not install {' '.join(missing)} with apt-get (see above)")
     wrk, nginx = find()
-    if not (wrk and nginx):
-        raise SystemExit("apt-get ran but wrk or nginx is still not found")
+    if not (wrk and nginx and (shutil.which("valgrind") or not callgrind)):
+        raise SystemExit(f"apt-get ran but {' or '.join(missing)} is still not found")
     return wrk, nginx
 
 
@@ -625,14 +628,14 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=2, help="seconds of warm-up load per run (default 2)")
     ap.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
     # --rounds 0 with --callgrind N: only the (noise-free) instruction counts, results.md untouched.
-    ap.add_argument("--callgrind", type=int, default=int(os.environ.get("BENCH_CALLGRIND", 0)),
+    ap.add_argument("--callgrind", type=int, default=int(os.environ.get("BENCH_CALLGRIND", 300)),
                     metavar="N", help="also count Envoy instructions per request under valgrind's "
                     "callgrind over N requests per scenario (noise-free; about 30 s per scenario)")
     ap.add_argument("--only", default="abcdef", help="scenarios to run, e.g. acf ((a) is always run)")
     args = ap.parse_args()
 
     run.require_wasm()
-    wrk_bin, nginx_bin = ensure_packages()
+    wrk_bin, nginx_bin = ensure_packages(args.callgrind > 0)
     build_noop()
     RUN_DIR.mkdir(parents=True, exist_ok=True)
 
