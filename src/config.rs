@@ -297,11 +297,6 @@ pub(crate) struct Band {
 }
 
 impl Plan {
-    /// Whether any enabled rule has a time window, so the glue reads the clock only then.
-    pub fn uses_time(&self) -> bool {
-        self.rules.iter().any(|r| r.enabled && (r.starts_at.is_some() || r.expires_at.is_some()))
-    }
-
     /// Whether a request can yield a user id (or mint one).
     pub fn has_identity(&self) -> bool {
         !self.identity.is_empty() || self.sticky.is_some()
@@ -952,7 +947,6 @@ mod tests {
         let plan = parse(json.as_bytes()).unwrap();
         assert_eq!(plan.versions, ["v2.0", "v2.1"]);
         assert_eq!(plan.rule_count(), 4);
-        assert!(plan.uses_time());
         for m in [
             "graysplit_override_total.result.accepted",
             "graysplit_override_total.result.rejected",
@@ -974,7 +968,6 @@ mod tests {
         let plan = parse(br#"{"stable": "v1"}"#).unwrap();
         assert_eq!(plan.route_header, DEFAULT_ROUTE_HEADER);
         assert_eq!(plan.response_header, None);
-        assert!(!plan.uses_time());
         assert!(!plan.has_identity());
     }
 
@@ -1252,7 +1245,6 @@ mod tests {
         assert_eq!(plan.versions, ["v1", "v2", "v3"]);
         assert_eq!(plan.version_id(b"v3"), Some(2));
         assert_eq!(plan.version_id(b"v9"), None);
-        assert!(plan.uses_time(), "an enabled rule with a window needs the clock");
     }
 
     #[test]
