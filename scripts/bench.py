@@ -30,7 +30,6 @@ when they are missing (needs root).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime as dt
 import http.client
 import json
@@ -221,17 +220,10 @@ def build_noop() -> None:
 
 def _child_setup(cpu: int | None):
     def setup() -> None:
-        # PR_SET_PDEATHSIG = 1: SIGKILL when bench.py dies, however it dies.
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+        run.die_with_parent()   # SIGKILL when bench.py dies, however it dies
         if cpu is not None:
             os.sched_setaffinity(0, {cpu})   # like `taskset -c <cpu>`, inherited by every thread
     return setup
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, proc: subprocess.Popen, what: str, timeout_s: float = 10.0) -> None:
@@ -249,7 +241,7 @@ def wait_port(port: int, proc: subprocess.Popen, what: str, timeout_s: float = 1
 
 def start_nginx(nginx: str, cpu: int | None) -> tuple[subprocess.Popen, int, int]:
     """One nginx process (no master, so PR_SET_PDEATHSIG covers it) answering 200 "v1" / "v2"."""
-    v1, v2 = free_port(), free_port()
+    v1, v2 = run.free_port(), run.free_port()
     d = RUN_DIR / "nginx"
     d.mkdir(parents=True, exist_ok=True)
     conf = d / "nginx.conf"
@@ -567,7 +559,7 @@ def report(scens: list[Scenario], runs: list[Run], args, wasm: Path, pinned: boo
     busy = [r.other_pct + r.steal_pct for r in runs]
     kb = lambda p: f"{p.stat().st_size / 1024:.0f} KB"
     lines = [
-        f"# graysplit benchmark",
+        "# graysplit benchmark",
         "",
         f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {machine()}",

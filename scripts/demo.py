@@ -16,7 +16,6 @@ import http.client
 import json
 import re
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -99,7 +98,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="graysplit-demo-"))
     ecds, log, access_log = tmp / "ecds.json", tmp / "envoy.log", tmp / "access.log"
     admin_address = tmp / "admin-address"
-    v1_port, v2_port = free_port(), free_port()
+    v1_port, v2_port = run.free_port(), run.free_port()
     run.write_atomic(ecds, run.ecds_document(text, version_info="1"))
     bootstrap = tmp / "envoy.yaml"
     bootstrap.write_text(run.render_bootstrap({
@@ -224,12 +223,6 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\n{'OK' if ok else 'FAILED: ' + '; '.join(failures)}  ({time.monotonic() - t0:.1f} s)")
     return 0 if ok else 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

