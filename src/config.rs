@@ -232,6 +232,8 @@ pub struct Plan {
     pub(crate) rules: Vec<Rule>,
     pub(crate) default_metric: MetricId,
     pub(crate) path_slot: HeaderSlot,
+    /// The slot of the `cookie` header, when the plan reads cookies.
+    pub(crate) cookie_slot: Option<HeaderSlot>,
     /// Read the whole header map in one host call instead of header by header: worth it when
     /// a request may need many headers (see [`WHOLE_MAP_MIN_HEADERS`]).
     pub(crate) read_whole_map: bool,
@@ -599,9 +601,10 @@ fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
         None => None,
     };
 
-    let read_whole_map = headers_read(&b.headers, &identity, sticky.is_some(), override_.as_ref(), &rules)
-        .len()
-        >= WHOLE_MAP_MIN_HEADERS;
+    let read = headers_read(&b.headers, &identity, sticky.is_some(), override_.as_ref(), &rules);
+    let read_whole_map = read.len() >= WHOLE_MAP_MIN_HEADERS;
+    let reads_cookies = read.contains(&"cookie");
+    let cookie_slot = reads_cookies.then(|| b.slot("cookie"));
     Ok(Plan {
         read_whole_map,
         route_header,
@@ -615,6 +618,7 @@ fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
         rules,
         default_metric,
         path_slot,
+        cookie_slot,
         method_slot,
     })
 }

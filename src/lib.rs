@@ -107,7 +107,7 @@ mod glue {
 
     impl HttpContext for Http {
         fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-            let Some(active) = self.active.clone() else {
+            let Some(active) = self.active.as_deref() else {
                 // Unreachable in practice (Envoy does not run a plugin whose configure failed),
                 // but never let a client-sent routing header through.
                 let _ =

@@ -36,45 +36,36 @@ pub struct Facts<'a, H: Host> {
     /// instead of many, see `Plan::read_whole_map`), or when a cookie is not in the first
     /// `cookie` header.
     all: Option<Vec<(String, Vec<u8>)>>,
-    /// The first `cookie` header: one cheap host call.
-    first_cookie: Option<Option<Vec<u8>>>,
     source: Option<Option<IpAddr>>,
     now: Option<i64>,
 }
 
 impl<'a, H: Host> Facts<'a, H> {
     pub fn new(plan: &'a Plan, host: &'a H) -> Self {
-        Facts { plan, host, headers: Vec::new(), all: None, first_cookie: None, source: None, now: None }
+        Facts { plan, host, headers: Vec::new(), all: None, source: None, now: None }
     }
 
     /// The first value of the header in `slot`.
     pub fn header(&mut self, slot: HeaderSlot) -> Option<&[u8]> {
-        if self.plan.read_whole_map {
-            let Facts { host, all, plan, .. } = self;
+        let Facts { plan, host, headers, all, .. } = self;
+        if plan.read_whole_map {
             let name = plan.headers.get(slot)?;
             let all = all.get_or_insert_with(|| host.headers());
-            return all.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice());
+            all.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+        } else {
+            one_header(headers, plan, *host, slot)
         }
-        if self.headers.is_empty() {
-            self.headers.resize(self.plan.headers.len(), None);
-        }
-        let cached = self.headers.get_mut(slot)?;
-        if cached.is_none() {
-            let name = self.plan.headers.get(slot)?;
-            *cached = Some(self.host.header(name));
-        }
-        cached.as_ref().and_then(|v| v.as_deref())
     }
 
     /// The value of cookie `name` across every `cookie` header. The first occurrence wins, so
     /// when the first header has the name (or there is no cookie header at all) the others
     /// need not be read.
     pub fn cookie(&mut self, name: &[u8]) -> Option<&[u8]> {
-        let Facts { host, all, first_cookie, plan, .. } = self;
+        let Facts { plan, host, headers, all, .. } = self;
         let skip = if plan.read_whole_map {
             0
         } else {
-            let first = first_cookie.get_or_insert_with(|| host.header("cookie")).as_deref()?;
+            let first = one_header(headers, plan, *host, plan.cookie_slot?)?;
             if let Some(v) = cookie::find([first], name) {
                 return Some(v);
             }
@@ -115,6 +106,23 @@ impl<'a, H: Host> Facts<'a, H> {
         let host = self.host;
         *self.now.get_or_insert_with(|| host.now_unix_nanos())
     }
+}
+
+/// The first value of the header in `slot`, read with its own host call and kept in `cache`.
+fn one_header<'c, H: Host>(
+    cache: &'c mut Vec<Option<Option<Vec<u8>>>>,
+    plan: &Plan,
+    host: &H,
+    slot: HeaderSlot,
+) -> Option<&'c [u8]> {
+    if cache.is_empty() {
+        cache.resize(plan.headers.len(), None);
+    }
+    let cached = cache.get_mut(slot)?;
+    if cached.is_none() {
+        *cached = Some(host.header(plan.headers.get(slot)?));
+    }
+    cached.as_ref().and_then(|v| v.as_deref())
 }
 
 /// A request held in memory: the unit tests' fake, and what the operator CLI explains.
@@ -195,7 +203,11 @@ mod tests {
 
     #[test]
     fn later_cookie_headers_are_read_only_when_the_first_lacks_the_name() {
-        let plan = parse(br#"{"stable": "v1"}"#).unwrap();
+        // A plan that reads cookies, and few headers (so one by one, not the whole map).
+        let plan = parse(
+            br#"{"stable": "v1", "rules": [{"name": "c", "when": {"cookies": [{"name": "x", "present": true}]}, "version": "v2"}]}"#,
+        )
+        .unwrap();
         let cases: &[(&[&str], &str, Option<&str>, usize)] = &[
             (&[], "uid", None, 0),
             (&["uid=a; x=1"], "uid", Some("a"), 0),
