@@ -104,9 +104,10 @@ pub fn decide<H: Host>(plan: &Plan, host: &H) -> Decision {
 pub fn decide_traced<H: Host, T: Tracer>(plan: &Plan, host: &H, trace: &mut T) -> Decision {
     let mut cx = Ctx { facts: Facts::new(plan, host), identity: Identity::Unresolved, set_cookie: None };
     let mut d = decide_inner(plan, &mut cx, trace);
-    if plan.has_identity() {
+    if plan.sticky.is_some() {
         // A visitor without an id gets one minted now, whoever decided, so the next request
-        // already carries it.
+        // already carries it. (Without a sticky cookie there is nothing to mint, and no reason
+        // to read the id when no rule asked for it.)
         user_id(plan, &mut cx);
     }
     d.set_cookie = cx.set_cookie;
