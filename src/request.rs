@@ -125,6 +125,37 @@ fn one_header<'c, H: Host>(
     cached.as_ref().and_then(|v| v.as_deref())
 }
 
+/// Decodes a header map in the proxy-wasm ABI's serialized form (what
+/// `proxy_get_header_map_pairs` returns): a little-endian u32 count, then a (name length,
+/// value length) u32 pair per header, then each name and value followed by a NUL. A map that
+/// does not add up is cut at the first header that does not fit: what the host sends cannot
+/// make the filter panic. A name that is not UTF-8 (Envoy's codecs refuse those) is kept
+/// lossily, so it matches no configured name.
+pub fn parse_header_pairs(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let word = |at: usize| -> Option<usize> {
+        let b = bytes.get(at..at.checked_add(4)?)?;
+        Some(u32::from_le_bytes(b.try_into().ok()?) as usize)
+    };
+    let Some(count) = word(0) else { return Vec::new() };
+    let Some(mut data) = count.checked_mul(8).and_then(|n| n.checked_add(4)).filter(|&d| d <= bytes.len())
+    else {
+        return Vec::new();
+    };
+    let mut take = |len: usize| -> Option<&[u8]> {
+        let end = data.checked_add(len)?;
+        let v = bytes.get(data..end)?;
+        data = end.checked_add(1)?;
+        Some(v)
+    };
+    let mut map = Vec::with_capacity(count);
+    for n in 0..count {
+        let (Some(name_len), Some(value_len)) = (word(4 + n * 8), word(8 + n * 8)) else { break };
+        let (Some(name), Some(value)) = (take(name_len), take(value_len)) else { break };
+        map.push((String::from_utf8_lossy(name).into_owned(), value.to_vec()));
+    }
+    map
+}
+
 /// A request held in memory: the unit tests' fake, and what the operator CLI explains.
 #[derive(Debug, Clone, Default)]
 pub struct StaticRequest {
@@ -168,7 +199,7 @@ impl Host for StaticRequest {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use std::cell::Cell;
 
     use super::*;
@@ -199,6 +230,55 @@ mod tests {
         fn fill_random(&self, buf: &mut [u8]) {
             buf.fill(0);
         }
+    }
+
+    /// The ABI's serialized header map, built the way Envoy's host builds it.
+    fn serialize(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (k, v) in pairs {
+            out.extend((k.len() as u32).to_le_bytes());
+            out.extend((v.len() as u32).to_le_bytes());
+        }
+        for (k, v) in pairs {
+            out.extend(*k);
+            out.push(0);
+            out.extend(*v);
+            out.push(0);
+        }
+        out
+    }
+
+    #[test]
+    fn header_pairs_round_trip_in_order_with_repeats_and_odd_bytes() {
+        let pairs: &[(&[u8], &[u8])] =
+            &[(b":path", b"/a?b"), (b"cookie", b"a=1"), (b"cookie", b""), (b"x-id", b"\xff\x00z")];
+        let got = parse_header_pairs(&serialize(pairs));
+        let want: Vec<(String, Vec<u8>)> =
+            pairs.iter().map(|(k, v)| (String::from_utf8(k.to_vec()).unwrap(), v.to_vec())).collect();
+        assert_eq!(got, want);
+        assert_eq!(parse_header_pairs(&serialize(&[])), vec![]);
+    }
+
+    #[test]
+    fn header_pairs_that_do_not_add_up_are_cut_not_a_panic() {
+        let full = serialize(&[(b"a", b"1"), (b"bb", b"22")]);
+        for cut in 0..full.len() {
+            let got = parse_header_pairs(&full[..cut]);
+            assert!(got.len() <= 2, "cut at {cut}: {got:?}");
+            if let Some((k, v)) = got.first() {
+                assert_eq!((k.as_str(), v.as_slice()), ("a", &b"1"[..]), "cut at {cut}");
+            }
+        }
+        assert_eq!(parse_header_pairs(&full).len(), 2);
+        // A count far beyond the bytes, and lengths that overflow.
+        assert_eq!(parse_header_pairs(&u32::MAX.to_le_bytes()), vec![]);
+        let mut huge = 1u32.to_le_bytes().to_vec();
+        huge.extend(u32::MAX.to_le_bytes());
+        huge.extend(u32::MAX.to_le_bytes());
+        assert_eq!(parse_header_pairs(&huge), vec![]);
+        // A name that is not UTF-8 is kept, lossily.
+        let odd = parse_header_pairs(&serialize(&[(b"x-\xff", b"v")]));
+        assert_eq!(odd, vec![("x-\u{fffd}".to_string(), b"v".to_vec())]);
     }
 
     #[test]
