@@ -160,7 +160,7 @@ pub fn header(map: Map, name: &str) -> Option<Vec<u8>> {
     }
 }
 
-/// The whole header map in the ABI's serialized form (see `request::parse_header_pairs`).
+/// The whole header map in the ABI's serialized form (see `request::header_pairs`).
 pub fn header_pairs(map: Map) -> Option<Vec<u8>> {
     let (mut data, mut len) = (null_mut(), 0);
     // SAFETY: as in `plugin_configuration`.

@@ -39,7 +39,7 @@ mod glue {
     use crate::abi::{self, Map};
     use crate::config::{self, Plan, VersionId};
     use crate::decide::decide;
-    use crate::request::{parse_header_pairs, Host};
+    use crate::request::Host;
 
     /// proxy-wasm `Action::Continue`.
     const CONTINUE: u32 = 0;
@@ -235,8 +235,8 @@ mod glue {
             abi::header(Map::RequestHeaders, name)
         }
 
-        fn headers(&self) -> Vec<(String, Vec<u8>)> {
-            abi::header_pairs(Map::RequestHeaders).map(|b| parse_header_pairs(&b)).unwrap_or_default()
+        fn header_map(&self) -> Vec<u8> {
+            abi::header_pairs(Map::RequestHeaders).unwrap_or_default()
         }
 
         fn source_address(&self) -> Option<Vec<u8>> {

@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::ops::Range;
 
 use crate::cidr::parse_socket_ip;
 use crate::config::{HeaderSlot, Plan};
@@ -15,9 +16,10 @@ pub trait Host {
     /// The first value of request header `name` (lower-case; pseudo-headers such as `:path`
     /// included), `None` when absent.
     fn header(&self, name: &str) -> Option<Vec<u8>>;
-    /// The whole request header map, in order, names lower-case (HTTP/1.1 may repeat
-    /// `cookie`). One host call, but it copies every header.
-    fn headers(&self) -> Vec<(String, Vec<u8>)>;
+    /// The whole request header map in the proxy-wasm ABI's serialized form (read it with
+    /// [`header_pairs`]), in order, names lower-case (HTTP/1.1 may repeat `cookie`). One host
+    /// call, but it copies every header.
+    fn header_map(&self) -> Vec<u8>;
     /// Envoy's downstream remote address, property `source.address` (`ip:port`).
     fn source_address(&self) -> Option<Vec<u8>>;
     /// The current time, Unix nanoseconds.
@@ -35,23 +37,21 @@ pub struct Facts<'a, H: Host> {
     /// The whole header map: read at once when the plan reads many headers (one host call
     /// instead of many, see `Plan::read_whole_map`), or when a cookie is not in the first
     /// `cookie` header.
-    all: Option<Vec<(String, Vec<u8>)>>,
+    map: Option<HeaderMap>,
     source: Option<Option<IpAddr>>,
     now: Option<i64>,
 }
 
 impl<'a, H: Host> Facts<'a, H> {
     pub fn new(plan: &'a Plan, host: &'a H) -> Self {
-        Facts { plan, host, headers: Vec::new(), all: None, source: None, now: None }
+        Facts { plan, host, headers: Vec::new(), map: None, source: None, now: None }
     }
 
     /// The first value of the header in `slot`.
     pub fn header(&mut self, slot: HeaderSlot) -> Option<&[u8]> {
-        let Facts { plan, host, headers, all, .. } = self;
+        let Facts { plan, host, headers, map, .. } = self;
         if plan.read_whole_map {
-            let name = plan.headers.get(slot)?;
-            let all = all.get_or_insert_with(|| host.headers());
-            all.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+            map.get_or_insert_with(|| HeaderMap::new(plan, host.header_map())).first(slot)
         } else {
             one_header(headers, plan, *host, slot)
         }
@@ -61,7 +61,7 @@ impl<'a, H: Host> Facts<'a, H> {
     /// when the first header has the name (or there is no cookie header at all) the others
     /// need not be read.
     pub fn cookie(&mut self, name: &[u8]) -> Option<&[u8]> {
-        let Facts { plan, host, headers, all, .. } = self;
+        let Facts { plan, host, headers, map, .. } = self;
         let skip = if plan.read_whole_map {
             0
         } else {
@@ -71,9 +71,8 @@ impl<'a, H: Host> Facts<'a, H> {
             }
             1
         };
-        let all = all.get_or_insert_with(|| host.headers());
-        let values = all.iter().filter(|(k, _)| k == "cookie").map(|(_, v)| v.as_slice());
-        cookie::find(values.skip(skip), name)
+        let map = map.get_or_insert_with(|| HeaderMap::new(plan, host.header_map()));
+        cookie::find(map.values(b"cookie").skip(skip), name)
     }
 
     /// `:path` before `?`, as received.
@@ -125,35 +124,115 @@ fn one_header<'c, H: Host>(
     cached.as_ref().and_then(|v| v.as_deref())
 }
 
-/// Decodes a header map in the proxy-wasm ABI's serialized form (what
+/// The whole header map as the host serialized it, indexed once for the plan's headers: no
+/// copy per header, and a header rule finds its value without a search.
+struct HeaderMap {
+    bytes: Vec<u8>,
+    /// Per plan slot, where its first value lies in `bytes`.
+    first: Vec<Option<Range<usize>>>,
+}
+
+impl HeaderMap {
+    fn new(plan: &Plan, bytes: Vec<u8>) -> Self {
+        let mut first = vec![None; plan.headers.len()];
+        for (name, value) in PairRanges::new(&bytes) {
+            let name = bytes.get(name).unwrap_or_default();
+            if let Some(slot) = plan.headers.iter().position(|h| h.as_bytes() == name) {
+                if let Some(f @ None) = first.get_mut(slot) {
+                    *f = Some(value);
+                }
+            }
+        }
+        HeaderMap { bytes, first }
+    }
+
+    fn first(&self, slot: HeaderSlot) -> Option<&[u8]> {
+        self.bytes.get(self.first.get(slot)?.clone()?)
+    }
+
+    /// Every value of header `name`, in order.
+    fn values<'m>(&'m self, name: &'m [u8]) -> impl Iterator<Item = &'m [u8]> + 'm {
+        header_pairs(&self.bytes).filter(move |(k, _)| *k == name).map(|(_, v)| v)
+    }
+}
+
+/// The (name, value) pairs of a header map in the proxy-wasm ABI's serialized form (what
 /// `proxy_get_header_map_pairs` returns): a little-endian u32 count, then a (name length,
 /// value length) u32 pair per header, then each name and value followed by a NUL. A map that
-/// does not add up is cut at the first header that does not fit: what the host sends cannot
-/// make the filter panic. A name that is not UTF-8 (Envoy's codecs refuse those) is kept
-/// lossily, so it matches no configured name.
-pub fn parse_header_pairs(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let word = |at: usize| -> Option<usize> {
-        let b = bytes.get(at..at.checked_add(4)?)?;
-        Some(u32::from_le_bytes(b.try_into().ok()?) as usize)
-    };
-    let Some(count) = word(0) else { return Vec::new() };
-    let Some(mut data) = count.checked_mul(8).and_then(|n| n.checked_add(4)).filter(|&d| d <= bytes.len())
-    else {
-        return Vec::new();
-    };
-    let mut take = |len: usize| -> Option<&[u8]> {
-        let end = data.checked_add(len)?;
-        let v = bytes.get(data..end)?;
-        data = end.checked_add(1)?;
-        Some(v)
-    };
-    let mut map = Vec::with_capacity(count);
-    for n in 0..count {
-        let (Some(name_len), Some(value_len)) = (word(4 + n * 8), word(8 + n * 8)) else { break };
-        let (Some(name), Some(value)) = (take(name_len), take(value_len)) else { break };
-        map.push((String::from_utf8_lossy(name).into_owned(), value.to_vec()));
+/// does not add up ends at the first header that does not fit: what the host sends cannot make
+/// the filter panic.
+pub fn header_pairs(bytes: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    PairRanges::new(bytes).map(|(k, v)| (bytes.get(k).unwrap_or_default(), bytes.get(v).unwrap_or_default()))
+}
+
+/// The inverse of [`header_pairs`]: how Envoy serializes a header map for the filter.
+pub fn serialize_header_pairs<'p>(pairs: impl Iterator<Item = (&'p [u8], &'p [u8])> + Clone) -> Vec<u8> {
+    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    let mut out = len(pairs.clone().count()).to_vec();
+    for (k, v) in pairs.clone() {
+        out.extend(len(k.len()));
+        out.extend(len(v.len()));
     }
-    map
+    for (k, v) in pairs {
+        out.extend(k);
+        out.push(0);
+        out.extend(v);
+        out.push(0);
+    }
+    out
+}
+
+/// Where each name and value of a serialized header map lies (see [`header_pairs`]).
+struct PairRanges<'b> {
+    bytes: &'b [u8],
+    next: usize,
+    count: usize,
+    data: usize,
+}
+
+impl<'b> PairRanges<'b> {
+    fn new(bytes: &'b [u8]) -> Self {
+        let count = word(bytes, 0).unwrap_or(0);
+        // The length table must fit, or nothing is read (a count far beyond the bytes).
+        match count.checked_mul(8).and_then(|n| n.checked_add(4)).filter(|&d| d <= bytes.len()) {
+            Some(data) => PairRanges { bytes, next: 0, count, data },
+            None => PairRanges { bytes, next: 0, count: 0, data: 0 },
+        }
+    }
+
+    fn read(&mut self) -> Option<(Range<usize>, Range<usize>)> {
+        let n = self.next;
+        let (name_len, value_len) = (word(self.bytes, 4 + n * 8)?, word(self.bytes, 8 + n * 8)?);
+        let name = self.data..self.data.checked_add(name_len)?;
+        let value = name.end.checked_add(1)?..name.end.checked_add(1 + value_len)?;
+        if value.end >= self.bytes.len() {
+            return None;
+        }
+        self.data = value.end + 1;
+        self.next = n + 1;
+        Some((name, value))
+    }
+}
+
+impl Iterator for PairRanges<'_> {
+    type Item = (Range<usize>, Range<usize>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.count {
+            return None;
+        }
+        let pair = self.read();
+        if pair.is_none() {
+            self.count = 0;
+        }
+        pair
+    }
+}
+
+/// The little-endian u32 at `at`.
+fn word(bytes: &[u8], at: usize) -> Option<usize> {
+    let b = bytes.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes(b.try_into().ok()?) as usize)
 }
 
 /// A request held in memory: the unit tests' fake, and what the operator CLI explains.
@@ -183,8 +262,8 @@ impl Host for StaticRequest {
     fn header(&self, name: &str) -> Option<Vec<u8>> {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }
-    fn headers(&self) -> Vec<(String, Vec<u8>)> {
-        self.headers.clone()
+    fn header_map(&self) -> Vec<u8> {
+        serialize_header_pairs(self.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())))
     }
     fn source_address(&self) -> Option<Vec<u8>> {
         self.source.as_ref().map(|s| s.as_bytes().to_vec())
@@ -217,9 +296,9 @@ mod tests {
             self.single_reads.set(self.single_reads.get() + 1);
             self.inner.header(name)
         }
-        fn headers(&self) -> Vec<(String, Vec<u8>)> {
+        fn header_map(&self) -> Vec<u8> {
             self.full_reads.set(self.full_reads.get() + 1);
-            self.inner.headers()
+            self.inner.header_map()
         }
         fn source_address(&self) -> Option<Vec<u8>> {
             self.inner.source_address()
@@ -232,53 +311,47 @@ mod tests {
         }
     }
 
-    /// The ABI's serialized header map, built the way Envoy's host builds it.
     fn serialize(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
-        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
-        for (k, v) in pairs {
-            out.extend((k.len() as u32).to_le_bytes());
-            out.extend((v.len() as u32).to_le_bytes());
-        }
-        for (k, v) in pairs {
-            out.extend(*k);
-            out.push(0);
-            out.extend(*v);
-            out.push(0);
-        }
-        out
+        serialize_header_pairs(pairs.iter().map(|(k, v)| (*k, *v)))
+    }
+
+    fn pairs(bytes: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        header_pairs(bytes).map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
     }
 
     #[test]
     fn header_pairs_round_trip_in_order_with_repeats_and_odd_bytes() {
-        let pairs: &[(&[u8], &[u8])] =
-            &[(b":path", b"/a?b"), (b"cookie", b"a=1"), (b"cookie", b""), (b"x-id", b"\xff\x00z")];
-        let got = parse_header_pairs(&serialize(pairs));
-        let want: Vec<(String, Vec<u8>)> =
-            pairs.iter().map(|(k, v)| (String::from_utf8(k.to_vec()).unwrap(), v.to_vec())).collect();
-        assert_eq!(got, want);
-        assert_eq!(parse_header_pairs(&serialize(&[])), vec![]);
+        let map: &[(&[u8], &[u8])] =
+            &[(b":path", b"/a?b"), (b"cookie", b"a=1"), (b"cookie", b""), (b"x-\xff", b"\xff\x00z")];
+        let want: Vec<(Vec<u8>, Vec<u8>)> = map.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        assert_eq!(pairs(&serialize(map)), want);
+        assert_eq!(pairs(&serialize(&[])), vec![]);
     }
 
     #[test]
-    fn header_pairs_that_do_not_add_up_are_cut_not_a_panic() {
+    fn header_pairs_that_do_not_add_up_end_early_not_a_panic() {
         let full = serialize(&[(b"a", b"1"), (b"bb", b"22")]);
+        assert_eq!(pairs(&full).len(), 2);
         for cut in 0..full.len() {
-            let got = parse_header_pairs(&full[..cut]);
-            assert!(got.len() <= 2, "cut at {cut}: {got:?}");
+            let got = pairs(&full[..cut]);
+            // 20 bytes of counts and lengths, then `a`, NUL, `1`, NUL (to 24), then `bb`, NUL,
+            // `22`, NUL (to 30): a pair counts once its value's NUL is there.
+            let want = match cut {
+                0..24 => 0,
+                24..30 => 1,
+                _ => 2,
+            };
+            assert_eq!(got.len(), want, "cut at {cut}: {got:?}");
             if let Some((k, v)) = got.first() {
-                assert_eq!((k.as_str(), v.as_slice()), ("a", &b"1"[..]), "cut at {cut}");
+                assert_eq!((k.as_slice(), v.as_slice()), (&b"a"[..], &b"1"[..]), "cut at {cut}");
             }
         }
-        assert_eq!(parse_header_pairs(&full).len(), 2);
         // A count far beyond the bytes, and lengths that overflow.
-        assert_eq!(parse_header_pairs(&u32::MAX.to_le_bytes()), vec![]);
+        assert_eq!(pairs(&u32::MAX.to_le_bytes()), vec![]);
         let mut huge = 1u32.to_le_bytes().to_vec();
         huge.extend(u32::MAX.to_le_bytes());
         huge.extend(u32::MAX.to_le_bytes());
-        assert_eq!(parse_header_pairs(&huge), vec![]);
-        // A name that is not UTF-8 is kept, lossily.
-        let odd = parse_header_pairs(&serialize(&[(b"x-\xff", b"v")]));
-        assert_eq!(odd, vec![("x-\u{fffd}".to_string(), b"v".to_vec())]);
+        assert_eq!(pairs(&huge), vec![]);
     }
 
     #[test]
