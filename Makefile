@@ -10,7 +10,7 @@ ENVOY := $(VENV)/bin/envoy
 VENV_STAMP := $(VENV)/.installed
 SRC := $(shell find src -name '*.rs') Cargo.toml $(wildcard Cargo.lock)
 
-.PHONY: help build wasm-target venv test unit functional lint run demo clean sha256 cli bench soak fuzz istio-pin
+.PHONY: help build wasm-target venv test unit functional lint run demo clean sha256 cli bench bench-probe soak fuzz istio-pin
 CLI := target/release/graysplit
 
 help: ## List the targets
@@ -61,6 +61,9 @@ demo: build venv ## Scripted tour: 1000 users, tester override, live ramp to 50%
 
 bench: build venv ## Envoy CPU and instructions per request vs native routing, Lua and a no-op wasm (bench/results.md)
 	$(PY) scripts/bench.py
+
+bench-probe: build venv ## What each host call graysplit makes costs Envoy per request (callgrind, bench/probe)
+	$(PY) scripts/bench.py --probe
 
 soak: build venv ## Minutes of live ramps and rollbacks under load; prints failures, step latency, RSS, VM count
 	$(PY) scripts/soak.py

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """`make bench`: Envoy CPU time per request with graysplit, against native Envoy routing, Lua and
-a no-op Wasm filter. Prints a markdown table and writes it to bench/results.md.
+no-op Wasm filters. Prints a markdown table and writes it to bench/results.md.
 
     .venv/bin/python scripts/bench.py [--rounds 7] [--duration 5] [--warmup 2] [--connections 16]
-                                        [--callgrind N] [--only abcdef]
+                                        [--callgrind N] [--only abcdefg]
 
 Scenarios (one Envoy each, all with the same listener, strip step and clusters; see
 envoy/bench-*.yaml):
@@ -13,7 +13,10 @@ envoy/bench-*.yaml):
   d  graysplit, a realistic 20-rule config (header, cookie, query, CIDR rules, 1 000 users, an
      expired rule, then the 50% split)
   e  bench/graysplit-split.lua: (c)'s split in an Envoy Lua filter (same murmur3 contract)
-  f  bench/noop: a proxy-wasm filter that does nothing (the cost of the Wasm layer itself)
+  f  bench/noop: a Wasm filter with graysplit's exports that does nothing (the cost of the Wasm
+     layer itself)
+  g  bench/noop-sdk: a proxy-wasm SDK filter that does nothing (what the layer costs a filter
+     built on the SDK, which exports every callback; why graysplit binds the ABI itself)
 
 How: every Envoy runs with --concurrency 1 pinned to CPU 0; nginx (the upstream, one process,
 two ports answering "v1" / "v2") and wrk (one thread, many distinct user ids, bench/wrk-users.lua)
@@ -53,8 +56,9 @@ ROOT = run.ROOT
 BENCH = ROOT / "bench"
 RUN_DIR = ROOT / ".run" / "bench"
 RESULTS = BENCH / "results.md"
-NOOP_MANIFEST = BENCH / "noop" / "Cargo.toml"
+NOOPS = ("noop", "noop-sdk")   # the crates of (f) and (g), each its own workspace under bench/
 NOOP_WASM = BENCH / "noop" / "target" / "wasm32-wasip1" / "release" / "graysplit_bench_noop.wasm"
+NOOP_SDK_WASM = BENCH / "noop-sdk" / "target" / "wasm32-wasip1" / "release" / "graysplit_bench_noop_sdk.wasm"
 LUA_SPLIT = BENCH / "graysplit-split.lua"
 WRK_SCRIPT = BENCH / "wrk-users.lua"
 # Every request: the path and query below, plus what bench/wrk-users.lua adds (user id, cookie).
@@ -172,13 +176,15 @@ def scenarios(graysplit_wasm: Path) -> list[Scenario]:
                  wasm(graysplit_wasm, config_twenty_rules()), expect=expect_twenty),
         Scenario("e", "Lua filter, same murmur3 50% split", "bench-lua.yaml",
                  {"LUA_PATH": LUA_SPLIT}, expect=expect_split),
-        Scenario("f", "no-op proxy-wasm filter (Rust, proxy-wasm 0.2.5)", "bench-wasm.yaml",
+        Scenario("f", "no-op Wasm filter, graysplit's exports (the Wasm layer)", "bench-wasm.yaml",
                  wasm(NOOP_WASM, {}), expect=lambda u: "v1"),
+        Scenario("g", "no-op proxy-wasm SDK filter (proxy-wasm 0.2.5)", "bench-wasm.yaml",
+                 wasm(NOOP_SDK_WASM, {}), expect=lambda u: "v1"),
     ]
 
 
 # ---------------------------------------------------------------------------------------------
-# Tools: wrk, nginx, the no-op wasm.
+# Tools: wrk, nginx, the no-op wasms.
 
 def ensure_packages(callgrind: bool) -> tuple[str, str]:
     """wrk and nginx (Debian's nginx-light), and valgrind for --callgrind, installed with apt-get
@@ -212,10 +218,11 @@ def ensure_packages(callgrind: bool) -> tuple[str, str]:
 
 
 def build_noop() -> None:
-    cmd = ["cargo", "build", "--release", "--target", "wasm32-wasip1",
-           "--manifest-path", str(NOOP_MANIFEST.relative_to(ROOT))]
-    print("$ " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    for crate in NOOPS:
+        cmd = ["cargo", "build", "--release", "--target", "wasm32-wasip1",
+               "--manifest-path", f"bench/{crate}/Cargo.toml"]
+        print("$ " + " ".join(cmd), flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True)
 
 
 def _child_setup(cpu: int | None):
@@ -565,7 +572,7 @@ def report(scens: list[Scenario], runs: list[Run], args, wasm: Path, pinned: boo
         f"- machine: {machine()}",
         f"- Envoy {envoy_version()}, `--concurrency 1`"
         + (f" pinned to CPU {ENVOY_CPU}; nginx and wrk pinned to CPU {LOAD_CPU}" if pinned else " (NOT pinned: fewer than 2 CPUs)"),
-        f"- graysplit.wasm {kb(wasm)}, no-op wasm {kb(NOOP_WASM)}",
+        f"- graysplit.wasm {kb(wasm)}; no-op wasm (f) {kb(NOOP_WASM)}, (g) {kb(NOOP_SDK_WASM)}",
         f"- {len(rounds)} interleaved rounds; each run {args.warmup:g} s warm-up + {args.duration:g} s of "
         f"`wrk -t1 -c{args.connections}`, 50 000 distinct user ids, upstream nginx",
         "- CPU/rq: Envoy utime+stime per request served (/proc/<pid>/stat); ratio: to (a) in the same round",
@@ -610,6 +617,67 @@ def report(scens: list[Scenario], runs: list[Run], args, wasm: Path, pinned: boo
 
 
 # ---------------------------------------------------------------------------------------------
+# --probe: what each host call costs Envoy (bench/probe).
+
+PROBES = [  # (what the probe adds to the no-op of (f), bench/probe's cargo features)
+    ("nothing: the no-op of (f), graysplit's exports", ""),
+    ("read a request header that is present (x-user-id)", "read_header"),
+    ("read a request header that is absent", "read_absent_header"),
+    ("read the whole request header map", "read_header_map"),
+    ("read property `source.address`", "read_source_address"),
+    ("read the clock", "read_clock"),
+    ("replace the routing header (Envoy then selects the route again)", "set_route_header"),
+    ("set property `graysplit_rule`", "set_property"),
+    ("increment a counter", "increment_counter"),
+    ("all of (c)'s: read the id, set the header, the property, the counter",
+     "read_header,set_route_header,set_property,increment_counter"),
+]
+
+
+def probe(args) -> int:
+    """Builds bench/probe once per feature set and counts Envoy's instructions per request for
+    each under callgrind, next to (a) and (c): the price of each host call graysplit makes."""
+    ensure_packages(True)
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    wasms = []
+    for i, (_, features) in enumerate(PROBES):
+        cmd = ["cargo", "build", "--release", "--target", "wasm32-wasip1", "--manifest-path",
+               "bench/probe/Cargo.toml", "--features", features]
+        print("$ " + " ".join(cmd), flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True)
+        built = BENCH / "probe" / "target" / "wasm32-wasip1" / "release" / "graysplit_bench_probe.wasm"
+        wasms.append(RUN_DIR / f"probe-{i}.wasm")
+        shutil.copyfile(built, wasms[-1])
+    pinned = (os.cpu_count() or 1) >= 2
+    envoy_cpu = ENVOY_CPU if pinned else None
+    if pinned:
+        os.sched_setaffinity(0, {LOAD_CPU})
+    wasm = lambda path: {"WASM_PATH": path, "PLUGIN_CONFIG_JSON": json.dumps("{}")}
+    base = {s.key: s for s in scenarios(run.WASM)}
+    scens = [base["a"], base["c"]] + [
+        Scenario(f"p{i}", title, "bench-wasm.yaml", wasm(w)) for i, ((title, _), w) in enumerate(zip(PROBES, wasms))]
+    nginx = None
+    try:
+        nginx, v1, v2 = start_nginx(shutil.which("nginx") or "/usr/sbin/nginx", LOAD_CPU if pinned else None)
+        ports = {"V1_PORT": v1, "V2_PORT": v2}
+        counts = {}
+        for s in scens:
+            counts[s.key] = instructions_per_request(s, ports, args.callgrind or 300, envoy_cpu)
+            print(f"({s.key}) {s.title}: {counts[s.key]:,.0f} instructions per request", flush=True)
+    finally:
+        stop(nginx)
+    a, noop = counts["a"], counts["p0"]
+    print(f"\nEnvoy instructions per request under callgrind ({args.callgrind or 300} requests each); "
+          f"(a) {a:,.0f}, (c) {counts['c']:,.0f} ({counts['c'] / a:.3f} x (a))\n")
+    print("| the no-op filter of (f), plus | instructions/rq | ratio to (a) | cost of the call(s) |")
+    print("| --- | ---: | ---: | ---: |")
+    for i, (title, _) in enumerate(PROBES):
+        v = counts[f"p{i}"]
+        print(f"| {title} | {v:,.0f} | {v / a:.3f} | {'' if i == 0 else f'{v - noop:+,.0f}'} |")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -623,8 +691,13 @@ def main() -> int:
     ap.add_argument("--callgrind", type=int, default=int(os.environ.get("BENCH_CALLGRIND", 300)),
                     metavar="N", help="also count Envoy instructions per request under valgrind's "
                     "callgrind over N requests per scenario (noise-free; about 30 s per scenario)")
-    ap.add_argument("--only", default="abcdef", help="scenarios to run, e.g. acf ((a) is always run)")
+    ap.add_argument("--only", default="abcdefg", help="scenarios to run, e.g. acf ((a) is always run)")
+    ap.add_argument("--probe", action="store_true",
+                    help="instead: price each host call graysplit makes (bench/probe, callgrind; about 6 minutes)")
     args = ap.parse_args()
+    if args.probe:
+        run.require_wasm()
+        return probe(args)
 
     run.require_wasm()
     wrk_bin, nginx_bin = ensure_packages(args.callgrind > 0)
