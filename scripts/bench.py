@@ -629,6 +629,8 @@ PROBES = [  # (what the probe adds to the no-op of (f), bench/probe's cargo feat
     ("replace the routing header (Envoy then selects the route again)", "set_route_header"),
     ("set property `graysplit_rule`", "set_property"),
     ("increment a counter", "increment_counter"),
+    ("read the id and set the routing header: the least a filter of this kind does",
+     "read_header,set_route_header"),
     ("all of (c)'s: read the id, set the header, the property, the counter",
      "read_header,set_route_header,set_property,increment_counter"),
 ]
