@@ -93,7 +93,7 @@ mod host {
     #[link(wasm_import_module = "wasi_snapshot_preview1")]
     extern "C" {
         /// WASI `random_get`, which Envoy's proxy-wasm host implements.
-        pub fn random_get(buf: *mut u8, len: usize) -> u16;
+        pub fn random_get(buf: *mut u8, len: usize) -> u32;
     }
 }
 
@@ -108,12 +108,17 @@ pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
 }
 
 /// Takes ownership of `size` bytes at `data` that the host filled after allocating them with
-/// [`proxy_on_memory_allocate`]; `None` for a null pointer (the host had nothing to return).
+/// [`proxy_on_memory_allocate`]. `None` when the host said it has nothing (`NotFound` and other
+/// failures); an empty value for Ok with a null pointer, which is how the host returns an empty
+/// value without allocating (cpp-host `copyToPointerSize`; the SDK reads it the same way).
 ///
 /// SAFETY: `data` is null or came from `proxy_on_memory_allocate(size)`, and is taken once.
 unsafe fn take(status: u32, data: *mut u8, size: usize) -> Option<Vec<u8>> {
-    if status != OK || data.is_null() {
+    if status != OK {
         return None;
+    }
+    if data.is_null() {
+        return Some(Vec::new());
     }
     // SAFETY: a boxed slice of exactly `size` bytes (see the caller's contract).
     Some(unsafe { Vec::from_raw_parts(data, size, size) })

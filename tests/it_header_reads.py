@@ -58,3 +58,29 @@ def it_whole_map_reads_cookie_identity_and_the_scheme(start_envoy):
     assert m, r
     assert "Secure" in [a.strip() for a in m.group(2).split(";")], "the :scheme pseudo-header is read"
     assert r.text == split_version(m.group(1)), "the minted id decides this request"
+
+
+# An empty value is a value: `present: true` and `exact: ""` hold for it, and an empty first
+# `cookie` header still lets the next one be read. (Envoy returns an empty value without
+# allocating, as a null pointer; read as "absent" it would break all three, but only for
+# plans that read headers one by one.)
+EMPTY = [
+    {"name": "flag", "when": {"headers": [{"name": "x-flag", "present": True}]}, "version": "v-flag"},
+    {"name": "blank", "when": {"headers": [{"name": "x-blank", "exact": ""}]}, "version": "v-blank"},
+    {"name": "ramp", "split": [{"version": "v2", "percent": 50}]},
+]
+IDENTITY = {"from": [{"header": "x-user-id"}, {"cookie": "uid"}]}
+
+
+def it_empty_header_values_are_values_one_by_one_and_from_the_whole_map(start_envoy):
+    # x-flag, x-blank, x-user-id, cookie: four headers, read one by one; with the query and
+    # method rules the plan reads six, so the whole map.
+    few = start_envoy(plugin_config(EMPTY, identity=IDENTITY))
+    whole = start_envoy(plugin_config(EMPTY[:2] + MANY[2:4] + EMPTY[2:], identity=IDENTITY))
+    for envoy, how in ((few, "one by one"), (whole, "whole map")):
+        assert envoy.version("/", [("x-flag", "")]) == "v-flag", how
+        assert envoy.version("/", [("x-blank", "")]) == "v-blank", how
+        assert envoy.version("/", [("x-blank", "x"), ("x-user-id", "user-3")]) == split_version("user-3"), how
+        assert envoy.version("/", [("cookie", ""), ("cookie", "uid=user-5")]) == split_version("user-5"), how
+        assert envoy.version("/", [("x-user-id", ""), ("cookie", "uid=user-6")]) == split_version("user-6"), \
+            f"{how}: an empty id header is skipped"
