@@ -31,7 +31,7 @@ mod glue {
     //! checks each export once), so a request costs no `proxy_on_log` or `proxy_on_done` call.
     //! `#[no_mangle]` counts as unsafe code (a symbol could clash); each export allows it alone.
 
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
     use std::hash::{BuildHasherDefault, Hasher};
     use std::rc::Rc;
@@ -50,9 +50,10 @@ mod glue {
         metric_ids: Vec<u32>,
     }
 
-    /// One HTTP stream: its plugin's plan, and what the response needs from the decision.
+    /// One HTTP stream: its plugin's root context, and what the response needs from the
+    /// decision.
     struct Stream {
-        active: Option<Rc<Active>>,
+        root: u32,
         version: Option<VersionId>,
         set_cookie: Option<String>,
     }
@@ -79,9 +80,13 @@ mod glue {
         /// Root contexts, one per plugin config in this VM (an ECDS update adds one; Envoy
         /// deletes the old one when its last stream is done), with the plan each accepted.
         static ROOTS: RefCell<Vec<(u32, Option<Rc<Active>>)>> = const { RefCell::new(Vec::new()) };
-        /// Live HTTP streams by context id.
+        /// Live HTTP streams by context id. Envoy deletes each (`proxy_on_delete`); one it
+        /// never deletes (HTTP/3 may create a context only to log, after its deletion point)
+        /// goes with its root.
         static STREAMS: RefCell<HashMap<u32, Stream, BuildHasherDefault<IdHasher>>> =
             RefCell::new(HashMap::default());
+        /// Ids minted without a random source, for `fill_random`'s fallback.
+        static MINTED: Cell<u64> = const { Cell::new(0) };
     }
 
     #[allow(unsafe_code)]
@@ -95,23 +100,32 @@ mod glue {
     #[no_mangle]
     pub extern "C" fn proxy_on_context_create(context_id: u32, parent_context_id: u32) {
         if parent_context_id == 0 {
-            ROOTS.with_borrow_mut(|roots| roots.push((context_id, None)));
+            // Envoy may start an existing plugin again (the same root id): keep one row.
+            ROOTS.with_borrow_mut(|roots| {
+                if !roots.iter().any(|(id, _)| *id == context_id) {
+                    roots.push((context_id, None));
+                }
+            });
             return;
         }
-        let active = ROOTS.with_borrow(|roots| {
-            roots.iter().find(|(id, _)| *id == parent_context_id).and_then(|(_, a)| a.clone())
-        });
-        STREAMS.with_borrow_mut(|streams| {
-            streams.insert(context_id, Stream { active, version: None, set_cookie: None })
-        });
+        let stream = Stream { root: parent_context_id, version: None, set_cookie: None };
+        STREAMS.with_borrow_mut(|streams| streams.insert(context_id, stream));
     }
 
     #[allow(unsafe_code)]
     #[no_mangle]
     pub extern "C" fn proxy_on_delete(context_id: u32) {
         if STREAMS.with_borrow_mut(|streams| streams.remove(&context_id)).is_none() {
+            // A root: its plan goes, and any stream of it Envoy never deleted.
             ROOTS.with_borrow_mut(|roots| roots.retain(|(id, _)| *id != context_id));
+            STREAMS.with_borrow_mut(|streams| streams.retain(|_, s| s.root != context_id));
         }
+    }
+
+    /// The plan of the stream's root context, if it accepted one.
+    fn active(context_id: u32) -> Option<Rc<Active>> {
+        let root = STREAMS.with_borrow(|streams| streams.get(&context_id).map(|s| s.root))?;
+        ROOTS.with_borrow(|roots| roots.iter().find(|(id, _)| *id == root).and_then(|(_, a)| a.clone()))
     }
 
     /// One per plugin config. A config update (ECDS) creates a new root context whose
@@ -166,8 +180,7 @@ mod glue {
         _num_headers: usize,
         _end_of_stream: u32,
     ) -> u32 {
-        let active = STREAMS.with_borrow(|s| s.get(&context_id).and_then(|s| s.active.clone()));
-        let Some(active) = active else {
+        let Some(active) = active(context_id) else {
             // Unreachable in practice (Envoy does not run a plugin whose configure failed),
             // but never let a client-sent routing header through.
             abi::remove_header(Map::RequestHeaders, config::DEFAULT_ROUTE_HEADER);
@@ -208,13 +221,13 @@ mod glue {
         _num_headers: usize,
         _end_of_stream: u32,
     ) -> u32 {
-        let (active, version, set_cookie) = match STREAMS.with_borrow_mut(|streams| {
+        let Some((version, set_cookie)) = STREAMS.with_borrow_mut(|streams| {
             let s = streams.get_mut(&context_id)?;
-            Some((s.active.clone()?, s.version?, s.set_cookie.take()))
-        }) {
-            Some(found) => found,
-            None => return CONTINUE,
+            Some((s.version?, s.set_cookie.take()))
+        }) else {
+            return CONTINUE;
         };
+        let Some(active) = active(context_id) else { return CONTINUE };
         if let Some(name) = &active.plan.response_header {
             if let Some(v) = active.plan.versions.get(version) {
                 abi::replace_header(Map::ResponseHeaders, name, v.as_bytes());
@@ -249,12 +262,14 @@ mod glue {
 
         fn fill_random(&self, buf: &mut [u8]) {
             if !abi::random(buf) {
-                // No random source: fall back to std's per-VM random SipHash keys over a
-                // counter and the clock, which still gives distinct, unguessable ids.
-                use std::hash::BuildHasher;
-                let keys = std::collections::hash_map::RandomState::new();
+                // No random source (a host that refuses WASI random_get): distinct ids from a
+                // hash of a per-VM counter and the clock. Not std's RandomState, whose keys
+                // come from the same random_get and which panics without it.
+                let n = MINTED.get().wrapping_add(1);
+                MINTED.set(n);
                 for (i, chunk) in buf.chunks_mut(8).enumerate() {
-                    let mut h = keys.build_hasher();
+                    let mut h = std::hash::DefaultHasher::new();
+                    h.write_u64(n);
                     h.write_usize(i);
                     h.write_i64(self.now_unix_nanos());
                     let bytes = h.finish().to_le_bytes();
