@@ -204,7 +204,8 @@ impl<'b> PairRanges<'b> {
         let n = self.next;
         let (name_len, value_len) = (word(self.bytes, 4 + n * 8)?, word(self.bytes, 8 + n * 8)?);
         let name = self.data..self.data.checked_add(name_len)?;
-        let value = name.end.checked_add(1)?..name.end.checked_add(1 + value_len)?;
+        let start = name.end.checked_add(1)?;
+        let value = start..start.checked_add(value_len)?;
         if value.end >= self.bytes.len() {
             return None;
         }
