@@ -59,7 +59,7 @@ run: build venv ## Envoy with the filter and a demo config on 127.0.0.1:10000 (f
 demo: build venv ## Scripted tour: 1000 users, tester override, live ramp to 50%
 	$(PY) scripts/demo.py
 
-bench: build venv ## Envoy CPU and instructions per request vs native routing, Lua and a no-op wasm (bench/results.md)
+bench: build venv ## Envoy CPU and instructions per request vs native routing, Lua and no-op wasms (bench/results.md)
 	$(PY) scripts/bench.py
 
 bench-probe: build venv ## What each host call graysplit makes costs Envoy per request (callgrind, bench/probe)
