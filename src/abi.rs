@@ -107,20 +107,22 @@ pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
     Box::into_raw(v.into_boxed_slice()).cast::<u8>()
 }
 
-/// Takes ownership of `size` bytes at `data` that the host filled after allocating them with
-/// [`proxy_on_memory_allocate`]. `None` when the host said it has nothing (`NotFound` and other
-/// failures); an empty value for Ok with a null pointer, which is how the host returns an empty
-/// value without allocating (cpp-host `copyToPointerSize`; the SDK reads it the same way).
+/// What a host call returns through its (data, size) out-parameters, now ours. `None` when the
+/// host said it has nothing (`NotFound` and other failures); an empty value for Ok with a null
+/// pointer, which is how the host returns an empty value without allocating (cpp-host
+/// `copyToPointerSize`; the SDK reads it the same way).
 ///
-/// SAFETY: `data` is null or came from `proxy_on_memory_allocate(size)`, and is taken once.
-unsafe fn take(status: u32, data: *mut u8, size: usize) -> Option<Vec<u8>> {
-    if status != OK {
+/// SAFETY: `call` hands both pointers to a host function that, on Ok, leaves null or memory it
+/// got from [`proxy_on_memory_allocate`]`(size)` in them, and nothing else keeps that memory.
+unsafe fn returned(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Option<Vec<u8>> {
+    let (mut data, mut size) = (null_mut(), 0);
+    if call(&mut data, &mut size) != OK {
         return None;
     }
     if data.is_null() {
         return Some(Vec::new());
     }
-    // SAFETY: a boxed slice of exactly `size` bytes (see the caller's contract).
+    // SAFETY: a boxed slice of exactly `size` bytes, taken once (the caller's contract).
     Some(unsafe { Vec::from_raw_parts(data, size, size) })
 }
 
@@ -146,37 +148,31 @@ pub fn now_unix_nanos() -> Option<u64> {
 
 /// The plugin configuration, `size` bytes as announced by `proxy_on_configure`.
 pub fn plugin_configuration(size: usize) -> Option<Vec<u8>> {
-    let (mut data, mut len) = (null_mut(), 0);
-    // SAFETY: the host allocates with `proxy_on_memory_allocate`; `take` owns the result.
-    unsafe {
-        let status = host::proxy_get_buffer_bytes(PLUGIN_CONFIGURATION, 0, size, &mut data, &mut len);
-        take(status, data, len)
-    }
+    // SAFETY: the host allocates what it returns with `proxy_on_memory_allocate`.
+    unsafe { returned(|data, len| host::proxy_get_buffer_bytes(PLUGIN_CONFIGURATION, 0, size, data, len)) }
 }
 
 /// The first value of header `name`, `None` when absent.
 pub fn header(map: Map, name: &str) -> Option<Vec<u8>> {
-    let (mut data, mut len) = (null_mut(), 0);
     // SAFETY: as in `plugin_configuration`; `name` is read during the call only.
     unsafe {
-        let status =
-            host::proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut data, &mut len);
-        take(status, data, len)
+        returned(|data, len| {
+            host::proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), data, len)
+        })
     }
 }
 
 /// The whole header map in the ABI's serialized form (see `request::header_pairs`).
 pub fn header_pairs(map: Map) -> Option<Vec<u8>> {
-    let (mut data, mut len) = (null_mut(), 0);
     // SAFETY: as in `plugin_configuration`.
-    unsafe {
-        let status = host::proxy_get_header_map_pairs(map as u32, &mut data, &mut len);
-        take(status, data, len)
-    }
+    unsafe { returned(|data, len| host::proxy_get_header_map_pairs(map as u32, data, len)) }
 }
 
+// The writes below ignore the host's status, as the SDK's callers did: a request has nothing to
+// fall back to when Envoy refuses a header or property write (a stream already closed).
+
 /// Sets header `name` to `value`, replacing every value it had.
-pub fn replace_header(map: Map, name: &str, value: &[u8]) -> bool {
+pub fn replace_header(map: Map, name: &str, value: &[u8]) {
     // SAFETY: the host reads both slices during the call only.
     unsafe {
         host::proxy_replace_header_map_value(
@@ -185,39 +181,34 @@ pub fn replace_header(map: Map, name: &str, value: &[u8]) -> bool {
             name.len(),
             value.as_ptr(),
             value.len(),
-        ) == OK
-    }
+        )
+    };
 }
 
 /// Removes every value of header `name`.
-pub fn remove_header(map: Map, name: &str) -> bool {
+pub fn remove_header(map: Map, name: &str) {
     // SAFETY: the host reads `name` during the call only.
-    unsafe { host::proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) == OK }
+    unsafe { host::proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) };
 }
 
 /// Adds a value of header `name`, keeping the ones it had (`set-cookie`).
-pub fn add_header(map: Map, name: &str, value: &[u8]) -> bool {
+pub fn add_header(map: Map, name: &str, value: &[u8]) {
     // SAFETY: the host reads both slices during the call only.
     unsafe {
         host::proxy_add_header_map_value(map as u32, name.as_ptr(), name.len(), value.as_ptr(), value.len())
-            == OK
-    }
+    };
 }
 
 /// A property; `path` is the ABI's form, parts joined by NUL (`b"source\0address"`).
 pub fn property(path: &[u8]) -> Option<Vec<u8>> {
-    let (mut data, mut len) = (null_mut(), 0);
-    // SAFETY: as in `plugin_configuration`.
-    unsafe {
-        let status = host::proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut len);
-        take(status, data, len)
-    }
+    // SAFETY: as in `plugin_configuration`; `path` is read during the call only.
+    unsafe { returned(|data, len| host::proxy_get_property(path.as_ptr(), path.len(), data, len)) }
 }
 
 /// Sets a property (Envoy stores it as filter state `wasm.<path>`).
-pub fn set_property(path: &[u8], value: &[u8]) -> bool {
+pub fn set_property(path: &[u8], value: &[u8]) {
     // SAFETY: the host reads both slices during the call only.
-    unsafe { host::proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) == OK }
+    unsafe { host::proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) };
 }
 
 /// Defines a counter and returns the host's id for it; `Err(status)` when refused.
