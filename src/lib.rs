@@ -122,9 +122,8 @@ mod glue {
         }
     }
 
-    /// The plan of the stream's root context, if it accepted one.
-    fn active(context_id: u32) -> Option<Rc<Active>> {
-        let root = STREAMS.with_borrow(|streams| streams.get(&context_id).map(|s| s.root))?;
+    /// The plan root context `root` accepted, if any.
+    fn plan_of(root: u32) -> Option<Rc<Active>> {
         ROOTS.with_borrow(|roots| roots.iter().find(|(id, _)| *id == root).and_then(|(_, a)| a.clone()))
     }
 
@@ -180,7 +179,8 @@ mod glue {
         _num_headers: usize,
         _end_of_stream: u32,
     ) -> u32 {
-        let Some(active) = active(context_id) else {
+        let root = STREAMS.with_borrow(|streams| streams.get(&context_id).map(|s| s.root));
+        let Some(active) = root.and_then(plan_of) else {
             // Unreachable in practice (Envoy does not run a plugin whose configure failed),
             // but never let a client-sent routing header through.
             abi::remove_header(Map::RequestHeaders, config::DEFAULT_ROUTE_HEADER);
@@ -221,13 +221,13 @@ mod glue {
         _num_headers: usize,
         _end_of_stream: u32,
     ) -> u32 {
-        let Some((version, set_cookie)) = STREAMS.with_borrow_mut(|streams| {
+        let Some((root, version, set_cookie)) = STREAMS.with_borrow_mut(|streams| {
             let s = streams.get_mut(&context_id)?;
-            Some((s.version?, s.set_cookie.take()))
+            Some((s.root, s.version?, s.set_cookie.take()))
         }) else {
             return CONTINUE;
         };
-        let Some(active) = active(context_id) else { return CONTINUE };
+        let Some(active) = plan_of(root) else { return CONTINUE };
         if let Some(name) = &active.plan.response_header {
             if let Some(v) = active.plan.versions.get(version) {
                 abi::replace_header(Map::ResponseHeaders, name, v.as_bytes());
