@@ -13,8 +13,8 @@ envoy/bench-*.yaml):
   d  graysplit, a realistic 20-rule config (header, cookie, query, CIDR rules, 1 000 users, an
      expired rule, then the 50% split)
   e  bench/graysplit-split.lua: (c)'s split in an Envoy Lua filter (same murmur3 contract)
-  f  bench/noop: a Wasm filter with graysplit's exports that does nothing (the cost of the Wasm
-     layer itself)
+  f  bench/probe without features: a Wasm filter with graysplit's exports that does nothing
+     (the cost of the Wasm layer itself)
   g  bench/noop-sdk: a proxy-wasm SDK filter that does nothing (what the layer costs a filter
      built on the SDK, which exports every callback; why graysplit binds the ABI itself)
 
@@ -56,9 +56,9 @@ ROOT = run.ROOT
 BENCH = ROOT / "bench"
 RUN_DIR = ROOT / ".run" / "bench"
 RESULTS = BENCH / "results.md"
-NOOPS = ("noop", "noop-sdk")   # the crates of (f) and (g), each its own workspace under bench/
-NOOP_WASM = BENCH / "noop" / "target" / "wasm32-wasip1" / "release" / "graysplit_bench_noop.wasm"
-NOOP_SDK_WASM = BENCH / "noop-sdk" / "target" / "wasm32-wasip1" / "release" / "graysplit_bench_noop_sdk.wasm"
+# (f) is bench/probe built without features, (g) bench/noop-sdk; each its own workspace.
+NOOP_WASM = RUN_DIR / "noop.wasm"
+NOOP_SDK_WASM = RUN_DIR / "noop-sdk.wasm"
 LUA_SPLIT = BENCH / "graysplit-split.lua"
 WRK_SCRIPT = BENCH / "wrk-users.lua"
 # Every request: the path and query below, plus what bench/wrk-users.lua adds (user id, cookie).
@@ -163,8 +163,12 @@ def expect_twenty(user: str) -> str:
 VIP_SET = set(VIP_USERS)
 
 
+def wasm(path: Path, config: dict) -> dict[str, object]:
+    """bench-wasm.yaml's values for a module and its plugin config."""
+    return {"WASM_PATH": path, "PLUGIN_CONFIG_JSON": json.dumps(json.dumps(config))}
+
+
 def scenarios(graysplit_wasm: Path) -> list[Scenario]:
-    wasm = lambda path, config: {"WASM_PATH": path, "PLUGIN_CONFIG_JSON": json.dumps(json.dumps(config))}
     return [
         Scenario("a", "native header routing, no filter (floor)", "bench-native.yaml",
                  expect=lambda u: "v1"),
@@ -217,12 +221,22 @@ def ensure_packages(callgrind: bool) -> tuple[str, str]:
     return wrk, nginx
 
 
+def build_wasm(crate: str, dest: Path, features: str = "") -> Path:
+    """Builds bench/<crate> (its own workspace) with `features` and copies the module to `dest`
+    (one crate builds several modules: bench/probe)."""
+    cmd = ["cargo", "build", "--release", "--target", "wasm32-wasip1",
+           "--manifest-path", f"bench/{crate}/Cargo.toml", "--features", features]
+    print("$ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    name = "graysplit_bench_" + crate.replace("-", "_") + ".wasm"
+    shutil.copyfile(BENCH / crate / "target" / "wasm32-wasip1" / "release" / name, dest)
+    return dest
+
+
 def build_noop() -> None:
-    for crate in NOOPS:
-        cmd = ["cargo", "build", "--release", "--target", "wasm32-wasip1",
-               "--manifest-path", f"bench/{crate}/Cargo.toml"]
-        print("$ " + " ".join(cmd), flush=True)
-        subprocess.run(cmd, cwd=ROOT, check=True)
+    build_wasm("probe", NOOP_WASM)
+    build_wasm("noop-sdk", NOOP_SDK_WASM)
 
 
 def _child_setup(cpu: int | None):
@@ -641,23 +655,15 @@ def probe(args) -> int:
     each under callgrind, next to (a) and (c): the price of each host call graysplit makes."""
     ensure_packages(True)
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    wasms = []
-    for i, (_, features) in enumerate(PROBES):
-        cmd = ["cargo", "build", "--release", "--target", "wasm32-wasip1", "--manifest-path",
-               "bench/probe/Cargo.toml", "--features", features]
-        print("$ " + " ".join(cmd), flush=True)
-        subprocess.run(cmd, cwd=ROOT, check=True)
-        built = BENCH / "probe" / "target" / "wasm32-wasip1" / "release" / "graysplit_bench_probe.wasm"
-        wasms.append(RUN_DIR / f"probe-{i}.wasm")
-        shutil.copyfile(built, wasms[-1])
+    wasms = [build_wasm("probe", RUN_DIR / f"probe-{i}.wasm", features)
+             for i, (_, features) in enumerate(PROBES)]
     pinned = (os.cpu_count() or 1) >= 2
     envoy_cpu = ENVOY_CPU if pinned else None
     if pinned:
         os.sched_setaffinity(0, {LOAD_CPU})
-    wasm = lambda path: {"WASM_PATH": path, "PLUGIN_CONFIG_JSON": json.dumps("{}")}
     base = {s.key: s for s in scenarios(run.WASM)}
-    scens = [base["a"], base["c"]] + [
-        Scenario(f"p{i}", title, "bench-wasm.yaml", wasm(w)) for i, ((title, _), w) in enumerate(zip(PROBES, wasms))]
+    scens = [base["a"], base["c"]] + [Scenario(f"p{i}", title, "bench-wasm.yaml", wasm(w, {}))
+                                      for i, ((title, _), w) in enumerate(zip(PROBES, wasms))]
     nginx = None
     try:
         nginx, v1, v2 = start_nginx(shutil.which("nginx") or "/usr/sbin/nginx", LOAD_CPU if pinned else None)

@@ -1,6 +1,7 @@
-//! `make bench-probe`: the exports of bench/noop (graysplit's), and in `proxy_on_request_headers`
-//! the host calls its cargo features select. Each probe minus the plain no-op is what that call
-//! costs Envoy per request.
+//! graysplit's exports (proxy-wasm ABI 0.2.1), and in `proxy_on_request_headers` the host calls
+//! the cargo features select. Without features it does nothing: `make bench` scenario (f), what
+//! the Wasm layer itself costs. `make bench-probe` builds it once per feature: each probe minus
+//! the no-op is what that call costs Envoy per request.
 #![allow(clippy::missing_safety_doc)]
 
 use std::ptr::null_mut;
