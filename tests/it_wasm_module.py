@@ -42,40 +42,38 @@ def sections(data: bytes):
         at += size
 
 
-def exports(data: bytes) -> dict[str, int]:
-    """name -> kind (0 function, 1 table, 2 memory, 3 global)."""
-    out = {}
+def name(body: bytes, at: int) -> tuple[str, int]:
+    n, at = leb128(body, at)
+    return body[at:at + n].decode(), at + n
+
+
+def entries(data: bytes, section: int):
+    """(module or "", name, kind) of each entry of the import (2) or export (7) section. Only
+    function imports are read correctly past their kind (imports() refuses the others)."""
     for sid, body in sections(data):
-        if sid != 7:
+        if sid != section:
             continue
         count, at = leb128(body, 0)
         for _ in range(count):
-            n, at = leb128(body, at)
-            name = body[at:at + n].decode()
-            kind = body[at + n]
-            _, at = leb128(body, at + n + 1)
-            out[name] = kind
-    return out
+            module = ""
+            if section == 2:
+                module, at = name(body, at)
+            field, at = name(body, at)
+            kind = body[at]
+            _, at = leb128(body, at + 1)   # the index (an export's; a function import's type)
+            yield module, field, kind
+
+
+def exports(data: bytes) -> dict[str, int]:
+    """name -> kind (0 function, 1 table, 2 memory, 3 global)."""
+    return {field: kind for _, field, kind in entries(data, 7)}
 
 
 def imports(data: bytes) -> set[tuple[str, str]]:
     out = set()
-    for sid, body in sections(data):
-        if sid != 2:
-            continue
-        count, at = leb128(body, 0)
-        for _ in range(count):
-            n, at = leb128(body, at)
-            module = body[at:at + n].decode()
-            at += n
-            n, at = leb128(body, at)
-            name = body[at:at + n].decode()
-            at += n
-            kind = body[at]
-            at += 1
-            assert kind == 0, f"import {module}.{name} is not a function"
-            _, at = leb128(body, at)   # the function's type index
-            out.add((module, name))
+    for module, field, kind in entries(data, 2):
+        assert kind == 0, f"import {module}.{field} is not a function"
+        out.add((module, field))
     return out
 
 
