@@ -857,7 +857,6 @@ class Step:
     gen: int
     accepted: bool
     visible_ms: float | None = None       # rename -> the last connection's first new response
-    first_ms: float | None = None         # rename -> the first connection's first new response
     rejected_ms: float | None = None      # rename -> update_rejected counter moved
 
 
@@ -933,7 +932,6 @@ class LiveRamp:
                        f"every connection to serve config {gen} ({label})")
             seen = [fs[gen] for fs in self.load.first_seen]
             step.visible_ms = (max(seen) - t0) * 1000
-            step.first_ms = (min(seen) - t0) * 1000
             self.wait_for(lambda: all(bg.get(gen, 0) >= hold for bg in self.load.by_gen),
                        f"{hold} responses per connection under config {gen} ({label})")
         self.steps.append(step)
