@@ -403,37 +403,26 @@ struct Builder {
     headers: Vec<String>,
 }
 
+/// The index of `name` in `list`, added at the end the first time.
+fn intern(list: &mut Vec<String>, name: &str) -> usize {
+    list.iter().position(|x| x == name).unwrap_or_else(|| {
+        list.push(name.to_string());
+        list.len() - 1
+    })
+}
+
 impl Builder {
     fn slot(&mut self, name: &str) -> HeaderSlot {
-        match self.headers.iter().position(|h| h == name) {
-            Some(i) => i,
-            None => {
-                self.headers.push(name.to_string());
-                self.headers.len() - 1
-            }
-        }
+        intern(&mut self.headers, name)
     }
 
     fn version(&mut self, name: &str) -> VersionId {
-        match self.versions.iter().position(|v| v == name) {
-            Some(i) => i,
-            None => {
-                self.versions.push(name.to_string());
-                self.versions.len() - 1
-            }
-        }
+        intern(&mut self.versions, name)
     }
 
     fn metric(&mut self, rule: &str, version: VersionId) -> MetricId {
         let v = self.versions.get(version).map_or("", String::as_str);
-        let name = format!("graysplit_decisions_total.rule.{rule}.version.{v}");
-        match self.metrics.iter().position(|m| *m == name) {
-            Some(i) => i,
-            None => {
-                self.metrics.push(name);
-                self.metrics.len() - 1
-            }
-        }
+        intern(&mut self.metrics, &format!("graysplit_decisions_total.rule.{rule}.version.{v}"))
     }
 }
 
