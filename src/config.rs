@@ -494,16 +494,11 @@ fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
                 format!("duplicate rule name {} (also rules[{j}])", quote(&r.name)),
             ));
         }
-        let starts_at = r
-            .starts_at
-            .as_deref()
-            .map(|t| parse_rfc3339(t).map_err(|e| ConfigError::new(at("starts_at"), e)))
-            .transpose()?;
-        let expires_at = r
-            .expires_at
-            .as_deref()
-            .map(|t| parse_rfc3339(t).map_err(|e| ConfigError::new(at("expires_at"), e)))
-            .transpose()?;
+        let time = |field: &str, t: Option<&str>| {
+            t.map(|t| parse_rfc3339(t).map_err(|e| ConfigError::new(at(field), e))).transpose()
+        };
+        let starts_at = time("starts_at", r.starts_at.as_deref())?;
+        let expires_at = time("expires_at", r.expires_at.as_deref())?;
         if let (Some(s), Some(e)) = (starts_at, expires_at) {
             if e <= s {
                 return Err(ConfigError::new(at("expires_at"), "must be later than starts_at"));
