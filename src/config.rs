@@ -649,13 +649,16 @@ fn headers_read<'h>(
     read
 }
 
+/// Why an empty list in a condition is refused.
+const NEVER_MATCHES: &str = "must not be empty (it would never match)";
+
 fn compile_when(b: &mut Builder, i: usize, w: RawWhen, has_identity: bool) -> Result<Vec<Cond>, ConfigError> {
     let at = |field: &str| format!("rules[{i}].when.{field}");
     let mut conds = Vec::new();
     // Cheapest checks first: all must hold, so the order only changes the cost.
     if let Some(methods) = w.methods {
         if methods.is_empty() {
-            return Err(ConfigError::new(at("methods"), "must not be empty (it would never match)"));
+            return Err(ConfigError::new(at("methods"), NEVER_MATCHES));
         }
         for (j, m) in methods.iter().enumerate() {
             if m.is_empty() || !m.bytes().all(|c| is_tchar(c) && !c.is_ascii_lowercase()) {
@@ -691,13 +694,13 @@ fn compile_when(b: &mut Builder, i: usize, w: RawWhen, has_identity: bool) -> Re
     }
     if let Some(list) = w.source_cidrs {
         if list.is_empty() {
-            return Err(ConfigError::new(at("source_cidrs"), "must not be empty (it would never match)"));
+            return Err(ConfigError::new(at("source_cidrs"), NEVER_MATCHES));
         }
         conds.push(Cond::Sources(cidrs(&at("source_cidrs"), &list)?));
     }
     if let Some(users) = w.users {
         if users.is_empty() {
-            return Err(ConfigError::new(at("users"), "must not be empty (it would never match)"));
+            return Err(ConfigError::new(at("users"), NEVER_MATCHES));
         }
         if !has_identity {
             return Err(ConfigError::new(
@@ -794,10 +797,7 @@ fn string_match(path: &str, m: RawMatch) -> Result<StringMatch, ConfigError> {
         StringMatch::Suffix(bytes(v))
     } else if let Some(list) = m.one_of {
         if list.is_empty() {
-            return Err(ConfigError::new(
-                format!("{path}.one_of"),
-                "must not be empty (it would never match)",
-            ));
+            return Err(ConfigError::new(format!("{path}.one_of"), NEVER_MATCHES));
         }
         StringMatch::OneOf(list.into_iter().map(bytes).collect())
     } else {
