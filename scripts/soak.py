@@ -31,7 +31,6 @@ sys.path.insert(0, str(REPO / "tests"))
 import harness  # noqa: E402
 from harness import Envoy, LiveRamp, LoadGen, ramp_cycle  # noqa: E402
 
-ECDS_STAT = "extension_config_discovery.http_filter.graysplit."
 UP_STEPS = {"10%": "1%", "50%": "10%", "100%": "50%", "50% again": "0% rollback"}
 WASM_GAUGES = ("wasm.envoy.wasm.runtime.v8.active", "wasm.envoy.wasm.runtime.v8.created",
                "wasm.wasm_vm_count")
@@ -79,7 +78,7 @@ def main() -> int:
         envoy.wait_ready()
         load = LoadGen(envoy, users, conns=conns, max_requests=50_000_000,
                        max_seconds=seconds + 300, versions=["v1", "v2"])
-        ramp = LiveRamp(envoy, load, ECDS_STAT, step_timeout=10.0)
+        ramp = LiveRamp(envoy, load)
         ramp.initial(cycle[0][1])
         hold = -(-len(users) // len(load.conns))
         print(f"soak: {seconds:.0f} s, {len(users)} users, {len(load.conns)} connections, "

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -32,13 +31,13 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 import run  # noqa: E402  (scripts/run.py: the Envoy binary and PR_SET_PDEATHSIG, shared with make run)
-WASM = REPO / "target" / "wasm32-wasip1" / "release" / "graysplit.wasm"
+WASM = run.WASM   # GRAYSPLIT_WASM tests another build, as it runs one in the scripts
 BOOTSTRAP_TEMPLATE = REPO / "envoy" / "test-bootstrap.yaml"
-ECDS_TEMPLATE = REPO / "envoy" / "test-ecds.yaml"
 
 DEFAULT_ROUTE_HEADER = "x-graysplit-version"
 DEFAULT_OVERRIDE_HEADER = "x-gray-release"
-FILTER_NAME = "graysplit"
+FILTER_NAME = run.FILTER_NAME
+ECDS_STAT = run.ECDS_STATS   # stat prefix of the filter's ECDS subscription
 
 # Every Envoy started and not yet stopped; conftest prints their logs when a test fails.
 RUNNING: list["Envoy"] = []
@@ -194,25 +193,15 @@ def bootstrap(config: dict | str | None, *, access_log: Path, ecds_path: Path | 
     return doc
 
 
-def ecds_document(config: dict | str, version_info: str) -> dict:
-    doc = yaml.safe_load(ECDS_TEMPLATE.read_text())
-    doc["version_info"] = version_info
-    wasm_cfg = doc["resources"][0]["typed_config"]["config"]
-    wasm_cfg["vm_config"]["code"]["local"]["filename"] = str(WASM)
-    wasm_cfg["configuration"]["value"] = plugin_json(config)
-    return doc
-
-
 _ecds_counter = 0
 
 
 def write_ecds(path: Path, config: dict | str) -> None:
-    """Publish a plugin config through ECDS: write a new file, rename it over the watched path."""
+    """Publish a plugin config through ECDS the way `make run --push` does (scripts/run.py):
+    the same document, written to a new file renamed over the watched path."""
     global _ecds_counter
     _ecds_counter += 1
-    tmp = path.with_name(f".{path.name}.{_ecds_counter}.tmp")
-    tmp.write_text(yaml.safe_dump(ecds_document(config, str(_ecds_counter)), sort_keys=False))
-    os.rename(tmp, path)
+    run.write_atomic(path, run.ecds_document(plugin_json(config), str(_ecds_counter), WASM))
 
 
 # --------------------------------------------------------------------------- HTTP client
@@ -672,9 +661,7 @@ def write_istio_ecds(path: Path, plugin: dict, version_info: str = "1",
                      plugin_config: dict | None = None) -> str:
     """Write the ECDS file for `plugin` (new file + rename); returns the configuration string."""
     doc = istio_ecds_document(plugin, version_info, plugin_config=plugin_config)
-    tmp = path.with_name(f".{path.name}.{version_info}.tmp")
-    tmp.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
-    os.rename(tmp, path)
+    run.write_atomic(path, yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
     return doc["resources"][0]["typed_config"]["config"].get("configuration", {}).get("value", "")
 
 
@@ -868,7 +855,7 @@ class LiveRamp:
     ones included), so each response says which config served it. That makes the checks exact:
     no window has to be left out around a push."""
 
-    def __init__(self, envoy: "Envoy", load: LoadGen, ecds_stat_prefix: str,
+    def __init__(self, envoy: "Envoy", load: LoadGen, ecds_stat_prefix: str = ECDS_STAT,
                  step_timeout: float = 10.0):
         self.envoy = envoy
         self.load = load

@@ -5,9 +5,8 @@ and a refused FIRST config leaves the listener answering 500 until a good one ar
 A pushed config reaches each Envoy worker separately, so after every push each connection
 (each pinned to one worker) polls until it sees the new config before anything is measured."""
 
-from harness import bucket, plugin_config, wait_until, write_ecds
+from harness import ECDS_STAT, bucket, plugin_config, wait_until, write_ecds
 
-ECDS_STAT = "extension_config_discovery.http_filter.graysplit."
 VERSIONS = ["v1", "v2"]
 USERS = [f"user-{i}" for i in range(10000)]
 

@@ -15,7 +15,6 @@ the machine is shared and timings are reported, not tested."""
 
 from harness import REPO, SUMMARY, LiveRamp, LoadGen, marked, ramp_cycle
 
-ECDS_STAT = "extension_config_discovery.http_filter.graysplit."
 USERS = [f"user-{i}" for i in range(10000)]
 STABLE, GRAY = "v1", "v2"
 
@@ -31,7 +30,7 @@ def it_live_ramp_rollback_and_kill_switch_under_load_fail_no_request(start_envoy
                         versions=[STABLE, GRAY], concurrency=2)
     load = LoadGen(envoy, USERS, conns=8, max_requests=400_000, max_seconds=120,
                    versions=[STABLE, GRAY])
-    ramp = LiveRamp(envoy, load, ECDS_STAT, step_timeout=10.0)
+    ramp = LiveRamp(envoy, load)
     ramp.initial(first)
     hold = -(-len(USERS) // len(load.conns))  # every connection goes through all its users
     with load:
