@@ -114,8 +114,7 @@ def plugin_json(config: dict | str) -> str:
 
 def bootstrap(config: dict | str | None, *, access_log: Path, ecds_path: Path | None = None,
               versions: Iterable[str] = (), ipv6: bool = False, strip_route_header: bool = True,
-              scheme: str | None = None, route_header: str | None = None,
-              override_header: str | None = None) -> dict:
+              scheme: str | None = None, route_header: str | None = None) -> dict:
     """Fill in envoy/test-bootstrap.yaml.
 
     config:  the plugin JSON (dict, or a raw string) for an inline filter; None with ecds_path
@@ -127,9 +126,7 @@ def bootstrap(config: dict | str | None, *, access_log: Path, ecds_path: Path | 
     parsed = config if isinstance(config, dict) else None
     if route_header is None:
         route_header = (parsed or {}).get("route_header", DEFAULT_ROUTE_HEADER)
-    if override_header is None:
-        override = (parsed or {}).get("override") or {}
-        override_header = override.get("header", DEFAULT_OVERRIDE_HEADER)
+    override_header = ((parsed or {}).get("override") or {}).get("header", DEFAULT_OVERRIDE_HEADER)
     all_versions = list(dict.fromkeys(
         (known_versions(parsed) if parsed else []) + list(versions)))
 
@@ -447,13 +444,6 @@ class Envoy:
         assert self.port, f"no app listener in {body}"
         return self
 
-    def wait_exit(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"Envoy still running after {timeout}s:\n{self.log()}")
-
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -625,15 +615,15 @@ def istio_resource_name(plugin: dict) -> str:
     return f"extensions.istio.io/wasmplugin/{md.get('namespace', 'default')}.{md['name']}"
 
 
-def istio_ecds_document(plugin: dict, version_info: str = "1", wasm: Path | None = None,
+def istio_ecds_document(plugin: dict, version_info: str = "1",
                         plugin_config: dict | None = None) -> dict:
     """The ECDS DiscoveryResponse istiod + istio-agent deliver for a WasmPlugin (see
-    ../shared/istio-envoy-ecds-example/), with the module rewritten to the local `wasm` file as
+    ../shared/istio-envoy-ecds-example/), with the module rewritten to the local build (WASM) as
     istio-agent does after fetching it. `plugin_config` replaces spec.pluginConfig."""
     md, spec = plugin["metadata"], plugin["spec"]
     cfg = spec.get("pluginConfig") if plugin_config is None else plugin_config
     vm_config: dict = {"runtime": "envoy.wasm.runtime.v8",
-                       "code": {"local": {"filename": str(wasm or WASM)}}}
+                       "code": {"local": {"filename": str(WASM)}}}
     if str(spec.get("url", "")).startswith("file://"):
         # istiod adds this variable; istio-agent strips it only when it fetched the module.
         vm_config["environment_variables"] = {
