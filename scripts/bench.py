@@ -297,13 +297,11 @@ http {{
 # ---------------------------------------------------------------------------------------------
 # Envoy.
 
-def start_envoy(s: Scenario, ports: dict[str, int], cpu: int | None, template: Path | None = None,
-                name: str | None = None, wrapper: list[str] | None = None,
-                ready_timeout_s: float = 30.0) -> None:
+def start_envoy(s: Scenario, ports: dict[str, int], cpu: int | None, name: str | None = None,
+                wrapper: list[str] | None = None, ready_timeout_s: float = 30.0) -> None:
     name = name or s.key
-    values = {**ports, **{k: v for k, v in s.values.items()}}
     config = RUN_DIR / f"envoy-{name}.yaml"
-    config.write_text(run.render_bootstrap(values, template or ROOT / "envoy" / s.template))
+    config.write_text(run.render_bootstrap({**ports, **s.values}, ROOT / "envoy" / s.template))
     admin_path = RUN_DIR / f"admin-{name}"
     admin_path.unlink(missing_ok=True)
     log = RUN_DIR / f"envoy-{name}.log"
@@ -321,7 +319,7 @@ def start_envoy(s: Scenario, ports: dict[str, int], cpu: int | None, template: P
 
 
 def stop(proc: subprocess.Popen | None) -> None:
-    if proc is not None and proc.poll() is None:
+    if proc is not None:
         run.stop_envoy(proc)
 
 
@@ -703,11 +701,10 @@ def main() -> int:
     ap.add_argument("--probe", action="store_true",
                     help="instead: price each host call graysplit makes (bench/probe, callgrind; about 6 minutes)")
     args = ap.parse_args()
+    run.require_wasm()
     if args.probe:
-        run.require_wasm()
         return probe(args)
 
-    run.require_wasm()
     wrk_bin, nginx_bin = ensure_packages(args.callgrind > 0)
     build_noop()
     RUN_DIR.mkdir(parents=True, exist_ok=True)
@@ -734,7 +731,6 @@ def main() -> int:
             print(f"({s.key}) {s.title}: Envoy pid {s.proc.pid}, port {s.port}; routing check: {check_routing(s)}",
                   flush=True)
 
-        wasm_for_report = run.WASM
         runs: list[Run] = []
         started = time.monotonic()
         for rnd in range(args.rounds):
@@ -760,7 +756,7 @@ def main() -> int:
             for k, v in instructions.items():
                 print(f"({k}) {v:,.0f} instructions/rq, {v / a:.3f} x (a)")
             return 0
-        text = report(scens, runs, args, wasm_for_report, pinned, instructions)
+        text = report(scens, runs, args, run.WASM, pinned, instructions)
         if bad:
             text += (f"\n**{len(bad)} runs had errors** (non-2xx, 5xx or socket errors): "
                      + ", ".join(f"({r.key}) round {r.round + 1}: {r.errors}" for r in bad) + "\n")

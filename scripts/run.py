@@ -213,9 +213,9 @@ def start_envoy(config: Path, *, admin_address_path: Path, log: Path | None = No
             out.close()
 
 
-def stop_envoy(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace_s: float = 5.0) -> int:
+def stop_envoy(proc: subprocess.Popen, grace_s: float = 5.0) -> int:
     if proc.poll() is None:
-        proc.send_signal(sig)
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(grace_s)
         except subprocess.TimeoutExpired:
@@ -342,10 +342,10 @@ def banner(config: dict) -> str:
     gray = rule["split"][0]["version"]
     salt = rule.get("salt", rule["name"])
     # Name real users on each side of the ramp, so every line says what it will show.
-    users = [f"user-{i}" for i in range(1000)]
-    on_stable = next(u for u in ["alice", "bob", "carol", *users] if split_version(rule, stable, u)[1] == stable)
-    on_gray = next(u for u in ["alice", "bob", "carol", *users] if split_version(rule, stable, u)[1] == gray)
-    b_stable, b_gray = bucket(salt, on_stable), bucket(salt, on_gray)
+    candidates = [(u, *split_version(rule, stable, u))
+                  for u in ["alice", "bob", "carol", *(f"user-{i}" for i in range(1000))]]
+    on_stable, b_stable, _ = next(c for c in candidates if c[2] == stable)
+    on_gray, b_gray, _ = next(c for c in candidates if c[2] == gray)
     percent = rule["split"][0]["percent"]
     jar = RUN_DIR / "cookies.txt"
     cap = round(percent * 100)
