@@ -169,9 +169,10 @@ def main() -> int:
         # 3. The live ramp: replace the ECDS file, then wait until every held connection (one per
         #    worker) routes a user who must move. A pushed config reaches workers separately.
         ramped = copy.deepcopy(config)
-        run.ramp_rule(ramped)["split"][0]["percent"] = RAMP_TO
-        probe = next((u for u in USERS if run.split_version(run.ramp_rule(ramped), stable, u)[1] == gray
-                      and predicted[u] == stable), None)
+        ramped_rule = run.ramp_rule(ramped)
+        ramped_rule["split"][0]["percent"] = RAMP_TO
+        predicted_after = {u: run.split_version(ramped_rule, stable, u)[1] for u in USERS}
+        probe = next((u for u in USERS if predicted_after[u] == gray and predicted[u] == stable), None)
         print(f"\n3) live ramp to {RAMP_TO}%: rewrite the ECDS file (write + rename)")
         counts = run.ecds_counts(admin)
         pushed = time.monotonic()
@@ -193,8 +194,7 @@ def main() -> int:
         print_split(after, [stable, gray])
         up = sum(1 for u in USERS if before[u] == stable and after[u] == gray)
         back = [u for u in USERS if before[u] == gray and after[u] == stable]
-        expected_up = sum(1 for u in USERS if predicted[u] == stable
-                          and run.split_version(run.ramp_rule(ramped), stable, u)[1] == gray)
+        expected_up = sum(1 for u in USERS if predicted[u] == stable and predicted_after[u] == gray)
         print(f"   moved stable->gray: {up} (the contract says {expected_up})  "
               f"{check(up == expected_up, 'stable->gray moves differ from the contract')}")
         print(f"   moved gray->stable: {len(back)}  {check(not back, f'{len(back)} users went back to stable, e.g. {back[:3]}')}")
