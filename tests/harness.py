@@ -51,6 +51,11 @@ def bucket(salt: str, user_id: str | bytes) -> int:
     return mmh3.hash(salt.encode("utf-8") + b":" + uid, 0, signed=False) % 10000
 
 
+def user_in(salt: str, lo: int, hi: int, prefix: str = "user-") -> str:
+    """The first id `<prefix><n>` whose bucket under `salt` is in [lo, hi)."""
+    return next(u for u in (f"{prefix}{i}" for i in range(100000)) if lo <= bucket(salt, u) < hi)
+
+
 def expected_split(salt: str, user_id: str | bytes, split: Sequence[tuple[str, float]],
                    stable: str) -> str:
     """The version DESIGN's bucket ranges give: entry i owns [100*sum(p<i), 100*sum(p<=i))."""
@@ -516,6 +521,20 @@ class Envoy:
         r = self.get(path, headers)
         assert r.status == 200, r
         return r.text
+
+
+# --------------------------------------------------------------------------- the operator CLI
+
+CLI = REPO / "target" / "release" / "graysplit"
+
+
+def cli(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """Runs the operator CLI (`make cli` builds it, `make functional` too)."""
+    import pytest  # here, not at the top: scripts/soak.py imports this module too
+    if not CLI.exists():
+        pytest.fail(f"{CLI} is missing: run `make cli` first", pytrace=False)
+    return subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True,
+                          input=stdin, timeout=60)
 
 
 # --------------------------------------------------------------------------- plugin configs

@@ -13,17 +13,7 @@ import subprocess
 import pytest
 import yaml
 
-from harness import DESIGN_EXAMPLE, REPO, bucket, expected_split
-
-CLI = REPO / "target" / "release" / "graysplit"
-
-
-
-def cli(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
-    if not CLI.exists():
-        pytest.fail(f"{CLI} is missing: run `make cli` first", pytrace=False)
-    return subprocess.run([str(CLI), *map(str, args)], capture_output=True, text=True,
-                          input=stdin, timeout=60)
+from harness import CLI, DESIGN_EXAMPLE, REPO, bucket, cli, expected_split
 
 
 def fields(out: str) -> dict[str, str]:

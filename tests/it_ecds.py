@@ -5,7 +5,7 @@ and a refused FIRST config leaves the listener answering 500 until a good one ar
 A pushed config reaches each Envoy worker separately, so after every push each connection
 (each pinned to one worker) polls until it sees the new config before anything is measured."""
 
-from harness import ECDS_STAT, bucket, plugin_config, wait_until, write_ecds
+from harness import ECDS_STAT, plugin_config, user_in, wait_until, write_ecds
 
 VERSIONS = ["v1", "v2"]
 USERS = [f"user-{i}" for i in range(10000)]
@@ -14,11 +14,6 @@ USERS = [f"user-{i}" for i in range(10000)]
 def ramp(percent, extra_rules=()):
     return plugin_config([*extra_rules, {"name": "ramp",
                                          "split": [{"version": "v2", "percent": percent}]}])
-
-
-def probe(lo, hi):
-    """A user id whose bucket under salt "ramp" is in [lo, hi)."""
-    return next(u for u in (f"probe-{i}" for i in range(100000)) if lo <= bucket("ramp", u) < hi)
 
 
 def start(start_envoy, first_config):
@@ -47,12 +42,12 @@ def share(by_user):
 def it_live_ramp_only_moves_users_from_stable_to_gray(start_envoy):
     envoy = start(start_envoy, ramp(5))
     with envoy.pool() as pool:
-        wait_routes(pool, probe(0, 500), "v2", "the 5% config")
+        wait_routes(pool, user_in("ramp", 0, 500, "probe-"), "v2", "the 5% config")
         at5 = served(pool, USERS)
         assert abs(share(at5) - 5) <= 1, share(at5)
 
         push(envoy, ramp(25))
-        wait_routes(pool, probe(500, 2500), "v2", "the 25% config")
+        wait_routes(pool, user_in("ramp", 500, 2500, "probe-"), "v2", "the 25% config")
         at25 = served(pool, USERS)
     left_gray = [u for u, v in at5.items() if v == "v2" and at25[u] != "v2"]
     assert not left_gray, f"{len(left_gray)} users left gray on a ramp up: {left_gray[:10]}"
@@ -62,7 +57,7 @@ def it_live_ramp_only_moves_users_from_stable_to_gray(start_envoy):
 def it_rollback_to_zero_puts_everyone_on_stable(start_envoy):
     envoy = start(start_envoy, ramp(25))
     with envoy.pool() as pool:
-        gray = probe(0, 2500)
+        gray = user_in("ramp", 0, 2500, "probe-")
         wait_routes(pool, gray, "v2", "the 25% config")
         push(envoy, ramp(0))
         wait_routes(pool, gray, "v1", "the 0% config")
@@ -72,7 +67,7 @@ def it_rollback_to_zero_puts_everyone_on_stable(start_envoy):
 
 def it_bad_live_config_is_refused_and_the_old_config_keeps_routing(start_envoy):
     envoy = start(start_envoy, ramp(5))
-    in5, in25 = probe(0, 500), probe(500, 2500)
+    in5, in25 = user_in("ramp", 0, 500, "probe-"), user_in("ramp", 500, 2500, "probe-")
     with envoy.pool() as pool:
         wait_routes(pool, in5, "v2", "the 5% config")
         rejected = envoy.counter(ECDS_STAT + "update_rejected")

@@ -20,7 +20,6 @@ import copy
 import ipaddress
 import json
 import re
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,12 +27,11 @@ import pytest
 import yaml
 
 import harness
-from harness import (DEFAULT_ROUTE_HEADER, REPO, Envoy, bucket, go_float, go_json, go_string,
-                     known_versions)
+from harness import (DEFAULT_ROUTE_HEADER, REPO, Envoy, bucket, cli, go_float, go_json, go_string,
+                     known_versions, user_in)
 
 ISTIO = REPO / "istio"
 CRDS = REPO.parent / "shared" / "istio-crds"
-CLI = REPO / "target" / "release" / "graysplit"
 
 META_FIELDS = {"name", "generateName", "namespace", "labels", "annotations", "finalizers",
                "ownerReferences"}
@@ -403,13 +401,6 @@ def it_coverage_check_catches_a_missing_or_misrouted_version():
 
 # --------------------------------------------------------------------------- filter validation
 
-def cli(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
-    if not CLI.exists():
-        pytest.fail(f"{CLI} is missing: run `make cli` first", pytrace=False)
-    return subprocess.run([str(CLI), *args], capture_output=True, text=True, input=stdin,
-                          timeout=60)
-
-
 @pytest.mark.parametrize("name,plugin", PLUGINS, ids=[f for f, _ in PLUGINS])
 def it_plugin_config_passes_the_filters_own_validation(name, plugin):
     r = cli("check", str(ISTIO / name))
@@ -557,16 +548,6 @@ def istio_envoy(tmp_path):
         e.stop()
 
 
-def served(envoy: Envoy, headers) -> str:
-    r = envoy.get("/", headers)
-    assert r.status == 200, r
-    return r.text
-
-
-def user_in(salt: str, lo: int, hi: int) -> str:
-    return next(u for u in (f"user-{i}" for i in range(100000)) if lo <= bucket(salt, u) < hi)
-
-
 @pytest.mark.parametrize("name,plugin", PLUGINS, ids=[f for f, _ in PLUGINS])
 def it_wasmplugin_delivered_like_istiod_routes_as_configured(istio_envoy, name, plugin):
     cfg = plugin["spec"]["pluginConfig"]
@@ -584,8 +565,8 @@ def it_wasmplugin_delivered_like_istiod_routes_as_configured(istio_envoy, name, 
     inside = user_in(salt, 0, round(percent * 100))
     outside = user_in(salt, round(percent * 100), 10000)
 
-    assert served(envoy, [(id_header, inside)]) == gray, f"{inside} bucket < {percent}%"
-    assert served(envoy, [(id_header, outside)]) == stable, f"{outside} bucket >= {percent}%"
+    assert envoy.version("/", [(id_header, inside)]) == gray, f"{inside} bucket < {percent}%"
+    assert envoy.version("/", [(id_header, outside)]) == stable, f"{outside} bucket >= {percent}%"
     r = envoy.get("/")
     assert r.status == 200, r
     sticky = (cfg.get("identity") or {}).get("sticky_cookie")
@@ -602,17 +583,17 @@ def it_wasmplugin_delivered_like_istiod_routes_as_configured(istio_envoy, name, 
         if "version" in rule and hs and all("exact" in h for h in hs) and set(rule["when"]) == {
                 "headers"}:
             want = subset_for(rule["version"]) if active(rule, now) else stable
-            got = served(envoy, [(h["name"], h["exact"]) for h in hs] + [(id_header, outside)])
+            got = envoy.version("/", [(h["name"], h["exact"]) for h in hs] + [(id_header, outside)])
             assert got == want, f"rule {rule['name']}"
 
     # A client cannot pick its version: the filter replaces the routing header.
-    assert served(envoy, [(id_header, outside), (route_header(plugin), gray_version)]) == stable
+    assert envoy.version("/", [(id_header, outside), (route_header(plugin), gray_version)]) == stable
     # The override header from 127.0.0.1: honoured only if 127.0.0.1 is trusted.
     if name == "wasmplugin-gateway.yaml":
         assert not trusted(cfg, "127.0.0.1"), "the gateway trusts only 10.20.0.0/16"
     if cfg.get("override"):
         want = subset_for(gray_version) if trusted(cfg, "127.0.0.1") else stable
-        got = served(envoy, [(id_header, outside), (cfg["override"]["header"], gray_version)])
+        got = envoy.version("/", [(id_header, outside), (cfg["override"]["header"], gray_version)])
         assert got == want, "override from 127.0.0.1 with trusted_cidrs " \
             f"{cfg['override']['trusted_cidrs']}"
 
@@ -635,12 +616,12 @@ def it_istio_rendering_survives_html_escaping_float_percents_and_trusts_the_over
     envoy = istio_envoy(gw, cfg)
     salt = ramp["salt"]
     stable_user = user_in(salt, 1250, 10000)
-    assert served(envoy, [("x-probe", "a<b&c>")]) == "v2-1", "the unescaped value matches"
+    assert envoy.version("/", [("x-probe", "a<b&c>")]) == "v2-1", "the unescaped value matches"
     # With a user the ramp keeps on stable: without one, the sticky cookie would mint a random
     # id, and 12.5% of those land on v2.1 through the ramp whatever the probe says.
-    assert served(envoy, [("x-probe", "a\\u003cb\\u0026c\\u003e"), ("x-user-id", stable_user)]) \
+    assert envoy.version("/", [("x-probe", "a\\u003cb\\u0026c\\u003e"), ("x-user-id", stable_user)]) \
         == "v2-0", "the escaped text is not what the filter compares"
-    assert served(envoy, [("x-user-id", user_in(salt, 1000, 1250))]) == "v2-1", "12.5%"
-    assert served(envoy, [("x-user-id", stable_user)]) == "v2-0"
-    assert served(envoy, [("x-user-id", stable_user), ("x-gray-release", "v2.1")]) == "v2-1", \
+    assert envoy.version("/", [("x-user-id", user_in(salt, 1000, 1250))]) == "v2-1", "12.5%"
+    assert envoy.version("/", [("x-user-id", stable_user)]) == "v2-0"
+    assert envoy.version("/", [("x-user-id", stable_user), ("x-gray-release", "v2.1")]) == "v2-1", \
         "the override header from a trusted source (127.0.0.1/32 added here)"
