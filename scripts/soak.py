@@ -64,8 +64,7 @@ def main() -> int:
     harness.write_ecds(ecds, harness.marked(cycle[0][1], 1))
     doc = harness.bootstrap(None, access_log=Path("/dev/null"), ecds_path=ecds,
                             versions=["v1", "v2"])
-    envoy = Envoy(workdir, doc, concurrency=2)
-    envoy.ecds_path = ecds  # type: ignore[attr-defined]
+    envoy = Envoy(workdir, doc, concurrency=2, ecds_path=ecds)
     problems: list[str] = []
     moved_back = 0
     load: LoadGen | None = None

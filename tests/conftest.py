@@ -26,8 +26,7 @@ def launch(workdir: Path, config, *, ecds: bool = False, wait: bool = True,
         doc = bootstrap(None, access_log=access_log, ecds_path=ecds_path, **kw)
     else:
         doc = bootstrap(config, access_log=access_log, **kw)
-    envoy = Envoy(workdir, doc, concurrency=concurrency)
-    envoy.ecds_path = workdir / "ecds.yaml"  # type: ignore[attr-defined]
+    envoy = Envoy(workdir, doc, concurrency=concurrency, ecds_path=workdir / "ecds.yaml")
     return envoy.launch() if wait else envoy.start()
 
 

@@ -388,6 +388,7 @@ class Envoy:
     admin: str = ""
     port: int = 0
     port6: int | None = None
+    ecds_path: Path | None = None   # the ECDS file its bootstrap watches, if any
     log_path: Path = field(init=False)
     access_log: Path = field(init=False)
 
@@ -450,13 +451,8 @@ class Envoy:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        if self.proc is not None:
+            run.stop_envoy(self.proc)
         if getattr(self, "log_file", None):
             self.log_file.close()
         if self in RUNNING:
@@ -911,7 +907,8 @@ class LiveRamp:
         rejected0 = self.envoy.counter(self.stat + "update_rejected")
         count0, gen0 = self.load.snapshot()
         t0 = time.monotonic()
-        write_ecds(self.envoy.ecds_path, marked(config, gen))  # type: ignore[attr-defined]
+        assert self.envoy.ecds_path, "LiveRamp needs an Envoy reading ECDS from a file"
+        write_ecds(self.envoy.ecds_path, marked(config, gen))
         step = Step(label, gen, accepted=not bad)
         if bad:
             self.wait_for(lambda: self.envoy.counter(self.stat + "update_rejected") > rejected0,
