@@ -1,12 +1,9 @@
 //! A JSON document as a small tree, and typed reads from it that know their JSON path.
 //!
-//! serde_json does the parsing; this tree replaces serde's derived structs (and a path-tracking
-//! wrapper) because those cost over 100 KB of wasm. It also refuses duplicate keys and names
-//! every error by its path (`rules[2].split[0].percent`), which derived structs can't.
-
-use std::fmt;
-
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+//! The parser is hand-written (RFC 8259) rather than serde_json's: the config is read once per
+//! push, and serde_json plus serde's visitor for this tree weighed about 19 KB of a ~185 KB wasm.
+//! It also names every error by its JSON path (`rules[2].split[0].percent`), syntax errors and
+//! duplicate keys included, with the line and column.
 
 use crate::error::ConfigError;
 
@@ -21,11 +18,22 @@ pub enum Node {
     Obj(Vec<(String, Node)>),
 }
 
+/// How deep lists and objects may nest (as with serde_json): a config never comes close, and
+/// the parser recurses once per level.
+pub const MAX_DEPTH: usize = 127;
+
 impl Node {
-    /// Parses a JSON document. Syntax errors and duplicate keys are reported at `$`, with the
-    /// line and column serde_json gives.
+    /// Parses a JSON document. An error names the JSON path where the parser was, the problem,
+    /// and the line and column (1-based, in bytes) of the byte it is about.
     pub fn parse(json: &[u8]) -> Result<Node, ConfigError> {
-        serde_json::from_slice(json).map_err(|e| ConfigError::new("$", e.to_string()))
+        let mut p = Parser { s: json, i: 0, path: Vec::new() };
+        p.ws();
+        let node = p.value()?;
+        p.ws();
+        if p.i < p.s.len() {
+            return Err(p.fail("trailing characters after the JSON value"));
+        }
+        Ok(node)
     }
 
     fn kind(&self) -> &'static str {
@@ -40,58 +48,365 @@ impl Node {
     }
 }
 
-impl<'de> Deserialize<'de> for Node {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Node, D::Error> {
-        d.deserialize_any(NodeVisitor)
+/// One step of the path to where the parser is.
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+struct Parser<'a> {
+    s: &'a [u8],
+    i: usize,
+    path: Vec<Step>,
+}
+
+/// Exact powers of ten as f64 (10^22 is the largest that is).
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18,
+    1e19, 1e20, 1e21, 1e22,
+];
+
+impl Parser<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    /// An error about the byte at `self.i` (or the end of the document).
+    fn fail(&self, problem: &str) -> ConfigError {
+        self.fail_at(self.i, problem)
+    }
+
+    fn fail_at(&self, at: usize, problem: &str) -> ConfigError {
+        let before = self.s.get(..at).unwrap_or(self.s);
+        let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+        let column = 1 + before.iter().rev().take_while(|&&b| b != b'\n').count();
+        let mut path = String::from("$");
+        for step in &self.path {
+            path = match step {
+                Step::Key(k) => child_path(&path, k),
+                Step::Index(i) => format!("{path}[{i}]"),
+            };
+        }
+        ConfigError::new(path, format!("{problem} at line {line} column {column}"))
+    }
+
+    /// "expected X, found Y" about the byte at `self.i`.
+    fn unexpected(&self, expected: &str) -> ConfigError {
+        let found = match self.peek() {
+            None => "the end of the document".to_string(),
+            Some(b) if b.is_ascii_graphic() => format!("`{}`", char::from(b)),
+            Some(b) => format!("byte 0x{b:02x}"),
+        };
+        self.fail(&format!("expected {expected}, found {found}"))
+    }
+
+    fn value(&mut self) -> Result<Node, ConfigError> {
+        match self.peek() {
+            Some(b'{') => self.nested(Parser::object),
+            Some(b'[') => self.nested(Parser::list),
+            Some(b'"') => self.string().map(Node::Str),
+            Some(b'-' | b'0'..=b'9') => self.number().map(Node::Num),
+            Some(b't') => self.word(b"true", Node::Bool(true)),
+            Some(b'f') => self.word(b"false", Node::Bool(false)),
+            Some(b'n') => self.word(b"null", Node::Null),
+            _ => Err(self.unexpected("a value")),
+        }
+    }
+
+    fn nested(&mut self, parse: fn(&mut Self) -> Result<Node, ConfigError>) -> Result<Node, ConfigError> {
+        if self.path.len() >= MAX_DEPTH {
+            return Err(self.fail(&format!("lists and objects nest deeper than {MAX_DEPTH} levels")));
+        }
+        self.i += 1; // `[` or `{`
+        self.ws();
+        parse(self)
+    }
+
+    fn word(&mut self, word: &[u8], node: Node) -> Result<Node, ConfigError> {
+        if self.s.get(self.i..self.i + word.len()) == Some(word) {
+            self.i += word.len();
+            Ok(node)
+        } else {
+            Err(self.unexpected("a value"))
+        }
+    }
+
+    /// After `[` and whitespace.
+    fn list(&mut self) -> Result<Node, ConfigError> {
+        let mut items = Vec::new();
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            return Ok(Node::List(items));
+        }
+        loop {
+            self.path.push(Step::Index(items.len()));
+            let item = self.value()?;
+            self.path.pop();
+            items.push(item);
+            self.ws();
+            match self.peek() {
+                Some(b',') => {
+                    self.i += 1;
+                    self.ws();
+                }
+                Some(b']') => {
+                    self.i += 1;
+                    return Ok(Node::List(items));
+                }
+                _ => return Err(self.unexpected("`,` or `]`")),
+            }
+        }
+    }
+
+    /// After `{` and whitespace.
+    fn object(&mut self) -> Result<Node, ConfigError> {
+        let mut fields: Vec<(String, Node)> = Vec::new();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(Node::Obj(fields));
+        }
+        loop {
+            if self.peek() != Some(b'"') {
+                return Err(self.unexpected("a key in double quotes"));
+            }
+            let at = self.i;
+            let key = self.string()?;
+            let duplicate = fields.iter().any(|(k, _)| *k == key);
+            self.path.push(Step::Key(key));
+            if duplicate {
+                return Err(self.fail_at(at, "duplicate key"));
+            }
+            self.ws();
+            if self.peek() != Some(b':') {
+                return Err(self.unexpected("`:`"));
+            }
+            self.i += 1;
+            self.ws();
+            let value = self.value()?;
+            let Some(Step::Key(key)) = self.path.pop() else {
+                return Err(self.fail("internal error: lost the key being parsed"));
+            };
+            fields.push((key, value));
+            self.ws();
+            match self.peek() {
+                Some(b',') => {
+                    self.i += 1;
+                    self.ws();
+                }
+                Some(b'}') => {
+                    self.i += 1;
+                    return Ok(Node::Obj(fields));
+                }
+                _ => return Err(self.unexpected("`,` or `}`")),
+            }
+        }
+    }
+
+    /// A string, from its opening quote.
+    fn string(&mut self) -> Result<String, ConfigError> {
+        self.i += 1; // `"`
+        let mut out = String::new();
+        loop {
+            // The run of plain bytes up to the next quote, backslash or control character. It
+            // ends on an ASCII byte, so it never splits a UTF-8 sequence and can be checked alone.
+            let run = self.s.get(self.i..).unwrap_or_default();
+            let n = run.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20).unwrap_or(run.len());
+            match std::str::from_utf8(run.get(..n).unwrap_or_default()) {
+                Ok(text) => out.push_str(text),
+                Err(e) => return Err(self.fail_at(self.i + e.valid_up_to(), "invalid UTF-8 in a string")),
+            }
+            self.i += n;
+            match self.peek() {
+                Some(b'"') => {
+                    self.i += 1;
+                    return Ok(out);
+                }
+                Some(b'\\') => self.escape(&mut out)?,
+                Some(_) => return Err(self.fail("control characters must be escaped in a string")),
+                None => return Err(self.fail("the document ends inside a string")),
+            }
+        }
+    }
+
+    /// An escape, from its backslash.
+    fn escape(&mut self, out: &mut String) -> Result<(), ConfigError> {
+        let at = self.i;
+        let c = match self.s.get(self.i + 1) {
+            Some(b'"') => '"',
+            Some(b'\\') => '\\',
+            Some(b'/') => '/',
+            Some(b'b') => '\u{8}',
+            Some(b'f') => '\u{c}',
+            Some(b'n') => '\n',
+            Some(b'r') => '\r',
+            Some(b't') => '\t',
+            Some(b'u') => {
+                self.i += 2;
+                let hi = self.hex4(at)?;
+                let c = match hi {
+                    0xd800..=0xdbff => {
+                        if self.s.get(self.i..self.i + 2) != Some(b"\\u") {
+                            return Err(self.fail_at(at, "unpaired surrogate in a \\u escape"));
+                        }
+                        self.i += 2;
+                        let lo = self.hex4(at)?;
+                        if !(0xdc00..=0xdfff).contains(&lo) {
+                            return Err(self.fail_at(at, "unpaired surrogate in a \\u escape"));
+                        }
+                        0x10000 + ((hi - 0xd800) << 10) + (lo - 0xdc00)
+                    }
+                    0xdc00..=0xdfff => return Err(self.fail_at(at, "unpaired surrogate in a \\u escape")),
+                    c => c,
+                };
+                out.push(char::from_u32(c).ok_or_else(|| self.fail_at(at, "invalid \\u escape"))?);
+                return Ok(());
+            }
+            Some(_) => return Err(self.fail_at(at + 1, "invalid escape in a string")),
+            None => return Err(self.fail_at(at + 1, "the document ends inside a string")),
+        };
+        out.push(c);
+        self.i += 2;
+        Ok(())
+    }
+
+    /// Four hex digits of a `\u` escape.
+    fn hex4(&mut self, escape_at: usize) -> Result<u32, ConfigError> {
+        let mut v = 0;
+        for _ in 0..4 {
+            let d = match self.peek() {
+                Some(b @ b'0'..=b'9') => b - b'0',
+                Some(b @ b'a'..=b'f') => b - b'a' + 10,
+                Some(b @ b'A'..=b'F') => b - b'A' + 10,
+                _ => return Err(self.fail_at(escape_at, "a \\u escape needs four hex digits")),
+            };
+            v = v * 16 + u32::from(d);
+            self.i += 1;
+        }
+        Ok(v)
+    }
+
+    /// A number: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+    ///
+    /// Converted exactly (correctly rounded) when it has at most 15 significant digits and a
+    /// decimal exponent within ±22, which covers every number a config holds (percents with two
+    /// decimals, seconds); beyond that, within a few units in the last place, like serde_json's
+    /// default parsing.
+    fn number(&mut self) -> Result<f64, ConfigError> {
+        let start = self.i;
+        let negative = self.peek() == Some(b'-');
+        if negative {
+            self.i += 1;
+        }
+        let mut mantissa: u64 = 0;
+        let mut exp10: i64 = 0; // value = mantissa * 10^exp10
+        let mut digits = |p: &mut Self, fraction: bool| -> usize {
+            let from = p.i;
+            while let Some(b @ b'0'..=b'9') = p.peek() {
+                p.i += 1;
+                if mantissa < 1_000_000_000_000_000_000 {
+                    mantissa = mantissa * 10 + u64::from(b - b'0');
+                    if fraction {
+                        exp10 -= 1;
+                    }
+                } else if !fraction {
+                    exp10 += 1; // a digit past the 19th: dropped, its place kept
+                }
+            }
+            p.i - from
+        };
+        match self.peek() {
+            Some(b'0') => self.i += 1,
+            Some(b'1'..=b'9') => {
+                digits(self, false);
+            }
+            _ => return Err(self.unexpected("a digit")),
+        }
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            if digits(self, true) == 0 {
+                return Err(self.unexpected("a digit after the decimal point"));
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            let sign = match self.peek() {
+                Some(b'-') => {
+                    self.i += 1;
+                    -1
+                }
+                Some(b'+') => {
+                    self.i += 1;
+                    1
+                }
+                _ => 1,
+            };
+            let mut e: i64 = 0;
+            let from = self.i;
+            while let Some(b @ b'0'..=b'9') = self.peek() {
+                self.i += 1;
+                e = (e * 10 + i64::from(b - b'0')).min(1_000_000);
+            }
+            if self.i == from {
+                return Err(self.unexpected("a digit in the exponent"));
+            }
+            exp10 = exp10.saturating_add(sign * e);
+        }
+        while mantissa > 1 << 53 && mantissa % 10 == 0 {
+            mantissa /= 10; // trailing zeros (`0.570214454207043000`) keep it exact
+            exp10 += 1;
+        }
+        let magnitude = if mantissa == 0 {
+            0.0
+        } else if mantissa <= 1 << 53 && (-22..=22).contains(&exp10) {
+            // Both exact, so one correctly rounded operation.
+            let m = mantissa as f64;
+            let p = POW10.get(exp10.unsigned_abs() as usize).copied().unwrap_or(1.0);
+            if exp10 < 0 {
+                m / p
+            } else {
+                m * p
+            }
+        } else {
+            scale(mantissa as f64, exp10)
+        };
+        if magnitude.is_infinite() {
+            return Err(self.fail_at(start, "number out of range"));
+        }
+        Ok(if negative { -magnitude } else { magnitude })
     }
 }
 
-struct NodeVisitor;
+/// `m * 10^exp10` by steps of at most 10^22 (rounding at each step).
+fn scale(mut m: f64, mut exp10: i64) -> f64 {
+    while exp10 > 0 && m.is_finite() {
+        let step = exp10.min(22);
+        m *= POW10.get(step as usize).copied().unwrap_or(1.0);
+        exp10 -= step;
+    }
+    while exp10 < 0 && m != 0.0 {
+        let step = (-exp10).min(22);
+        m /= POW10.get(step as usize).copied().unwrap_or(1.0);
+        exp10 += step;
+    }
+    m
+}
 
-impl<'de> Visitor<'de> for NodeVisitor {
-    type Value = Node;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_unit<E>(self) -> Result<Node, E> {
-        Ok(Node::Null)
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Node, E> {
-        Ok(Node::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Node, E> {
-        Ok(Node::Num(v as f64))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Node, E> {
-        Ok(Node::Num(v as f64))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Node, E> {
-        Ok(Node::Num(v))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Node, E> {
-        Ok(Node::Str(v.to_string()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Node, E> {
-        Ok(Node::Str(v))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(Node::List(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
-        let mut fields: Vec<(String, Node)> = Vec::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if fields.iter().any(|(k, _)| *k == key) {
-                return Err(de::Error::custom(format_args!("duplicate key {}", quote(&key))));
-            }
-            let value = map.next_value()?;
-            fields.push((key, value));
-        }
-        Ok(Node::Obj(fields))
+/// The path of key `key` under `parent`: `rules[0].when`, `stable` at the top, or
+/// `identity[""]` for a key that is not a plain name.
+pub fn child_path(parent: &str, key: &str) -> String {
+    let top = parent == "$" || parent.is_empty();
+    let plain = !key.is_empty() && key.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
+    match (top, plain) {
+        (true, true) => key.to_string(),
+        (false, true) => format!("{parent}.{key}"),
+        (true, false) => format!("$[{}]", quote(key)),
+        (false, false) => format!("{parent}[{}]", quote(key)),
     }
 }
 
@@ -183,15 +498,7 @@ impl<'a> Fields<'a> {
     /// The path of field `key`: `rules[0].when`, or `identity[""]` for a key that is not a
     /// plain name (only unknown fields can be).
     pub fn child(&self, key: &str) -> String {
-        let top = self.path == "$" || self.path.is_empty();
-        let plain =
-            !key.is_empty() && key.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
-        match (top, plain) {
-            (true, true) => key.to_string(),
-            (false, true) => format!("{}.{key}", self.path),
-            (true, false) => format!("$[{}]", quote(key)),
-            (false, false) => format!("{}[{}]", self.path, quote(key)),
-        }
+        child_path(self.path, key)
     }
 
     /// An optional field; `null` counts as absent.
@@ -271,9 +578,101 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_keys_are_refused() {
+    fn duplicate_keys_are_refused_at_their_path() {
         let e = Node::parse(br#"{"a": {"k": 1, "k": 2}}"#).unwrap_err().to_string();
-        assert!(e.starts_with("$: duplicate key \"k\" at line 1 column"), "{e}");
+        assert_eq!(e, "a.k: duplicate key at line 1 column 16");
+    }
+
+    fn err(json: &str) -> String {
+        Node::parse(json.as_bytes()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn syntax_errors_name_the_path_the_problem_and_the_place() {
+        for (json, want) in [
+            ("", "$: expected a value, found the end of the document at line 1 column 1"),
+            ("{", "$: expected a key in double quotes, found the end of the document at line 1 column 2"),
+            ("{\"a\" 1}", "a: expected `:`, found `1` at line 1 column 6"),
+            ("{\"a\": 1,}", "$: expected a key in double quotes, found `}` at line 1 column 9"),
+            ("[1, 2,]", "$[2]: expected a value, found `]` at line 1 column 7"),
+            ("[1 2]", "$: expected `,` or `]`, found `2` at line 1 column 4"),
+            ("{\"a\": 1 \"b\": 2}", "$: expected `,` or `}`, found `\"` at line 1 column 9"),
+            ("{\"rules\": [{\"n\":\n  tru}]}", "rules[0].n: expected a value, found `t` at line 2 column 3"),
+            ("{\"a b\": [x]}", "$[\"a b\"][0]: expected a value, found `x` at line 1 column 10"),
+            ("{\"a\": {\"\": nul}}", "a[\"\"]: expected a value, found `n` at line 1 column 12"),
+            ("{1: 2}", "$: expected a key in double quotes, found `1` at line 1 column 2"),
+            ("\u{feff}{}", "$: expected a value, found byte 0xef at line 1 column 1"),
+            ("{} {}", "$: trailing characters after the JSON value at line 1 column 4"),
+            ("[\"a\tb\"]", "$[0]: control characters must be escaped in a string at line 1 column 4"),
+            ("[\"ab", "$[0]: the document ends inside a string at line 1 column 5"),
+            ("[\"a\\x\"]", "$[0]: invalid escape in a string at line 1 column 5"),
+            ("[\"\\u12\"]", "$[0]: a \\u escape needs four hex digits at line 1 column 3"),
+            ("[\"\\ud800\"]", "$[0]: unpaired surrogate in a \\u escape at line 1 column 3"),
+            ("[\"\\udc00\"]", "$[0]: unpaired surrogate in a \\u escape at line 1 column 3"),
+            ("[\"\\ud800\\u0041\"]", "$[0]: unpaired surrogate in a \\u escape at line 1 column 3"),
+            ("[01]", "$: expected `,` or `]`, found `1` at line 1 column 3"),
+            ("[-]", "$[0]: expected a digit, found `]` at line 1 column 3"),
+            ("[+1]", "$[0]: expected a value, found `+` at line 1 column 2"),
+            ("[.5]", "$[0]: expected a value, found `.` at line 1 column 2"),
+            ("[1.]", "$[0]: expected a digit after the decimal point, found `]` at line 1 column 4"),
+            ("[1e]", "$[0]: expected a digit in the exponent, found `]` at line 1 column 4"),
+            ("[1e400]", "$[0]: number out of range at line 1 column 2"),
+            ("[-1e400]", "$[0]: number out of range at line 1 column 2"),
+            ("{\"a\":\r\n\r\n  \"b\" }x", "$: trailing characters after the JSON value at line 3 column 8"),
+        ] {
+            assert_eq!(err(json), want, "{json:?}");
+        }
+        let deep = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);
+        assert!(Node::parse(deep.as_bytes()).is_ok());
+        let deeper = "[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1);
+        assert!(err(&deeper).contains("nest deeper than 127 levels"), "{}", err(&deeper));
+        let bad_utf8 = Node::parse(b"{\"a\": \"ok \xe7\x94\xa8 \xff\"}").unwrap_err().to_string();
+        assert_eq!(bad_utf8, "a: invalid UTF-8 in a string at line 1 column 15");
+        let bad_key = Node::parse(b"{\"\xc3\": 1}").unwrap_err().to_string();
+        assert_eq!(bad_key, "$: invalid UTF-8 in a string at line 1 column 3");
+    }
+
+    #[test]
+    fn strings_decode_every_escape() {
+        let n = Node::parse(r#"["\"\\\/\b\f\n\r\t", "\u00e9\u7528\ud83d\ude00", "é用😀", ""]"#.as_bytes())
+            .unwrap();
+        let want = ["\"\\/\u{8}\u{c}\n\r\t", "é用😀", "é用😀", ""];
+        assert_eq!(n, Node::List(want.iter().map(|s| Node::Str(s.to_string())).collect()));
+    }
+
+    #[test]
+    fn numbers_are_read_exactly_where_configs_need_them() {
+        for (text, want) in [
+            ("0", 0.0_f64),
+            ("-0", -0.0),
+            ("10", 10.0),
+            ("12.5", 12.5),
+            ("0.01", 0.01),
+            ("10.555", 10.555),
+            ("99.99", 99.99),
+            ("2592000", 2_592_000.0),
+            ("3600.0", 3600.0),
+            ("1e2", 100.0),
+            ("1E+2", 100.0),
+            ("125e-3", 0.125),
+            ("-7.25", -7.25),
+            ("0.1000000001", 0.1000000001),
+            ("9007199254740993", 9_007_199_254_740_992.0),
+            ("123456789012345678901234567890", 1.2345678901234568e29),
+            ("0.000000000000000000000000000001", 1e-30),
+            ("1e-400", 0.0),
+        ] {
+            let Node::Num(got) = Node::parse(text.as_bytes()).unwrap() else { panic!("{text}") };
+            assert_eq!(got.to_bits(), want.to_bits(), "{text}: {got:e} vs {want:e}");
+        }
+        // Beyond 2^53 or 10^±22: within a few units in the last place of the exact value.
+        for text in
+            ["1.7976931348623157e308", "4.9e-324", "2.2250738585072014e-308", "1234567890123456789e-40"]
+        {
+            let Node::Num(got) = Node::parse(text.as_bytes()).unwrap() else { panic!("{text}") };
+            let want: f64 = text.parse().unwrap();
+            assert!(got.to_bits().abs_diff(want.to_bits()) <= 4, "{text}: {got:e} vs {want:e}");
+        }
     }
 
     #[test]
