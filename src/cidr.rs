@@ -2,6 +2,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use crate::json::quote;
+
 /// An IPv4 or IPv6 range, stored masked so a match is one AND and one compare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cidr {
@@ -19,13 +21,13 @@ impl Cidr {
         };
         let ip: IpAddr = addr
             .parse()
-            .map_err(|_| format!("must be a CIDR like 10.0.0.0/8 or 2001:db8::/32, got {s:?}"))?;
+            .map_err(|_| format!("must be a CIDR like 10.0.0.0/8 or 2001:db8::/32, got {}", quote(s)))?;
         let max = if ip.is_ipv4() { 32 } else { 128 };
         let len: u32 = match len {
             None => max,
             Some(l) => match l.parse::<u32>() {
                 Ok(n) if n <= max && !l.starts_with('+') => n,
-                _ => return Err(format!("prefix length must be 0..={max}, got {s:?}")),
+                _ => return Err(format!("prefix length must be 0..={max}, got {}", quote(s))),
             },
         };
         Ok(match ip {

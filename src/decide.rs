@@ -256,7 +256,7 @@ fn resolve_identity<H: Host>(plan: &Plan, cx: &mut Ctx<'_, H>) -> Identity {
     let mut cookie = format!(
         "{}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
         sticky.name,
-        String::from_utf8_lossy(&id),
+        std::str::from_utf8(&id).unwrap_or_default(), // hex digits: always UTF-8
         sticky.max_age_s
     );
     if secure {

@@ -202,7 +202,10 @@ mod glue {
         // the routing header as set here.
         let rule = d.rule_name(plan);
         abi::set_property(b"graysplit_rule", rule.as_bytes());
-        log::debug!("graysplit: version {version} by rule {rule} (bucket {:?})", d.bucket);
+        match d.bucket {
+            Some(b) => log::debug!("graysplit: version {version} by rule {rule} (bucket {b})"),
+            None => log::debug!("graysplit: version {version} by rule {rule}"),
+        }
         if plan.response_header.is_some() || d.set_cookie.is_some() {
             STREAMS.with_borrow_mut(|streams| {
                 if let Some(s) = streams.get_mut(&context_id) {

@@ -3,11 +3,13 @@
 //! Hand-written (about 60 lines) rather than pulling a date crate into the wasm: only parsing
 //! is needed, and only of the RFC 3339 profile (`Z` or a numeric offset, optional fraction).
 
+use crate::json::quote;
+
 /// Parses `2026-12-01T00:00:00Z`, `2026-12-01T01:00:00.5+01:00`, ... into nanoseconds since
 /// the Unix epoch. The error says what is wrong, for the config error message.
 pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
     let b = s.as_bytes();
-    let bad = || format!("must be an RFC 3339 time like 2026-12-01T00:00:00Z, got {s:?}");
+    let bad = || format!("must be an RFC 3339 time like 2026-12-01T00:00:00Z, got {}", quote(s));
     if b.len() < 20 {
         return Err(bad());
     }
@@ -29,10 +31,10 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
     let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
     let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
     if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
-        return Err(format!("{s:?} is not a valid date"));
+        return Err(format!("{} is not a valid date", quote(s)));
     }
     if hour > 23 || minute > 59 || second > 59 {
-        return Err(format!("{s:?} is not a valid time of day"));
+        return Err(format!("{} is not a valid time of day", quote(s)));
     }
     let mut i = 19;
     let mut nanos: i64 = 0;
