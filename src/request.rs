@@ -357,29 +357,49 @@ mod tests {
 
     #[test]
     fn later_cookie_headers_are_read_only_when_the_first_lacks_the_name() {
-        // A plan that reads cookies, and few headers (so one by one, not the whole map).
-        let plan = parse(
+        // A plan that reads cookies and few headers (one by one), and one that reads enough
+        // headers to take the whole map at once.
+        let few = parse(
             br#"{"stable": "v1", "rules": [{"name": "c", "when": {"cookies": [{"name": "x", "present": true}]}, "version": "v2"}]}"#,
         )
         .unwrap();
+        let many = parse(
+            br#"{"stable": "v1", "rules": [{"name": "c", "when": {"cookies": [{"name": "x", "present": true}],
+                "headers": [{"name": "h1", "present": true}, {"name": "h2", "present": true},
+                            {"name": "h3", "present": true}, {"name": "h4", "present": true}]}, "version": "v2"}]}"#,
+        )
+        .unwrap();
+        assert!(!few.read_whole_map && many.read_whole_map);
+        // (cookie headers, name, value, whole-map reads with `few`)
         let cases: &[(&[&str], &str, Option<&str>, usize)] = &[
             (&[], "uid", None, 0),
+            (&[""], "uid", None, 1),
             (&["uid=a; x=1"], "uid", Some("a"), 0),
+            (&["x=1; uid=a"], "uid", Some("a"), 0),
+            (&["x=1"], "uid", None, 1),
             (&["x=1", "uid=b"], "uid", Some("b"), 1),
             (&["uid=a", "uid=b"], "uid", Some("a"), 0),
             (&["x=1", "y=2"], "uid", None, 1),
+            (&["x=1", "y=2", "uid=c; uid=d"], "uid", Some("c"), 1),
+            (&["", "uid=e"], "uid", Some("e"), 1),
         ];
-        for (headers, name, want, full_reads) in cases {
-            let pairs: Vec<(&str, &str)> = headers.iter().map(|h| ("cookie", *h)).collect();
-            let host = Counting {
-                inner: StaticRequest::get("/", &pairs),
-                full_reads: Cell::new(0),
-                single_reads: Cell::new(0),
-            };
-            let mut facts = Facts::new(&plan, &host);
-            assert_eq!(facts.cookie(name.as_bytes()), want.map(str::as_bytes), "{headers:?}");
-            assert_eq!(facts.cookie(name.as_bytes()), want.map(str::as_bytes), "cached: {headers:?}");
-            assert_eq!(host.full_reads.get(), *full_reads, "full header map reads for {headers:?}");
+        for (plan, whole) in [(&few, false), (&many, true)] {
+            for (headers, name, want, full_reads) in cases {
+                let mut pairs: Vec<(&str, &str)> = vec![("h1", "1"), ("h2", "2")];
+                pairs.extend(headers.iter().map(|h| ("cookie", *h)));
+                pairs.push(("h3", "3"));
+                let host = Counting {
+                    inner: StaticRequest::get("/", &pairs),
+                    full_reads: Cell::new(0),
+                    single_reads: Cell::new(0),
+                };
+                let mut facts = Facts::new(plan, &host);
+                let why = format!("{headers:?}, whole map {whole}");
+                assert_eq!(facts.cookie(name.as_bytes()), want.map(str::as_bytes), "{why}");
+                assert_eq!(facts.cookie(name.as_bytes()), want.map(str::as_bytes), "cached: {why}");
+                let full_reads = if whole { 1 } else { *full_reads };
+                assert_eq!(host.full_reads.get(), full_reads, "full header map reads for {why}");
+            }
         }
     }
 
