@@ -835,10 +835,11 @@ fn string_match(path: &str, m: RawMatch) -> Result<StringMatch, ConfigError> {
 }
 
 fn cidrs(path: &str, list: &[String]) -> Result<Vec<Cidr>, ConfigError> {
-    list.iter()
-        .enumerate()
-        .map(|(j, c)| Cidr::parse(c).map_err(|e| ConfigError::new(format!("{path}[{j}]"), e)))
-        .collect()
+    let mut out = Vec::with_capacity(list.len());
+    for (j, c) in list.iter().enumerate() {
+        out.push(Cidr::parse(c).map_err(|e| ConfigError::new(format!("{path}[{j}]"), e))?);
+    }
+    Ok(out)
 }
 
 /// RFC 9110 `tchar`: the characters of a token (header names, methods, cookie names).

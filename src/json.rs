@@ -466,7 +466,11 @@ impl<T: FromNode> FromNode for Vec<T> {
     fn from_node(node: &Node, path: &str) -> Result<Self, ConfigError> {
         match node {
             Node::List(items) => {
-                items.iter().enumerate().map(|(i, n)| T::from_node(n, &format!("{path}[{i}]"))).collect()
+                let mut out = Vec::with_capacity(items.len());
+                for (i, n) in items.iter().enumerate() {
+                    out.push(T::from_node(n, &format!("{path}[{i}]"))?);
+                }
+                Ok(out)
             }
             other => Err(wrong(other, path, "a list")),
         }
