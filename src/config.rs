@@ -1,4 +1,4 @@
-//! Configuration v1: the raw JSON shape (serde), its validation, and the compiled plan that
+//! Configuration v1: the raw JSON shape (read from `json::Node`), its validation, and the compiled plan that
 //! request handling reads. Everything is checked and compiled here, once, in `on_configure`:
 //! names are lower-cased, CIDRs and times parsed, percents turned into integer bucket bounds.
 //! A config either compiles whole or is rejected whole with one `ConfigError`.

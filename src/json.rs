@@ -112,9 +112,9 @@ impl Parser<'_> {
             Some(b'[') => self.nested(Parser::list),
             Some(b'"') => self.string().map(Node::Str),
             Some(b'-' | b'0'..=b'9') => self.number().map(Node::Num),
-            Some(b't') => self.word(b"true", Node::Bool(true)),
-            Some(b'f') => self.word(b"false", Node::Bool(false)),
-            Some(b'n') => self.word(b"null", Node::Null),
+            Some(b't') => self.word("true", Node::Bool(true)),
+            Some(b'f') => self.word("false", Node::Bool(false)),
+            Some(b'n') => self.word("null", Node::Null),
             _ => Err(self.unexpected("a value")),
         }
     }
@@ -128,13 +128,14 @@ impl Parser<'_> {
         parse(self)
     }
 
-    fn word(&mut self, word: &[u8], node: Node) -> Result<Node, ConfigError> {
-        if self.s.get(self.i..self.i + word.len()) == Some(word) {
-            self.i += word.len();
-            Ok(node)
-        } else {
-            Err(self.unexpected("a value"))
+    fn word(&mut self, word: &'static str, node: Node) -> Result<Node, ConfigError> {
+        for &b in word.as_bytes() {
+            if self.peek() != Some(b) {
+                return Err(self.unexpected(&format!("`{word}`")));
+            }
+            self.i += 1;
         }
+        Ok(node)
     }
 
     /// After `[` and whitespace.
@@ -248,14 +249,14 @@ impl Parser<'_> {
             Some(b't') => '\t',
             Some(b'u') => {
                 self.i += 2;
-                let hi = self.hex4(at)?;
+                let hi = self.hex4()?;
                 let c = match hi {
                     0xd800..=0xdbff => {
                         if self.s.get(self.i..self.i + 2) != Some(b"\\u") {
                             return Err(self.fail_at(at, "unpaired surrogate in a \\u escape"));
                         }
                         self.i += 2;
-                        let lo = self.hex4(at)?;
+                        let lo = self.hex4()?;
                         if !(0xdc00..=0xdfff).contains(&lo) {
                             return Err(self.fail_at(at, "unpaired surrogate in a \\u escape"));
                         }
@@ -276,14 +277,14 @@ impl Parser<'_> {
     }
 
     /// Four hex digits of a `\u` escape.
-    fn hex4(&mut self, escape_at: usize) -> Result<u32, ConfigError> {
+    fn hex4(&mut self) -> Result<u32, ConfigError> {
         let mut v = 0;
         for _ in 0..4 {
             let d = match self.peek() {
                 Some(b @ b'0'..=b'9') => b - b'0',
                 Some(b @ b'a'..=b'f') => b - b'a' + 10,
                 Some(b @ b'A'..=b'F') => b - b'A' + 10,
-                _ => return Err(self.fail_at(escape_at, "a \\u escape needs four hex digits")),
+                _ => return Err(self.fail("a \\u escape needs four hex digits")),
             };
             v = v * 16 + u32::from(d);
             self.i += 1;
@@ -293,10 +294,11 @@ impl Parser<'_> {
 
     /// A number: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
     ///
-    /// Converted exactly (correctly rounded) when it has at most 15 significant digits and a
-    /// decimal exponent within ±22, which covers every number a config holds (percents with two
-    /// decimals, seconds); beyond that, within a few units in the last place, like serde_json's
-    /// default parsing.
+    /// Correctly rounded when it is m·10^k with m <= 2^53 and |k| <= 22 once trailing zeros
+    /// are folded into k (`12.5`, `0.01`, `2592000`, `1.5e-3`): every number a config holds.
+    /// Beyond that, m·10^k is scaled in steps of at most 10^22, each rounding once: within 16
+    /// units in the last place in theory (8 measured), as serde_json's default parsing is not
+    /// exact either. Configs never get there: percents have at most two decimals.
     fn number(&mut self) -> Result<f64, ConfigError> {
         let start = self.i;
         let negative = self.peek() == Some(b'-');
@@ -397,12 +399,25 @@ fn scale(mut m: f64, mut exp10: i64) -> f64 {
     m
 }
 
+/// A key that needs no quoting: letters, digits, `_` and `-`.
+fn is_plain(key: &str) -> bool {
+    !key.is_empty() && key.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+}
+
+/// A key for a message: `colour` in backticks, or quoted and escaped when it is not plain.
+fn shown_key(key: &str) -> String {
+    if is_plain(key) {
+        format!("`{key}`")
+    } else {
+        quote(key)
+    }
+}
+
 /// The path of key `key` under `parent`: `rules[0].when`, `stable` at the top, or
 /// `identity[""]` for a key that is not a plain name.
 pub fn child_path(parent: &str, key: &str) -> String {
     let top = parent == "$" || parent.is_empty();
-    let plain = !key.is_empty() && key.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
-    match (top, plain) {
+    match (top, is_plain(key)) {
         (true, true) => key.to_string(),
         (false, true) => format!("{parent}.{key}"),
         (true, false) => format!("$[{}]", quote(key)),
@@ -493,7 +508,7 @@ impl<'a> Fields<'a> {
         if let Some((key, _)) = fields.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
             return Err(ConfigError::new(
                 f.child(key),
-                format!("unknown field `{key}`, expected one of: {}", allowed.join(", ")),
+                format!("unknown field {}, expected one of: {}", shown_key(key), allowed.join(", ")),
             ));
         }
         Ok(f)
@@ -528,7 +543,13 @@ pub fn quote(s: &str) -> String {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            // Control characters, and the invisible ones that could hide or reorder text in a
+            // log line (zero-width, bidi overrides, line and paragraph separators, BOM).
+            c if c.is_control()
+                || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}') =>
+            {
+                out.push_str(&format!("\\u{{{:x}}}", u32::from(c)))
+            }
             c => out.push(c),
         }
     }
@@ -601,16 +622,16 @@ mod tests {
             ("[1, 2,]", "$[2]: expected a value, found `]` at line 1 column 7"),
             ("[1 2]", "$: expected `,` or `]`, found `2` at line 1 column 4"),
             ("{\"a\": 1 \"b\": 2}", "$: expected `,` or `}`, found `\"` at line 1 column 9"),
-            ("{\"rules\": [{\"n\":\n  tru}]}", "rules[0].n: expected a value, found `t` at line 2 column 3"),
+            ("{\"rules\": [{\"n\":\n  tru}]}", "rules[0].n: expected `true`, found `}` at line 2 column 6"),
             ("{\"a b\": [x]}", "$[\"a b\"][0]: expected a value, found `x` at line 1 column 10"),
-            ("{\"a\": {\"\": nul}}", "a[\"\"]: expected a value, found `n` at line 1 column 12"),
+            ("{\"a\": {\"\": nul}}", "a[\"\"]: expected `null`, found `}` at line 1 column 15"),
             ("{1: 2}", "$: expected a key in double quotes, found `1` at line 1 column 2"),
             ("\u{feff}{}", "$: expected a value, found byte 0xef at line 1 column 1"),
             ("{} {}", "$: trailing characters after the JSON value at line 1 column 4"),
             ("[\"a\tb\"]", "$[0]: control characters must be escaped in a string at line 1 column 4"),
             ("[\"ab", "$[0]: the document ends inside a string at line 1 column 5"),
             ("[\"a\\x\"]", "$[0]: invalid escape in a string at line 1 column 5"),
-            ("[\"\\u12\"]", "$[0]: a \\u escape needs four hex digits at line 1 column 3"),
+            ("[\"\\u12\"]", "$[0]: a \\u escape needs four hex digits at line 1 column 7"),
             ("[\"\\ud800\"]", "$[0]: unpaired surrogate in a \\u escape at line 1 column 3"),
             ("[\"\\udc00\"]", "$[0]: unpaired surrogate in a \\u escape at line 1 column 3"),
             ("[\"\\ud800\\u0041\"]", "$[0]: unpaired surrogate in a \\u escape at line 1 column 3"),
@@ -669,13 +690,20 @@ mod tests {
             let Node::Num(got) = Node::parse(text.as_bytes()).unwrap() else { panic!("{text}") };
             assert_eq!(got.to_bits(), want.to_bits(), "{text}: {got:e} vs {want:e}");
         }
-        // Beyond 2^53 or 10^±22: within a few units in the last place of the exact value.
-        for text in
-            ["1.7976931348623157e308", "4.9e-324", "2.2250738585072014e-308", "1234567890123456789e-40"]
-        {
+        // Beyond 2^53 or 10^±22: within 16 units in the last place of the exact value.
+        for text in [
+            "1.7976931348623157e308",
+            "1.797693134862315650e308",
+            "4.9e-324",
+            "2.2250738585072014e-308",
+            "1234567890123456789e-40",
+        ] {
             let Node::Num(got) = Node::parse(text.as_bytes()).unwrap() else { panic!("{text}") };
             let want: f64 = text.parse().unwrap();
-            assert!(got.to_bits().abs_diff(want.to_bits()) <= 4, "{text}: {got:e} vs {want:e}");
+            assert!(
+                got.is_finite() && got.to_bits().abs_diff(want.to_bits()) <= 16,
+                "{text}: {got:e} vs {want:e}"
+            );
         }
     }
 
@@ -706,6 +734,14 @@ mod tests {
         assert!(e.starts_with("identity[\"\"]: unknown field"), "{e}");
         let e = Fields::new(&n, "rules[0]", &["s"]).err().unwrap().to_string();
         assert_eq!(e, "rules[0].l: unknown field `l`, expected one of: s");
+    }
+
+    #[test]
+    fn messages_escape_what_could_break_or_disguise_a_log_line() {
+        assert_eq!(quote("a\nb\u{202e}c\u{200b}\u{feff}é用"), "\"a\\u{a}b\\u{202e}c\\u{200b}\\u{feff}é用\"");
+        let n = Node::parse(br#"{"x\ny": 1}"#).unwrap();
+        let e = Fields::new(&n, "$", &["x"]).err().unwrap().to_string();
+        assert_eq!(e, "$[\"x\\u{a}y\"]: unknown field \"x\\u{a}y\", expected one of: x");
     }
 
     #[test]
