@@ -141,26 +141,15 @@ impl Parser<'_> {
     /// After `[` and whitespace.
     fn list(&mut self) -> Result<Node, ConfigError> {
         let mut items = Vec::new();
-        if self.peek() == Some(b']') {
-            self.i += 1;
+        if self.close(b']') {
             return Ok(Node::List(items));
         }
         loop {
             self.path.push(Step::Index(items.len()));
-            let item = self.value()?;
+            items.push(self.value()?);
             self.path.pop();
-            items.push(item);
-            self.ws();
-            match self.peek() {
-                Some(b',') => {
-                    self.i += 1;
-                    self.ws();
-                }
-                Some(b']') => {
-                    self.i += 1;
-                    return Ok(Node::List(items));
-                }
-                _ => return Err(self.unexpected("`,` or `]`")),
+            if !self.more(b']', "`,` or `]`")? {
+                return Ok(Node::List(items));
             }
         }
     }
@@ -168,8 +157,7 @@ impl Parser<'_> {
     /// After `{` and whitespace.
     fn object(&mut self) -> Result<Node, ConfigError> {
         let mut fields: Vec<(String, Node)> = Vec::new();
-        if self.peek() == Some(b'}') {
-            self.i += 1;
+        if self.close(b'}') {
             return Ok(Node::Obj(fields));
         }
         loop {
@@ -178,9 +166,8 @@ impl Parser<'_> {
             }
             let at = self.i;
             let key = self.string()?;
-            let duplicate = fields.iter().any(|(k, _)| *k == key);
-            self.path.push(Step::Key(key));
-            if duplicate {
+            self.path.push(Step::Key(key.clone()));
+            if fields.iter().any(|(k, _)| *k == key) {
                 return Err(self.fail_at(at, "duplicate key"));
             }
             self.ws();
@@ -189,24 +176,36 @@ impl Parser<'_> {
             }
             self.i += 1;
             self.ws();
-            let value = self.value()?;
-            let Some(Step::Key(key)) = self.path.pop() else {
-                return Err(self.fail("internal error: lost the key being parsed"));
-            };
-            fields.push((key, value));
-            self.ws();
-            match self.peek() {
-                Some(b',') => {
-                    self.i += 1;
-                    self.ws();
-                }
-                Some(b'}') => {
-                    self.i += 1;
-                    return Ok(Node::Obj(fields));
-                }
-                _ => return Err(self.unexpected("`,` or `}`")),
+            fields.push((key, self.value()?));
+            self.path.pop();
+            if !self.more(b'}', "`,` or `}`")? {
+                return Ok(Node::Obj(fields));
             }
         }
+    }
+
+    /// Takes `close` if it is next: an empty list or object.
+    fn close(&mut self, close: u8) -> bool {
+        let found = self.peek() == Some(close);
+        if found {
+            self.i += 1;
+        }
+        found
+    }
+
+    /// After an item of a list or object: `,` and whitespace (true: another item follows), or
+    /// `close` (false: the end).
+    fn more(&mut self, close: u8, expected: &str) -> Result<bool, ConfigError> {
+        self.ws();
+        if self.close(close) {
+            return Ok(false);
+        }
+        if self.peek() != Some(b',') {
+            return Err(self.unexpected(expected));
+        }
+        self.i += 1;
+        self.ws();
+        Ok(true)
     }
 
     /// A string, from its opening quote.
