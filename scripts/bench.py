@@ -5,8 +5,8 @@ no-op Wasm filters. Prints a markdown table and writes it to bench/results.md.
     .venv/bin/python scripts/bench.py [--rounds 7] [--duration 5] [--warmup 2] [--connections 16]
                                         [--callgrind N] [--only abcdefg]
 
-Scenarios (one Envoy each, all with the same listener, strip step and clusters; see
-envoy/bench-*.yaml):
+Scenarios (one Envoy each, all from envoy/bench.yaml: the same listener, strip step and
+clusters; they differ in the routes and the HTTP filter, set in `scenarios()` below):
   a  native header routing, no filter: the floor every ratio is taken against
   b  Envoy's own sticky weighted_clusters (route hash_policy on x-user-id, use_hash_policy)
   c  graysplit, a 1-rule 50% split
@@ -138,7 +138,6 @@ def config_twenty_rules() -> dict:
 class Scenario:
     key: str
     title: str
-    template: str
     values: dict[str, object] = field(default_factory=dict)
     # user id -> the version it must get, or None: "a fair, sticky split" (b)
     expect: object = None
@@ -163,26 +162,73 @@ def expect_twenty(user: str) -> str:
 VIP_SET = set(VIP_USERS)
 
 
+TEMPLATE = ROOT / "envoy" / "bench.yaml"
+
+# Routing on the version header, as with graysplit (one route per version), v1 by default.
+HEADER_ROUTES = [
+    *({"match": {"prefix": "/", "headers": [{"name": "x-graysplit-version", "string_match": {"exact": v}}]},
+       "route": {"cluster": v}} for v in ("v1", "v2")),
+    {"match": {"prefix": "/"}, "route": {"cluster": "v1"}},
+]
+# (b), Envoy's own sticky split: the route's hash policy (the user id header) picks the
+# weighted cluster, so a user always lands on the same side (use_hash_policy).
+WEIGHTED_ROUTES = [{"match": {"prefix": "/"}, "route": {
+    "hash_policy": [{"header": {"header_name": "x-user-id"}}],
+    "weighted_clusters": {"use_hash_policy": True,
+                          "clusters": [{"name": "v1", "weight": 50}, {"name": "v2", "weight": 50}]}}}]
+ROUTER = {"name": "envoy.filters.http.router",
+          "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+
+
+def bench_values(routes: list = HEADER_ROUTES, http_filter: dict | None = None) -> dict[str, object]:
+    """envoy/bench.yaml's values for a scenario: its routes, and its filter before the router
+    (JSON is YAML, so each goes in on one line)."""
+    filters = [http_filter, ROUTER] if http_filter else [ROUTER]
+    return {"ROUTES": json.dumps(routes), "HTTP_FILTERS": json.dumps(filters)}
+
+
 def wasm(path: Path, config: dict) -> dict[str, object]:
-    """bench-wasm.yaml's values for a module and its plugin config."""
-    return {"WASM_PATH": path, "PLUGIN_CONFIG_JSON": json.dumps(json.dumps(config))}
+    """A proxy-wasm module with its plugin config, configured like envoy/test-bootstrap.yaml:
+    graysplit (c, d), the no-op filters (f, g) and the probes."""
+    return bench_values(http_filter={
+        "name": "graysplit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "graysplit",
+                "root_id": "",
+                "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(path)}}},
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                  "value": json.dumps(config)},
+                "failure_policy": "FAIL_RELOAD",
+            },
+        },
+    })
+
+
+def lua(path: Path) -> dict[str, object]:
+    """An Envoy Lua filter from `path` (e: the 50% split in LuaJIT, then clearRouteCache())."""
+    return bench_values(http_filter={
+        "name": "envoy.filters.http.lua",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                         "default_source_code": {"filename": str(path)}},
+    })
 
 
 def scenarios(graysplit_wasm: Path) -> list[Scenario]:
     return [
-        Scenario("a", "native header routing, no filter (floor)", "bench-native.yaml",
+        Scenario("a", "native header routing, no filter (floor)", bench_values(),
                  expect=lambda u: "v1"),
-        Scenario("b", "Envoy weighted_clusters + hash_policy on x-user-id", "bench-weighted.yaml",
+        Scenario("b", "Envoy weighted_clusters + hash_policy on x-user-id", bench_values(WEIGHTED_ROUTES),
                  expect=None),
-        Scenario("c", "graysplit, 1 rule: 50% split", "bench-wasm.yaml",
+        Scenario("c", "graysplit, 1 rule: 50% split",
                  wasm(graysplit_wasm, config_one_rule()), expect=expect_split),
-        Scenario("d", "graysplit, 20 rules (1 000 users, expired rule, split)", "bench-wasm.yaml",
+        Scenario("d", "graysplit, 20 rules (1 000 users, expired rule, split)",
                  wasm(graysplit_wasm, config_twenty_rules()), expect=expect_twenty),
-        Scenario("e", "Lua filter, same murmur3 50% split", "bench-lua.yaml",
-                 {"LUA_PATH": LUA_SPLIT}, expect=expect_split),
-        Scenario("f", "no-op Wasm filter, graysplit's exports (the Wasm layer)", "bench-wasm.yaml",
+        Scenario("e", "Lua filter, same murmur3 50% split", lua(LUA_SPLIT), expect=expect_split),
+        Scenario("f", "no-op Wasm filter, graysplit's exports (the Wasm layer)",
                  wasm(NOOP_WASM, {}), expect=lambda u: "v1"),
-        Scenario("g", "no-op proxy-wasm SDK filter (proxy-wasm 0.2.5)", "bench-wasm.yaml",
+        Scenario("g", "no-op proxy-wasm SDK filter (proxy-wasm 0.2.5)",
                  wasm(NOOP_SDK_WASM, {}), expect=lambda u: "v1"),
     ]
 
@@ -301,7 +347,7 @@ def start_envoy(s: Scenario, ports: dict[str, int], cpu: int | None, name: str |
                 wrapper: list[str] | None = None, ready_timeout_s: float = 30.0) -> None:
     name = name or s.key
     config = RUN_DIR / f"envoy-{name}.yaml"
-    config.write_text(run.render_bootstrap({**ports, **s.values}, ROOT / "envoy" / s.template))
+    config.write_text(run.render_bootstrap({**ports, **s.values}, TEMPLATE))
     admin_path = RUN_DIR / f"admin-{name}"
     admin_path.unlink(missing_ok=True)
     log = RUN_DIR / f"envoy-{name}.log"
@@ -417,7 +463,7 @@ function envoy_on_request(h)
   h:respond({[":status"] = "200"}, tostring(graysplit_bucket(hs:get("x-salt"), hs:get("x-user-id"))))
 end
 """)
-    s = Scenario("lua-probe", "", "bench-lua.yaml", {"LUA_PATH": probe})
+    s = Scenario("lua-probe", "", lua(probe))
     start_envoy(s, ports, cpu, name="lua-probe")
     cases = [("release-2.1", b"alice"), ("release-2.1", b"bob"), ("ramp", b"user-42"),
              ("ramp", "用户-7".encode())]
@@ -521,7 +567,7 @@ def instructions_per_request(s: Scenario, ports: dict[str, int], n: int, cpu: in
     out = RUN_DIR / f"callgrind-{s.key}.out"
     for old in RUN_DIR.glob(f"callgrind-{s.key}.out*"):
         old.unlink()
-    probe = Scenario(s.key, s.title, s.template, s.values)
+    probe = Scenario(s.key, s.title, s.values)
     start_envoy(probe, ports, cpu, name=f"callgrind-{s.key}", wrapper=[
         "valgrind", "--tool=callgrind", "--smc-check=all-non-file", "--instr-atstart=no",
         f"--callgrind-out-file={out}"], ready_timeout_s=600)
@@ -660,7 +706,7 @@ def probe(args) -> int:
     if pinned:
         os.sched_setaffinity(0, {LOAD_CPU})
     base = {s.key: s for s in scenarios(run.WASM)}
-    scens = [base["a"], base["c"]] + [Scenario(f"p{i}", title, "bench-wasm.yaml", wasm(w, {}))
+    scens = [base["a"], base["c"]] + [Scenario(f"p{i}", title, wasm(w, {}))
                                       for i, ((title, _), w) in enumerate(zip(PROBES, wasms))]
     nginx = None
     try:
