@@ -12,7 +12,8 @@ pub const ULPS: u64 = 16;
 /// Two numbers are the same bits, or finite and at most `ulps` apart (so -0 is not 0, and
 /// f64::MAX is not infinity).
 pub fn near(x: f64, y: f64, ulps: u64) -> bool {
-    x.to_bits() == y.to_bits() || (x.is_finite() && y.is_finite() && x.to_bits().abs_diff(y.to_bits()) <= ulps)
+    x.to_bits() == y.to_bits()
+        || (x.is_finite() && y.is_finite() && x.to_bits().abs_diff(y.to_bits()) <= ulps)
 }
 
 /// A serde_json value as our tree (serde_json keeps the last of duplicate keys). Its objects
@@ -32,7 +33,9 @@ pub fn tree(v: &Value) -> Node {
 pub fn close(a: &Node, b: &Node, ulps: u64) -> bool {
     match (a, b) {
         (Node::Num(x), Node::Num(y)) => near(*x, *y, ulps),
-        (Node::List(x), Node::List(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| close(a, b, ulps)),
+        (Node::List(x), Node::List(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| close(a, b, ulps))
+        }
         (Node::Obj(x), Node::Obj(y)) => {
             // serde_json's map is sorted by key; ours keeps the document's order.
             let (mut x, mut y) = (x.iter().collect::<Vec<_>>(), y.iter().collect::<Vec<_>>());
