@@ -68,7 +68,7 @@ bench-probe: build venv ## What each host call graysplit makes costs Envoy per r
 soak: build venv ## Minutes of live ramps and rollbacks under load; prints failures, step latency, RSS, VM count
 	$(PY) scripts/soak.py
 
-fuzz: ## Coverage-guided fuzzing of the config parser, the request path and the JSON parser (FUZZ_SECONDS each, default 60)
+fuzz: ## Coverage-guided fuzzing of the config parser and the request path (FUZZ_SECONDS each, default 60)
 	$(MAKE) -C fuzz run SECONDS=$${FUZZ_SECONDS:-60}
 
 istio-pin: build ## Write the built wasm's sha256 into the file:// WasmPlugin (istio/wasmplugin-file.yaml)

@@ -1,13 +1,13 @@
 //! Property tests of DESIGN.md's bucketing contract and config errors, over arbitrary users,
-//! salts and splits: stickiness, monotonic ramps, exact bands for multi-version splits,
-//! agreement with an independent murmur3 (the `murmur3` crate), user ids hashed as the bytes
-//! received, and the JSON path of a bad percent.
+//! salts and splits: stickiness, monotonic ramps, exact bands for multi-version splits, the
+//! bucket of a salt and an id equal to murmur3 of their concatenation, user ids hashed as the
+//! bytes received, and the JSON path of a bad percent.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use graysplit::config::{parse, Plan};
+use graysplit::decide::bucket::{bucket, BUCKETS};
 use graysplit::decide::{decide, DecidedBy, Decision};
-use graysplit::hash::{bucket, murmur3_x86_32, BUCKETS};
-use graysplit::request::StaticRequest;
+use graysplit::request::fake::StaticRequest;
 use proptest::prelude::*;
 
 const STABLE: &str = "s1";
@@ -238,28 +238,7 @@ proptest! {
         prop_assert_eq!(plan.split_bands(0).unwrap(), want_bands);
     }
 
-    /// graysplit's murmur3 over parts equals the murmur3 crate over their concatenation, for
-    /// arbitrary bytes cut anywhere (blocks straddling parts, empty parts) and any seed.
-    #[test]
-    fn murmur3_agrees_with_the_murmur3_crate(
-        data in prop::collection::vec(any::<u8>(), 0..300),
-        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
-        seed in prop_oneof![Just(0u32), any::<u32>()],
-    ) {
-        let mut at: Vec<usize> = cuts.iter().map(|i| i.index(data.len() + 1)).collect();
-        at.sort_unstable();
-        let mut parts: Vec<&[u8]> = Vec::new();
-        let mut start = 0;
-        for c in at {
-            parts.push(&data[start..c]);
-            start = c;
-        }
-        parts.push(&data[start..]);
-        let want = murmur3::murmur3_32(&mut std::io::Cursor::new(&data), seed).unwrap();
-        prop_assert_eq!(murmur3_x86_32(&parts, seed), want, "parts {:?}", parts);
-    }
-
-    /// `hash::bucket` is the contract's formula for any salt and user bytes.
+    /// `bucket` is the contract's formula for any salt and user bytes.
     #[test]
     fn bucket_is_murmur3_of_salt_colon_user_mod_10000(
         salt in prop::collection::vec(any::<u8>(), 0..32), user in prop::collection::vec(any::<u8>(), 0..64),

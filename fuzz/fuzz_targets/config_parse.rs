@@ -5,8 +5,8 @@
 
 use graysplit::config::parse;
 use graysplit::decide::decide;
-use graysplit::hash::BUCKETS;
-use graysplit::request::StaticRequest;
+use graysplit::decide::bucket::BUCKETS;
+use graysplit::request::fake::StaticRequest;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

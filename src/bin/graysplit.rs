@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use graysplit::config::time::parse_rfc3339;
 use graysplit::config::{self, Plan};
+use graysplit::decide::bucket::{bucket, BUCKETS};
 use graysplit::decide::{decide, decide_traced, DecidedBy, OverrideVerdict, RuleVerdict, Tracer};
-use graysplit::hash;
-use graysplit::request::StaticRequest;
-use graysplit::time::parse_rfc3339;
+use graysplit::request::fake::StaticRequest;
 
 const USAGE: &str = "\
 graysplit: check, explain and simulate graysplit configurations
@@ -57,7 +57,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             [salt, user] => {
                 let mut prefix = salt.clone().into_bytes();
                 prefix.push(b':');
-                println!("{}", hash::bucket(&prefix, user.as_bytes()));
+                println!("{}", bucket(&prefix, user.as_bytes()));
                 Ok(ExitCode::SUCCESS)
             }
             _ => Err("usage: graysplit bucket SALT USER".into()),
@@ -297,7 +297,7 @@ fn explain(args: &[String]) -> Result<ExitCode, String> {
     println!("version: {}", d.version_name(&plan));
     println!("rule:    {}", d.rule_name(&plan));
     if let Some(b) = d.bucket {
-        println!("bucket:  {b} of {}", hash::BUCKETS);
+        println!("bucket:  {b} of {}", BUCKETS);
     }
     if let Some(c) = &d.set_cookie {
         let attrs = c.split_once(';').map_or("", |(_, a)| a);

@@ -3,7 +3,7 @@
 //! Hand-written (about 60 lines) rather than pulling a date crate into the wasm: only parsing
 //! is needed, and only of the RFC 3339 profile (`Z` or a numeric offset, optional fraction).
 
-use crate::json::quote;
+use super::error::quote;
 
 /// Parses `2026-12-01T00:00:00Z`, `2026-12-01T01:00:00.5+01:00`, ... into nanoseconds since
 /// the Unix epoch. The error says what is wrong, for the config error message.

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::json::quote;
+use crate::config::error::quote;
 
 /// An IPv4 or IPv6 range, stored masked so a match is one AND and one compare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

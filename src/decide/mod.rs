@@ -4,11 +4,16 @@
 //! holds deciding; then `stable`. A pure function of the compiled plan, the request (through
 //! [`Host`]) and the time.
 
+pub mod bucket;
+mod identity;
+pub mod matcher;
+
+use bucket::bucket;
+use identity::{user_id, Identity};
+
 use crate::config::{
-    Action, Cond, HeaderSlot, IdSource, MetricId, Plan, Rule, VersionId, METRIC_OVERRIDE_ACCEPTED,
-    METRIC_OVERRIDE_REJECTED,
+    Action, Cond, MetricId, Plan, Rule, VersionId, METRIC_OVERRIDE_ACCEPTED, METRIC_OVERRIDE_REJECTED,
 };
-use crate::hash::bucket;
 use crate::request::{Facts, Host};
 
 /// Who decided.
@@ -79,15 +84,6 @@ pub trait Tracer {
 }
 
 impl Tracer for () {}
-
-/// The user id: resolved on first need, then kept for the rest of the request.
-enum Identity {
-    Unresolved,
-    None,
-    /// The value of this header slot, already cached in `Facts` (no copy).
-    Header(HeaderSlot),
-    Owned(Vec<u8>),
-}
 
 struct Ctx<'a, H: Host> {
     facts: Facts<'a, H>,
@@ -213,80 +209,12 @@ fn cond_holds<H: Host>(plan: &Plan, cond: &Cond, cx: &mut Ctx<'_, H>) -> bool {
     }
 }
 
-/// The user id: the first non-empty identity source, then the sticky cookie, then a minted id.
-fn user_id<'c, H: Host>(plan: &Plan, cx: &'c mut Ctx<'_, H>) -> Option<&'c [u8]> {
-    if let Identity::Unresolved = cx.identity {
-        cx.identity = resolve_identity(plan, cx);
-    }
-    match &cx.identity {
-        Identity::Header(slot) => cx.facts.header(*slot),
-        Identity::Owned(v) => Some(v),
-        Identity::None | Identity::Unresolved => None,
-    }
-}
-
-fn resolve_identity<H: Host>(plan: &Plan, cx: &mut Ctx<'_, H>) -> Identity {
-    for src in &plan.identity {
-        match src {
-            IdSource::Header(slot) => {
-                if cx.facts.header(*slot).is_some_and(|v| !v.is_empty()) {
-                    return Identity::Header(*slot);
-                }
-            }
-            IdSource::Cookie(name) => {
-                if let Some(v) = cx.facts.cookie(name).filter(|v| !v.is_empty()) {
-                    return Identity::Owned(v.to_vec());
-                }
-            }
-            IdSource::Query(name) => {
-                if let Some(v) = cx.facts.query(name).filter(|v| !v.is_empty()) {
-                    return Identity::Owned(v.into_owned());
-                }
-            }
-        }
-    }
-    let Some(sticky) = &plan.sticky else {
-        return Identity::None;
-    };
-    if let Some(v) = cx.facts.cookie(sticky.name.as_bytes()).filter(|v| !v.is_empty()) {
-        return Identity::Owned(v.to_vec());
-    }
-    let id = mint_id(cx.facts.host);
-    let secure = cx.facts.header(sticky.scheme_slot) == Some(b"https");
-    let mut cookie = format!(
-        "{}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
-        sticky.name,
-        std::str::from_utf8(&id).unwrap_or_default(), // hex digits: always UTF-8
-        sticky.max_age_s
-    );
-    if secure {
-        cookie.push_str("; Secure");
-    }
-    cx.set_cookie = Some(cookie);
-    Identity::Owned(id.to_vec())
-}
-
-/// 128 random bits as 32 lower-case hex characters.
-fn mint_id<H: Host>(host: &H) -> [u8; 32] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut raw = [0u8; 16];
-    host.fill_random(&mut raw);
-    let mut out = [0u8; 32];
-    for (pair, byte) in out.chunks_exact_mut(2).zip(raw) {
-        if let [hi, lo] = pair {
-            *hi = HEX.get(usize::from(byte >> 4)).copied().unwrap_or(b'0');
-            *lo = HEX.get(usize::from(byte & 15)).copied().unwrap_or(b'0');
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, clippy::type_complexity)]
     use super::*;
     use crate::config::parse;
-    use crate::request::StaticRequest;
+    use crate::request::fake::StaticRequest;
 
     const NOW: i64 = 1_796_083_200_000_000_000; // 2026-12-01T00:00:00Z
 
@@ -463,7 +391,7 @@ mod tests {
         );
         for i in 0..3000 {
             let user = format!("user-{i}");
-            let b = crate::hash::bucket(b"r:", user.as_bytes());
+            let b = bucket(b"r:", user.as_bytes());
             let want = if b < 1000 {
                 "a"
             } else if b < 3050 {
@@ -542,7 +470,7 @@ mod tests {
         let minted_bucket = d.bucket.unwrap();
         assert_eq!(
             minted_bucket,
-            crate::hash::bucket(b"r:", "ab".repeat(16).as_bytes()),
+            bucket(b"r:", "ab".repeat(16).as_bytes()),
             "minted id is this request's identity"
         );
 
@@ -579,7 +507,7 @@ mod tests {
         r.headers.push(("x-department".into(), vec![0x80; 60_000]));
         let d = decide(&p, &r);
         assert_eq!(d.rule_name(&p), "ramp");
-        assert_eq!(d.bucket, Some(crate::hash::bucket(b"release-2.1:", &[0xff, 0xfe, 0x00])));
+        assert_eq!(d.bucket, Some(bucket(b"release-2.1:", &[0xff, 0xfe, 0x00])));
         let mut r = req("/%zz?%%%&&==&uid=%", &[]);
         r.headers.extend((0..100).map(|i| ("cookie".to_string(), format!("c{i}=\"{i}").into_bytes())));
         r.headers[1].1 = vec![0xff, b'?', 0xfe];

@@ -2,24 +2,27 @@
 //! proxy-wasm; unit tests use a map-backed fake) and [`Facts`], which fetches each thing the
 //! plan needs at most once per request and only when a rule actually asks for it.
 
+pub mod cidr;
+pub mod cookie;
+pub mod fake;
+pub mod query;
+
 use std::borrow::Cow;
 use std::net::IpAddr;
-use std::ops::Range;
 
-use crate::cidr::parse_socket_ip;
 use crate::config::{HeaderSlot, Plan};
-use crate::{cookie, query};
+use cidr::parse_socket_ip;
 
 /// What the decision needs from the proxy. Everything returns owned bytes because that is
-/// what the proxy-wasm host hands over; nothing here may panic.
+/// what the proxy-wasm host hands over (values as bytes: never a `String` a client could make
+/// invalid UTF-8); nothing here may panic.
 pub trait Host {
     /// The first value of request header `name` (lower-case; pseudo-headers such as `:path`
     /// included), `None` when absent.
     fn header(&self, name: &str) -> Option<Vec<u8>>;
-    /// The whole request header map in the proxy-wasm ABI's serialized form (read it with
-    /// [`header_pairs`]), in order, names lower-case (HTTP/1.1 may repeat `cookie`). One host
-    /// call, but it copies every header.
-    fn header_map(&self) -> Vec<u8>;
+    /// The whole request header map, in order, names lower-case (HTTP/1.1 may repeat
+    /// `cookie`). One host call, but it copies every header.
+    fn header_map(&self) -> Vec<(String, Vec<u8>)>;
     /// Envoy's downstream remote address, property `source.address` (`ip:port`).
     fn source_address(&self) -> Option<Vec<u8>>;
     /// The current time, Unix nanoseconds.
@@ -72,7 +75,7 @@ impl<'a, H: Host> Facts<'a, H> {
             1
         };
         let map = map.get_or_insert_with(|| HeaderMap::new(plan, host.header_map()));
-        cookie::find(map.values(b"cookie").skip(skip), name)
+        cookie::find(map.values("cookie").skip(skip), name)
     }
 
     /// `:path` before `?`, as received.
@@ -124,156 +127,35 @@ fn one_header<'c, H: Host>(
     cached.as_ref().and_then(|v| v.as_deref())
 }
 
-/// The whole header map as the host serialized it, indexed once for the plan's headers: no
-/// copy per header, and a header rule finds its value without a search.
+/// The whole header map, indexed once for the plan's headers: a header rule finds its value
+/// without a search.
 struct HeaderMap {
-    bytes: Vec<u8>,
-    /// Per plan slot, where its first value lies in `bytes`.
-    first: Vec<Option<Range<usize>>>,
+    pairs: Vec<(String, Vec<u8>)>,
+    /// Per plan slot, the index in `pairs` of its first value.
+    first: Vec<Option<usize>>,
 }
 
 impl HeaderMap {
-    fn new(plan: &Plan, bytes: Vec<u8>) -> Self {
+    fn new(plan: &Plan, pairs: Vec<(String, Vec<u8>)>) -> Self {
         let mut first = vec![None; plan.headers.len()];
-        for (name, value) in PairRanges::new(&bytes) {
-            let name = bytes.get(name).unwrap_or_default();
-            if let Some(slot) = plan.headers.iter().position(|h| h.as_bytes() == name) {
+        for (i, (name, _)) in pairs.iter().enumerate() {
+            if let Some(slot) = plan.headers.iter().position(|h| h == name) {
                 if let Some(f @ None) = first.get_mut(slot) {
-                    *f = Some(value);
+                    *f = Some(i);
                 }
             }
         }
-        HeaderMap { bytes, first }
+        HeaderMap { pairs, first }
     }
 
     fn first(&self, slot: HeaderSlot) -> Option<&[u8]> {
-        self.bytes.get(self.first.get(slot)?.clone()?)
+        let i = (*self.first.get(slot)?)?;
+        self.pairs.get(i).map(|(_, v)| v.as_slice())
     }
 
     /// Every value of header `name`, in order.
-    fn values<'m>(&'m self, name: &'m [u8]) -> impl Iterator<Item = &'m [u8]> + 'm {
-        header_pairs(&self.bytes).filter(move |(k, _)| *k == name).map(|(_, v)| v)
-    }
-}
-
-/// The (name, value) pairs of a header map in the proxy-wasm ABI's serialized form (what
-/// `proxy_get_header_map_pairs` returns): a little-endian u32 count, then a (name length,
-/// value length) u32 pair per header, then each name and value followed by a NUL. A map that
-/// does not add up ends at the first header that does not fit: what the host sends cannot make
-/// the filter panic.
-pub fn header_pairs(bytes: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    PairRanges::new(bytes).map(|(k, v)| (bytes.get(k).unwrap_or_default(), bytes.get(v).unwrap_or_default()))
-}
-
-/// The inverse of [`header_pairs`]: how Envoy serializes a header map for the filter.
-pub fn serialize_header_pairs<'p>(pairs: impl Iterator<Item = (&'p [u8], &'p [u8])> + Clone) -> Vec<u8> {
-    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
-    let mut out = len(pairs.clone().count()).to_vec();
-    for (k, v) in pairs.clone() {
-        out.extend(len(k.len()));
-        out.extend(len(v.len()));
-    }
-    for (k, v) in pairs {
-        out.extend(k);
-        out.push(0);
-        out.extend(v);
-        out.push(0);
-    }
-    out
-}
-
-/// Where each name and value of a serialized header map lies (see [`header_pairs`]).
-struct PairRanges<'b> {
-    bytes: &'b [u8],
-    next: usize,
-    count: usize,
-    data: usize,
-}
-
-impl<'b> PairRanges<'b> {
-    fn new(bytes: &'b [u8]) -> Self {
-        let count = word(bytes, 0).unwrap_or(0);
-        // The length table must fit, or nothing is read (a count far beyond the bytes).
-        match count.checked_mul(8).and_then(|n| n.checked_add(4)).filter(|&d| d <= bytes.len()) {
-            Some(data) => PairRanges { bytes, next: 0, count, data },
-            None => PairRanges { bytes, next: 0, count: 0, data: 0 },
-        }
-    }
-
-    fn read(&mut self) -> Option<(Range<usize>, Range<usize>)> {
-        let n = self.next;
-        let (name_len, value_len) = (word(self.bytes, 4 + n * 8)?, word(self.bytes, 8 + n * 8)?);
-        let name = self.data..self.data.checked_add(name_len)?;
-        let start = name.end.checked_add(1)?;
-        let value = start..start.checked_add(value_len)?;
-        if value.end >= self.bytes.len() {
-            return None;
-        }
-        self.data = value.end + 1;
-        self.next = n + 1;
-        Some((name, value))
-    }
-}
-
-impl Iterator for PairRanges<'_> {
-    type Item = (Range<usize>, Range<usize>);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.next >= self.count {
-            return None;
-        }
-        let pair = self.read();
-        if pair.is_none() {
-            self.count = 0;
-        }
-        pair
-    }
-}
-
-/// The little-endian u32 at `at`.
-fn word(bytes: &[u8], at: usize) -> Option<usize> {
-    let b = bytes.get(at..at.checked_add(4)?)?;
-    Some(u32::from_le_bytes(b.try_into().ok()?) as usize)
-}
-
-/// A request held in memory: the unit tests' fake, and what the operator CLI explains.
-#[derive(Debug, Clone, Default)]
-pub struct StaticRequest {
-    /// Header (name, value) pairs in order, names lower-case; `:path`, `:method` included.
-    pub headers: Vec<(String, Vec<u8>)>,
-    /// `source.address` as Envoy gives it, e.g. `127.0.0.1:5000`.
-    pub source: Option<String>,
-    /// Unix nanoseconds.
-    pub now: i64,
-    /// The byte every "random" byte is set to (deterministic minted ids in tests).
-    pub random_byte: u8,
-}
-
-impl StaticRequest {
-    /// A `GET path` request with the given headers.
-    pub fn get(path: &str, headers: &[(&str, &str)]) -> Self {
-        let mut all =
-            vec![(":method".to_string(), b"GET".to_vec()), (":path".to_string(), path.as_bytes().to_vec())];
-        all.extend(headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec())));
-        StaticRequest { headers: all, source: Some("127.0.0.1:40000".to_string()), now: 0, random_byte: 0xab }
-    }
-}
-
-impl Host for StaticRequest {
-    fn header(&self, name: &str) -> Option<Vec<u8>> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
-    }
-    fn header_map(&self) -> Vec<u8> {
-        serialize_header_pairs(self.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())))
-    }
-    fn source_address(&self) -> Option<Vec<u8>> {
-        self.source.as_ref().map(|s| s.as_bytes().to_vec())
-    }
-    fn now_unix_nanos(&self) -> i64 {
-        self.now
-    }
-    fn fill_random(&self, buf: &mut [u8]) {
-        buf.fill(self.random_byte);
+    fn values<'m>(&'m self, name: &'m str) -> impl Iterator<Item = &'m [u8]> + 'm {
+        self.pairs.iter().filter(move |(k, _)| k == name).map(|(_, v)| v.as_slice())
     }
 }
 
@@ -284,6 +166,7 @@ mod tests {
 
     use super::*;
     use crate::config::parse;
+    use crate::request::fake::StaticRequest;
 
     /// Counts how often the whole header map is read.
     struct Counting {
@@ -297,7 +180,7 @@ mod tests {
             self.single_reads.set(self.single_reads.get() + 1);
             self.inner.header(name)
         }
-        fn header_map(&self) -> Vec<u8> {
+        fn header_map(&self) -> Vec<(String, Vec<u8>)> {
             self.full_reads.set(self.full_reads.get() + 1);
             self.inner.header_map()
         }
@@ -310,49 +193,6 @@ mod tests {
         fn fill_random(&self, buf: &mut [u8]) {
             buf.fill(0);
         }
-    }
-
-    fn serialize(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
-        serialize_header_pairs(pairs.iter().map(|(k, v)| (*k, *v)))
-    }
-
-    fn pairs(bytes: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
-        header_pairs(bytes).map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
-    }
-
-    #[test]
-    fn header_pairs_round_trip_in_order_with_repeats_and_odd_bytes() {
-        let map: &[(&[u8], &[u8])] =
-            &[(b":path", b"/a?b"), (b"cookie", b"a=1"), (b"cookie", b""), (b"x-\xff", b"\xff\x00z")];
-        let want: Vec<(Vec<u8>, Vec<u8>)> = map.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
-        assert_eq!(pairs(&serialize(map)), want);
-        assert_eq!(pairs(&serialize(&[])), vec![]);
-    }
-
-    #[test]
-    fn header_pairs_that_do_not_add_up_end_early_not_a_panic() {
-        let full = serialize(&[(b"a", b"1"), (b"bb", b"22")]);
-        assert_eq!(pairs(&full).len(), 2);
-        for cut in 0..full.len() {
-            let got = pairs(&full[..cut]);
-            // 20 bytes of counts and lengths, then `a`, NUL, `1`, NUL (to 24), then `bb`, NUL,
-            // `22`, NUL (to 30): a pair counts once its value's NUL is there.
-            let want = match cut {
-                0..24 => 0,
-                24..30 => 1,
-                _ => 2,
-            };
-            assert_eq!(got.len(), want, "cut at {cut}: {got:?}");
-            if let Some((k, v)) = got.first() {
-                assert_eq!((k.as_slice(), v.as_slice()), (&b"a"[..], &b"1"[..]), "cut at {cut}");
-            }
-        }
-        // A count far beyond the bytes, and lengths that overflow.
-        assert_eq!(pairs(&u32::MAX.to_le_bytes()), vec![]);
-        let mut huge = 1u32.to_le_bytes().to_vec();
-        huge.extend(u32::MAX.to_le_bytes());
-        huge.extend(u32::MAX.to_le_bytes());
-        assert_eq!(pairs(&huge), vec![]);
     }
 
     #[test]

@@ -1,0 +1,108 @@
+//! The one error type of configuration: where in the JSON, and what is wrong there.
+
+use std::fmt;
+
+/// A rejected configuration. Displayed as `<path>: <problem>`, the path in the form
+/// `rules[2].split[0].percent` (`$` for the document itself); the filter logs it as
+/// `graysplit: invalid config: <path>: <problem>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError { path: path.into(), problem: problem.into() }
+    }
+
+    /// A serde_json error at the path serde_path_to_error tracked, in our terms. serde_json's
+    /// own words are kept (with their line and column); only where serde reports a field's
+    /// problem at the object that holds it (a missing or duplicate field) does the path go on
+    /// to the field, so every error points at the place to edit: `stable: is required`,
+    /// `rules[0].name: duplicate field `name` at line 1 column 42`.
+    pub(crate) fn from_serde(e: serde_path_to_error::Error<serde_json::Error>) -> Self {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.to_string();
+        let at = |field: &str| match path.as_str() {
+            "." => field.to_string(),
+            p => format!("{p}.{field}"),
+        };
+        if let Some(field) = quoted_field(&message, "missing field `") {
+            return ConfigError::new(at(field), "is required");
+        }
+        if let Some(field) = quoted_field(&message, "duplicate field `") {
+            return ConfigError::new(at(field), message.clone());
+        }
+        let path = if path == "." { "$".to_string() } else { path };
+        ConfigError::new(path, message)
+    }
+}
+
+/// The name in `` <prefix>name` ...`` (serde's "missing field `x`" and "duplicate field `x`").
+fn quoted_field<'m>(message: &'m str, prefix: &str) -> Option<&'m str> {
+    let rest = message.strip_prefix(prefix)?;
+    rest.split_once('`').map(|(field, _)| field)
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// `s` in double quotes for a message, with `"`, `\`, control characters and the invisible
+/// characters that could hide or reorder text in a log line (zero-width, bidi overrides, line
+/// and paragraph separators, BOM) escaped.
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control()
+                || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}') =>
+            {
+                out.push_str(&format!("\\u{{{:x}}}", u32::from(c)))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A number from the config as a person wrote it: `120`, `10.555`, `-1`, `1e300`.
+pub fn fmt_num(n: f64) -> String {
+    if n.is_finite() && n.abs() < 1e16 {
+        format!("{n}")
+    } else {
+        format!("{n:e}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_escapes_what_could_hide_text_in_a_log_line() {
+        assert_eq!(quote("a\"b\\c"), r#""a\"b\\c""#);
+        assert_eq!(quote("x\ny"), r#""x\u{a}y""#);
+        assert_eq!(quote("ab\u{202e}cd"), r#""ab\u{202e}cd""#);
+        assert_eq!(quote("用户"), "\"用户\"");
+    }
+
+    #[test]
+    fn numbers_read_as_written() {
+        assert_eq!(fmt_num(120.0), "120");
+        assert_eq!(fmt_num(10.555), "10.555");
+        assert_eq!(fmt_num(-1.0), "-1");
+        assert_eq!(fmt_num(10.1000000001), "10.1000000001");
+        assert_eq!(fmt_num(1e300), "1e300");
+    }
+}

@@ -1,0 +1,372 @@
+//! Configuration: the raw serde structs ([`raw`]), their validation and compilation
+//! ([`compile`], [`validate`], [`time`]), and the compiled [`Plan`] that request handling reads.
+//! A config either compiles whole or is rejected whole with one [`ConfigError`].
+
+mod compile;
+pub mod error;
+pub mod plan;
+pub mod raw;
+pub mod time;
+mod validate;
+
+pub use error::ConfigError;
+pub use plan::*;
+
+use raw::{Obj, RawConfig};
+
+/// The default routing header (DESIGN.md `route_header`).
+pub const DEFAULT_ROUTE_HEADER: &str = "x-graysplit-version";
+
+/// Parses, validates and compiles a plugin configuration.
+pub fn parse(json: &[u8]) -> Result<Plan, ConfigError> {
+    if json.iter().all(u8::is_ascii_whitespace) {
+        return Err(ConfigError::new(
+            "$",
+            "the configuration is empty; graysplit needs at least {\"stable\": \"<version>\"}",
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let Obj(raw): Obj<RawConfig> =
+        serde_path_to_error::deserialize(&mut de).map_err(ConfigError::from_serde)?;
+    // Only whitespace may follow the document.
+    de.end().map_err(|e| ConfigError::new("$", e.to_string()))?;
+    compile::compile(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, clippy::type_complexity)]
+    use super::*;
+
+    fn err(json: &str) -> String {
+        match parse(json.as_bytes()) {
+            Ok(_) => panic!("accepted but should be rejected: {json}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const ID: &str = r#""identity": {"from": [{"header": "x-user-id"}]}"#;
+
+    #[test]
+    fn design_example_compiles() {
+        let json = r#"{
+          "route_header": "x-graysplit-version",
+          "stable": "v2.0",
+          "identity": {
+            "from": [{"header": "x-user-id"}, {"cookie": "uid"}, {"query": "uid"}],
+            "sticky_cookie": {"name": "graysplit_uid", "max_age_s": 2592000}
+          },
+          "override": {"header": "x-gray-release", "trusted_cidrs": ["10.0.0.0/8", "127.0.0.1/32"]},
+          "response_header": "x-graysplit-version",
+          "rules": [
+            {"name": "vip-stay-stable", "when": {"users": ["ceo@example.com"]}, "version": "v2.0"},
+            {"name": "legal-pilot", "when": {"headers": [{"name": "x-department", "exact": "legal"}]},
+             "version": "v2.1"},
+            {"name": "office", "when": {"source_cidrs": ["192.168.0.0/16"], "path_prefix": "/api/"},
+             "version": "v2.1"},
+            {"name": "ramp", "split": [{"version": "v2.1", "percent": 10}], "salt": "release-2.1",
+             "expires_at": "2026-12-01T00:00:00Z"}
+          ]
+        }"#;
+        let plan = parse(json.as_bytes()).unwrap();
+        assert_eq!(plan.versions, ["v2.0", "v2.1"]);
+        assert_eq!(plan.rule_count(), 4);
+        for m in [
+            "graysplit_override_total.result.accepted",
+            "graysplit_override_total.result.rejected",
+            "graysplit_decisions_total.rule.vip-stay-stable.version.v2.0",
+            "graysplit_decisions_total.rule.legal-pilot.version.v2.1",
+            "graysplit_decisions_total.rule.ramp.version.v2.1",
+            "graysplit_decisions_total.rule.ramp.version.v2.0",
+            "graysplit_decisions_total.rule.default.version.v2.0",
+            "graysplit_decisions_total.rule.override.version.v2.1",
+        ] {
+            assert!(plan.metrics.iter().any(|x| x == m), "missing metric {m}");
+        }
+        assert_eq!(plan.metrics[METRIC_OVERRIDE_ACCEPTED], "graysplit_override_total.result.accepted");
+        assert_eq!(plan.metrics[METRIC_OVERRIDE_REJECTED], "graysplit_override_total.result.rejected");
+    }
+
+    #[test]
+    fn minimal_config_defaults() {
+        let plan = parse(br#"{"stable": "v1"}"#).unwrap();
+        assert_eq!(plan.route_header, DEFAULT_ROUTE_HEADER);
+        assert_eq!(plan.response_header, None);
+        assert!(!plan.has_identity());
+    }
+
+    #[test]
+    fn errors_name_the_json_path_and_the_problem() {
+        let cases: &[(&str, &str)] = &[
+            ("", "$: the configuration is empty"),
+            ("[]", "$: invalid type: sequence, expected an object at line 1 column 0"),
+            (
+                r#"{"stable": "v1", "rules": [["a", null, "v2"]]}"#,
+                "rules[0]: invalid type: sequence, expected an object",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"headers": [["x"]]}}]}"#,
+                "rules[0].when.headers[0]: invalid type: sequence, expected an object",
+            ),
+            (
+                r#"{"stable": "v1", "identity": {"sticky_cookie": ["g", 600]}}"#,
+                "identity.sticky_cookie: invalid type: sequence, expected an object",
+            ),
+            ("{\"stable\": \"v1\"} x", "$: trailing characters at line 1 column 18"),
+            ("{\"stable\": ", "stable: EOF while parsing a value at line 1 column 11"),
+            ("{}", "stable: is required"),
+            (r#"{"stable": "v1", "colour": 1}"#, "colour: unknown field `colour`"),
+            (r#"{"stable": "v1", "stable": "v2"}"#, "stable: duplicate field `stable` at line 1 column 25"),
+            (r#"{"stable": ""}"#, "stable: must be a version name"),
+            (r#"{"stable": "-v1"}"#, "stable: must be a version name"),
+            (r#"{"stable": "v1/x"}"#, "stable: must be a version name"),
+            (r#"{"stable": 2}"#, "stable: invalid type: integer `2`, expected a string"),
+            (r#"{"stable": "v1", "route_header": "X-Version"}"#, "route_header: must be lower-case"),
+            (
+                r#"{"stable": "v1", "route_header": ":authority"}"#,
+                "route_header: pseudo-headers cannot be used",
+            ),
+            (r#"{"stable": "v1", "route_header": "a b"}"#, "route_header: must be a valid HTTP header name"),
+            (
+                r#"{"stable": "v1", "response_header": ""}"#,
+                "response_header: must be a valid HTTP header name",
+            ),
+            (r#"{"stable": "v1", "identity": {"from": [{}]}}"#, "identity.from[0]: give exactly one of"),
+            (
+                r#"{"stable": "v1", "identity": {"from": [{"header": "a", "cookie": "b"}]}}"#,
+                "identity.from[0]: give exactly one of",
+            ),
+            (
+                r#"{"stable": "v1", "identity": {"from": [{"header": "x", "nope": 1}]}}"#,
+                "identity.from[0].nope: unknown field `nope`",
+            ),
+            (
+                r#"{"stable": "v1", "identity": {"from": [{"cookie": "a;b"}]}}"#,
+                "identity.from[0].cookie: must be a valid cookie name",
+            ),
+            (
+                r#"{"stable": "v1", "identity": {"from": [{"query": ""}]}}"#,
+                "identity.from[0].query: must not be empty",
+            ),
+            (
+                r#"{"stable": "v1", "identity": {"sticky_cookie": {"name": "g"}}}"#,
+                "identity.sticky_cookie.max_age_s: is required",
+            ),
+            (
+                r#"{"stable": "v1", "identity": {"sticky_cookie": {"name": "g", "max_age_s": 59}}}"#,
+                "identity.sticky_cookie.max_age_s: must be between 60 and 63072000 seconds, got 59",
+            ),
+            (
+                r#"{"stable": "v1", "identity": {"sticky_cookie": {"name": "g", "max_age_s": 63072001}}}"#,
+                "identity.sticky_cookie.max_age_s: must be between",
+            ),
+            (
+                r#"{"stable": "v1", "identity": {"sticky_cookie": {"name": "g", "max_age_s": -1}}}"#,
+                "identity.sticky_cookie.max_age_s: invalid value: integer `-1`, expected u64",
+            ),
+            (r#"{"stable": "v1", "override": {"header": "x-o"}}"#, "override.trusted_cidrs: is required"),
+            (
+                r#"{"stable": "v1", "override": {"header": "x-o", "trusted_cidrs": []}}"#,
+                "override.trusted_cidrs: must list at least one range",
+            ),
+            (
+                r#"{"stable": "v1", "override": {"header": "x-o", "trusted_cidrs": ["10.0.0.0/8", "300.1.1.1/8"]}}"#,
+                "override.trusted_cidrs[1]: must be a CIDR",
+            ),
+            (
+                r#"{"stable": "v1", "override": {"header": "x-graysplit-version", "trusted_cidrs": ["::/0"]}}"#,
+                "override.header: must differ from route_header",
+            ),
+            (r#"{"stable": "v1", "rules": {}}"#, "rules: invalid type: map, expected a sequence"),
+            (r#"{"stable": "v1", "rules": [{"version": "v2"}]}"#, "rules[0].name: is required"),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "A", "version": "v2"}]}"#,
+                "rules[0].name: must be a lower-case letter or digit",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "default", "version": "v2"}]}"#,
+                "rules[0].name: \"default\" is reserved",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "override", "version": "v2"}]}"#,
+                "rules[0].name: \"override\" is reserved",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2"}, {"name": "a", "version": "v3"}]}"#,
+                "rules[1].name: duplicate rule name \"a\" (also rules[0])",
+            ),
+            (r#"{"stable": "v1", "rules": [{"name": "a"}]}"#, "rules[0]: needs `version` or `split`"),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "version": "v2", "split": []}]}"#,
+                "rules[0]: has both `version` and `split`",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v 2"}]}"#,
+                "rules[0].version: must be a version name",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "split": [{"version": "v2", "percent": 10}]}]}"#,
+                "rules[0].split: a split needs a user id",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "when": {"users": ["x"]}, "version": "v2"}]}"#,
+                "rules[0].when.users: a users condition needs a user id",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": []}]}"#,
+                "rules[0].split: must list at least one version",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "r", "version": "v2"}, {"name": "a", "split": [{"version": "v2", "percent": 10}, {"version": "v3", "percent": 120}]}]}"#,
+                "rules[1].split[1].percent: must be between 0 and 100, got 120",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": -1}]}]}"#,
+                "rules[0].split[0].percent: must be between 0 and 100, got -1",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 10.555}]}]}"#,
+                "rules[0].split[0].percent: at most two decimals are allowed, got 10.555",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 10.1000000001}]}]}"#,
+                "rules[0].split[0].percent: at most two decimals",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": "10"}]}]}"#,
+                "rules[0].split[0].percent: invalid type: string \"10\", expected f64",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 60}, {"version": "v3", "percent": 40.01}]}]}"#,
+                "rules[0].split[1].percent: the percents of rules[0].split add up to 100.01, more than 100",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 6}, {"version": "v2", "percent": 4}]}]}"#,
+                "rules[0].split[1].version: \"v2\" is listed twice",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2"}]}]}"#,
+                "rules[0].split[0].percent: is required",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "salt": "", "split": [{"version": "v2", "percent": 1}]}]}"#,
+                "rules[0].salt: must not be empty",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "expires_at": "2026-12-01"}]}"#,
+                "rules[0].expires_at: must be an RFC 3339 time",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "starts_at": "soon"}]}"#,
+                "rules[0].starts_at: must be an RFC 3339 time",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "starts_at": "2026-12-01T00:00:00Z", "expires_at": "2026-12-01T00:00:00Z"}]}"#,
+                "rules[0].expires_at: must be later than starts_at",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "enabled": "no"}]}"#,
+                "rules[0].enabled: invalid type: string \"no\", expected a boolean",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"hdrs": []}}]}"#,
+                "rules[0].when.hdrs: unknown field `hdrs`",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"headers": [{"name": "x"}]}}]}"#,
+                "rules[0].when.headers[0]: \"x\": give exactly one of",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"headers": [{"name": "x", "exact": "1", "prefix": "2"}]}}]}"#,
+                "rules[0].when.headers[0]: \"x\": give exactly one of",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"headers": [{"name": "X-Dept", "exact": "1"}]}}]}"#,
+                "rules[0].when.headers[0].name: must be lower-case",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"headers": [{"name": ":path", "exact": "1"}]}}]}"#,
+                "rules[0].when.headers[0].name: pseudo-headers cannot be used",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"headers": [{"name": "x", "one_of": []}]}}]}"#,
+                "rules[0].when.headers[0].one_of: must not be empty",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"headers": [{"name": "x", "regex": ".*"}]}}]}"#,
+                "rules[0].when.headers[0].regex: unknown field `regex`",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"cookies": [{"name": "a b", "exact": "1"}]}}]}"#,
+                "rules[0].when.cookies[0].name: must be a valid cookie name",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"query": [{"name": "", "exact": "1"}]}}]}"#,
+                "rules[0].when.query[0].name: must not be empty",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"path_prefix": "api"}}]}"#,
+                "rules[0].when.path_prefix: must start with /",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"methods": ["get"]}}]}"#,
+                "rules[0].when.methods[0]: must be an upper-case HTTP method",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"methods": []}}]}"#,
+                "rules[0].when.methods: must not be empty",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"source_cidrs": ["10.0.0.0/8", "fe80::/200"]}}]}"#,
+                "rules[0].when.source_cidrs[1]: prefix length must be 0..=128",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"source_cidrs": []}}]}"#,
+                "rules[0].when.source_cidrs: must not be empty",
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (json, want) in cases {
+            let json = json.replace("ID", ID);
+            let got = err(&json);
+            if !got.starts_with(want) {
+                wrong.push(format!("config {json}\n  want prefix: {want}\n  got:         {got}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn split_bands_are_cumulative_bucket_bounds() {
+        let plan = parse(
+            format!(r#"{{"stable": "v1", {ID}, "rules": [{{"name": "r", "split": [{{"version": "v2", "percent": 10}}, {{"version": "v3", "percent": 5.5}}, {{"version": "v4", "percent": 0}}]}}]}}"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        let Action::Split { bands, salt_colon, .. } = &plan.rules[0].action else { panic!("not a split") };
+        let uppers: Vec<u32> = bands.iter().map(|b| b.upper).collect();
+        assert_eq!(uppers, [1000, 1550, 1550]);
+        assert_eq!(&salt_colon[..], b"r:", "salt defaults to the rule name");
+    }
+
+    #[test]
+    fn known_versions_include_disabled_and_expired_rules() {
+        let plan = parse(
+            br#"{"stable": "v1", "rules": [
+            {"name": "off", "version": "v2", "enabled": false},
+            {"name": "old", "version": "v3", "expires_at": "2000-01-01T00:00:00Z"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(plan.versions, ["v1", "v2", "v3"]);
+        assert_eq!(plan.version_id(b"v3"), Some(2));
+        assert_eq!(plan.version_id(b"v9"), None);
+    }
+
+    #[test]
+    fn only_needed_headers_are_read() {
+        let plan = parse(br#"{"stable": "v1", "rules": [
+            {"name": "a", "version": "v2", "when": {"headers": [{"name": "x-dept", "exact": "legal"}, {"name": "x-dept", "prefix": "l"}]}}]}"#)
+        .unwrap();
+        assert_eq!(plan.headers, [":path", ":method", "x-dept"], "one slot per distinct name");
+    }
+}

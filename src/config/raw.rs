@@ -1,0 +1,119 @@
+//! The configuration as written: serde structs, field for field the schema of DESIGN.md.
+//! `deny_unknown_fields` everywhere, no `flatten` or `untagged` (their errors say nothing);
+//! choices such as "exactly one of `header`, `cookie`, `query`" are plain optional fields that
+//! [`super::compile`] checks, so each error names its field.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+/// A JSON object holding a `T`. serde's derived structs also accept a JSON list of their
+/// fields in order (`["v1", null, ...]`), which nobody means in a config: this takes objects
+/// only, so `"rules": [["a", "v2"]]` is refused as "expected an object".
+#[derive(Debug)]
+pub struct Obj<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct MapOnly<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for MapOnly<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(MapOnly(PhantomData)).map(Obj)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub route_header: Option<String>,
+    pub stable: String,
+    pub identity: Option<Obj<RawIdentity>>,
+    #[serde(rename = "override")]
+    pub override_: Option<Obj<RawOverride>>,
+    pub response_header: Option<String>,
+    pub rules: Option<Vec<Obj<RawRule>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    pub from: Option<Vec<Obj<RawSource>>>,
+    pub sticky_cookie: Option<Obj<RawSticky>>,
+}
+
+/// One of `{"header": NAME}`, `{"cookie": NAME}`, `{"query": NAME}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub header: Option<String>,
+    pub cookie: Option<String>,
+    pub query: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSticky {
+    pub name: String,
+    pub max_age_s: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOverride {
+    pub header: String,
+    pub trusted_cidrs: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: String,
+    pub when: Option<Obj<RawWhen>>,
+    pub version: Option<String>,
+    pub split: Option<Vec<Obj<RawSplit>>>,
+    pub salt: Option<String>,
+    pub starts_at: Option<String>,
+    pub expires_at: Option<String>,
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWhen {
+    pub headers: Option<Vec<Obj<RawMatch>>>,
+    pub cookies: Option<Vec<Obj<RawMatch>>>,
+    pub query: Option<Vec<Obj<RawMatch>>>,
+    pub path_prefix: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub source_cidrs: Option<Vec<String>>,
+    pub users: Option<Vec<String>>,
+}
+
+/// `{"name", one of "exact" / "prefix" / "suffix" / "one_of" / "present"}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub name: String,
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub suffix: Option<String>,
+    pub one_of: Option<Vec<String>>,
+    pub present: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSplit {
+    pub version: String,
+    pub percent: f64,
+}

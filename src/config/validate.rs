@@ -1,0 +1,89 @@
+//! Checks of single names and values: header and cookie names, versions, rule names.
+
+use super::compile::RESERVED_RULE_NAMES;
+use super::error::{quote, ConfigError};
+
+/// RFC 9110 `tchar`: the characters of a token (header names, methods, cookie names).
+pub(super) fn is_tchar(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
+}
+
+pub(super) fn header_name(path: &str, name: String) -> Result<String, ConfigError> {
+    if name.starts_with(':') {
+        return Err(ConfigError::new(path, format!("pseudo-headers cannot be used, got {}", quote(&name))));
+    }
+    if name.is_empty() || !name.bytes().all(is_tchar) {
+        return Err(ConfigError::new(
+            path,
+            format!("must be a valid HTTP header name, got {}", quote(&name)),
+        ));
+    }
+    if name.bytes().any(|c| c.is_ascii_uppercase()) {
+        return Err(ConfigError::new(
+            path,
+            format!(
+                "must be lower-case (header names match case-insensitively), got {}; write {}",
+                quote(&name),
+                quote(&name.to_ascii_lowercase())
+            ),
+        ));
+    }
+    Ok(name)
+}
+
+pub(super) fn cookie_name(path: &str, name: String) -> Result<String, ConfigError> {
+    if name.is_empty() || !name.bytes().all(is_tchar) {
+        return Err(ConfigError::new(
+            path,
+            format!("must be a valid cookie name (an HTTP token), got {}", quote(&name)),
+        ));
+    }
+    Ok(name)
+}
+
+pub(super) fn non_empty(path: &str, s: String) -> Result<String, ConfigError> {
+    if s.is_empty() {
+        return Err(ConfigError::new(path, "must not be empty"));
+    }
+    Ok(s)
+}
+
+/// Versions: `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`.
+pub(super) fn check_version(path: &str, v: &str) -> Result<(), ConfigError> {
+    let b = v.as_bytes();
+    let ok = matches!(b.first(), Some(c) if c.is_ascii_alphanumeric())
+        && b.len() <= 64
+        && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            path,
+            format!(
+                "must be a version name: a letter or digit, then up to 63 of [A-Za-z0-9._-], got {}",
+                quote(v)
+            ),
+        ))
+    }
+}
+
+/// Rule names: `[a-z0-9][a-z0-9_-]{0,63}`, not a reserved metric name.
+pub(super) fn check_rule_name(path: &str, n: &str) -> Result<(), ConfigError> {
+    let b = n.as_bytes();
+    let ok = matches!(b.first(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && b.len() <= 64
+        && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
+    if !ok {
+        return Err(ConfigError::new(
+            path,
+            format!("must be a lower-case letter or digit, then up to 63 of [a-z0-9_-], got {}", quote(n)),
+        ));
+    }
+    if RESERVED_RULE_NAMES.contains(&n) {
+        return Err(ConfigError::new(
+            path,
+            format!("{} is reserved for metrics; pick another name", quote(n)),
+        ));
+    }
+    Ok(())
+}

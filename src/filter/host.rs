@@ -1,0 +1,62 @@
+//! The request as the proxy-wasm host shows it, for the decision ([`crate::request::Host`]).
+//! Values are read with the SDK's `_bytes` calls: its `String` getters unwrap `from_utf8` and
+//! would panic on a non-UTF-8 header value (DESIGN.md "Real components").
+
+use std::cell::Cell;
+use std::hash::Hasher;
+use std::time::UNIX_EPOCH;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MapType;
+
+use crate::request::Host;
+
+pub(super) struct WasmHost;
+
+thread_local! {
+    /// Ids minted without a random source, for `fill_random`'s fallback.
+    static MINTED: Cell<u64> = const { Cell::new(0) };
+}
+
+impl Host for WasmHost {
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
+    }
+
+    fn header_map(&self) -> Vec<(String, Vec<u8>)> {
+        // Header names are never non-UTF-8 here: Envoy's codecs refuse such requests before
+        // any filter runs (tests/it_header_reads.py), so the SDK's decoding of names holds.
+        hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+    }
+
+    fn source_address(&self) -> Option<Vec<u8>> {
+        hostcalls::get_property(vec!["source", "address"]).ok().flatten()
+    }
+
+    fn now_unix_nanos(&self) -> i64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_nanos()).ok())
+            .unwrap_or(0)
+    }
+
+    fn fill_random(&self, buf: &mut [u8]) {
+        if getrandom::fill(buf).is_ok() {
+            return;
+        }
+        // No random source (a host that refuses WASI random_get): distinct ids from a hash of
+        // a per-VM counter and the clock. Not std's RandomState, whose keys come from the same
+        // random_get and which panics without it.
+        let n = MINTED.get().wrapping_add(1);
+        MINTED.set(n);
+        for (i, chunk) in buf.chunks_mut(8).enumerate() {
+            let mut h = std::hash::DefaultHasher::new();
+            h.write_u64(n);
+            h.write_usize(i);
+            h.write_i64(self.now_unix_nanos());
+            let bytes = h.finish().to_le_bytes();
+            chunk.copy_from_slice(bytes.get(..chunk.len()).unwrap_or_default());
+        }
+    }
+}
