@@ -1,6 +1,7 @@
-//! graysplit's exports (proxy-wasm ABI 0.2.1), and in `proxy_on_request_headers` the host calls
-//! the cargo features select. Without features it does nothing: `make bench` scenario (f), what
-//! the Wasm layer itself costs. `make bench-probe` builds it once per feature: each probe minus
+//! The six exports a filter like graysplit needs (proxy-wasm ABI 0.2.1, bound by hand: a
+//! measuring instrument, not graysplit, which is on the SDK), and in `proxy_on_request_headers`
+//! the host calls the cargo features select. Without features it does nothing: `make bench`
+//! scenario (f), the least the Wasm layer costs. `make bench-probe` builds it once per feature: each probe minus
 //! the no-op is what that call costs Envoy per request.
 #![allow(clippy::missing_safety_doc)]
 
