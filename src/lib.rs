@@ -11,11 +11,14 @@
 //!   bucketing contract.
 //! - [`request`]: how a request is read: the [`request::Host`] trait the glue implements (and a
 //!   map-backed fake for tests and the CLI), cookies, query strings, CIDRs.
+//! - [`guard`]: what a rule's guard knows (a sliding window of each version's responses, its
+//!   trips), shared by the worker VMs through the proxy's shared data, and the trip condition.
 //!
 //! Everything but [`filter`] is pure: it never calls the host and is unit-tested on the host.
 
 pub mod config;
 pub mod decide;
+pub mod guard;
 pub mod request;
 
 #[cfg(target_arch = "wasm32")]

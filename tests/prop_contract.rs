@@ -235,7 +235,7 @@ proptest! {
             })
             .collect();
         want_bands.push((STABLE, lo, BUCKETS));
-        prop_assert_eq!(plan.split_bands(0).unwrap(), want_bands);
+        prop_assert_eq!(plan.split_bands(0, 0).unwrap(), want_bands);
     }
 
     /// `bucket` is the contract's formula for any salt and user bytes.
@@ -360,7 +360,7 @@ fn every_two_decimal_percent_compiles_to_its_buckets() {
     for bp in 0..=BUCKETS {
         for short in [false, true] {
             match parse(split_config("s", &[bp], short).as_bytes()) {
-                Ok(plan) => assert_eq!(plan.split_bands(0).unwrap()[0].2, bp, "{}", pct(bp, short)),
+                Ok(plan) => assert_eq!(plan.split_bands(0, 0).unwrap()[0].2, bp, "{}", pct(bp, short)),
                 Err(e) => refused.push(format!("{}: {e}", pct(bp, short))),
             }
         }

@@ -142,7 +142,7 @@ fuzz_target!(|data: &[u8]| {
             other => panic!("rule {other} has no split but gave bucket {b}"),
         };
         assert_eq!(b, bucket(salt, &user), "bucket of {user:?}");
-        let bands = plan.split_bands(i).unwrap_or_default();
+        let bands = plan.split_bands(i, req.now).unwrap_or_default();
         let owner = bands.iter().find(|(_, lo, hi)| (*lo..*hi).contains(&b));
         assert_eq!(owner.map(|o| o.0), Some(d.version_name(plan)), "band of bucket {b}: {bands:?}");
     }

@@ -330,7 +330,7 @@ fn explain(args: &[String]) -> Result<ExitCode, String> {
             RuleVerdict::ConditionFailed(c) => {
                 format!("skipped: not true that {}", plan.describe_condition(*i, *c))
             }
-            RuleVerdict::Decided => match plan.split_bands(*i) {
+            RuleVerdict::Decided => match plan.split_bands(*i, o.request.now) {
                 None => "matched: decides".to_string(),
                 Some(bands) => match d.bucket {
                     None => "matched: split, but no user id, so stable".to_string(),

@@ -4,7 +4,7 @@
 use super::error::{fmt_num, quote, ConfigError};
 use super::plan::*;
 use super::raw::*;
-use super::time::parse_rfc3339;
+use super::time::{format_rfc3339, parse_rfc3339};
 use super::validate::*;
 use super::DEFAULT_ROUTE_HEADER;
 use crate::decide::bucket::BUCKETS;
@@ -18,6 +18,7 @@ const MAX_AGE_RANGE: std::ops::RangeInclusive<u64> = 60..=63_072_000;
 struct Builder {
     versions: Vec<String>,
     metrics: Vec<String>,
+    gauges: Vec<String>,
     headers: Vec<String>,
 }
 
@@ -38,9 +39,37 @@ impl Builder {
         intern(&mut self.versions, name)
     }
 
-    fn metric(&mut self, rule: &str, version: VersionId) -> MetricId {
+    /// `<family>.rule.<rule>.version.<version>`.
+    fn named(&self, family: &str, rule: &str, version: VersionId) -> String {
         let v = self.versions.get(version).map_or("", String::as_str);
-        intern(&mut self.metrics, &format!("graysplit_decisions_total.rule.{rule}.version.{v}"))
+        format!("{family}.rule.{rule}.version.{v}")
+    }
+
+    fn metric(&mut self, rule: &str, version: VersionId) -> MetricId {
+        let name = self.named("graysplit_decisions_total", rule, version);
+        intern(&mut self.metrics, &name)
+    }
+
+    /// What guard `guard` of rule `rule` counts for `version`, and its metrics.
+    fn watch(
+        &mut self,
+        guard: GuardId,
+        rule: usize,
+        rule_name: &str,
+        version: VersionId,
+        stable: bool,
+    ) -> Watch {
+        let responses = self.named("graysplit_guard_responses_total", rule_name, version);
+        let ok_metric = intern(&mut self.metrics, &format!("{responses}.result.ok"));
+        let error_metric = intern(&mut self.metrics, &format!("{responses}.result.error"));
+        let (trips_metric, tripped_gauge) = if stable {
+            (None, None)
+        } else {
+            let trips = self.named("graysplit_guard_trips_total", rule_name, version);
+            let tripped = self.named("graysplit_guard_tripped", rule_name, version);
+            (Some(intern(&mut self.metrics, &trips)), Some(intern(&mut self.gauges, &tripped)))
+        };
+        Watch { guard, rule, version, stable, ok_metric, error_metric, trips_metric, tripped_gauge }
     }
 }
 
@@ -51,6 +80,7 @@ pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
             "graysplit_override_total.result.accepted".to_string(),
             "graysplit_override_total.result.rejected".to_string(),
         ],
+        gauges: Vec::new(),
         headers: Vec::new(),
     };
     let path_slot = b.slot(":path");
@@ -103,34 +133,42 @@ pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
     // override's metrics are named.
     let raw_rules = raw.rules.unwrap_or_default();
     let mut rules = Vec::with_capacity(raw_rules.len());
+    let mut guards: Vec<Guard> = Vec::new();
     for (i, Obj(r)) in raw_rules.into_iter().enumerate() {
+        let RawRule { name, when, version, split, salt, starts_at, expires_at, enabled, guard } = r;
         let at = |field: &str| format!("rules[{i}].{field}");
-        check_rule_name(&at("name"), &r.name)?;
-        if let Some(j) = rules.iter().position(|x: &Rule| x.name == r.name) {
+        check_rule_name(&at("name"), &name)?;
+        if let Some(j) = rules.iter().position(|x: &Rule| x.name == name) {
             return Err(ConfigError::new(
                 at("name"),
-                format!("duplicate rule name {} (also rules[{j}])", quote(&r.name)),
+                format!("duplicate rule name {} (also rules[{j}])", quote(&name)),
             ));
         }
         let time = |field: &str, t: Option<&str>| {
             t.map(|t| parse_rfc3339(t).map_err(|e| ConfigError::new(at(field), e))).transpose()
         };
-        let starts_at = time("starts_at", r.starts_at.as_deref())?;
-        let expires_at = time("expires_at", r.expires_at.as_deref())?;
+        let starts_at = time("starts_at", starts_at.as_deref())?;
+        let expires_at = time("expires_at", expires_at.as_deref())?;
         if let (Some(s), Some(e)) = (starts_at, expires_at) {
             if e <= s {
                 return Err(ConfigError::new(at("expires_at"), "must be later than starts_at"));
             }
         }
-        let when = match r.when {
+        let when = match when {
             Some(Obj(w)) => compile_when(&mut b, i, w, has_identity)?,
             None => Vec::new(),
         };
-        let salt = match r.salt {
+        let salt = match salt {
             Some(s) => non_empty(&at("salt"), s)?,
-            None => r.name.clone(),
+            None => name.clone(),
         };
-        let action = match (r.version, r.split) {
+        if guard.is_some() && split.is_none() {
+            return Err(ConfigError::new(
+                at("guard"),
+                "only a `split` rule can have a guard (it watches the versions the split gives)",
+            ));
+        }
+        let action = match (version, split) {
             (Some(v), None) => {
                 check_version(&at("version"), &v)?;
                 Action::Fixed { version: b.version(&v), metric: 0 }
@@ -142,7 +180,12 @@ pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
                         "a split needs a user id: set identity.from or identity.sticky_cookie",
                     ));
                 }
-                compile_split(&mut b, i, split, salt)?
+                let mut split = compile_split(&mut b, i, split, salt)?;
+                if let Some(Obj(g)) = guard {
+                    split.guard = Some(guards.len());
+                    guards.push(compile_guard(i, rules.len(), g)?);
+                }
+                Action::Split(split)
             }
             (Some(_), Some(_)) => {
                 return Err(ConfigError::new(
@@ -154,25 +197,41 @@ pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
                 return Err(ConfigError::new(format!("rules[{i}]"), "needs `version` or `split`"))
             }
         };
-        rules.push(Rule {
-            name: r.name,
-            enabled: r.enabled.unwrap_or(true),
-            starts_at,
-            expires_at,
-            when,
-            action,
-        });
+        rules.push(Rule { name, enabled: enabled.unwrap_or(true), starts_at, expires_at, when, action });
     }
 
-    // Metrics: every (rule, version) a decision can produce, named once, up front.
-    for rule in &mut rules {
+    // Metrics: every (rule, version) a decision can produce, named once, up front; then what
+    // the guards count and the live percents of scheduled and guarded splits.
+    let mut watches: Vec<Watch> = Vec::new();
+    let mut split_gauges: Vec<SplitGauge> = Vec::new();
+    for (ri, rule) in rules.iter_mut().enumerate() {
         match &mut rule.action {
             Action::Fixed { version, metric } => *metric = b.metric(&rule.name, *version),
-            Action::Split { bands, stable_metric, .. } => {
-                for band in bands.iter_mut() {
-                    band.metric = b.metric(&rule.name, band.version);
+            Action::Split(split) => {
+                for e in split.entries.iter_mut() {
+                    e.metric = b.metric(&rule.name, e.version);
                 }
-                *stable_metric = b.metric(&rule.name, 0);
+                split.stable_metric = b.metric(&rule.name, 0);
+                if let Some(g) = split.guard {
+                    let stable = b.watch(g, ri, &rule.name, 0, true);
+                    split.stable_watch = Some(watches.len());
+                    watches.push(stable);
+                    for e in split.entries.iter_mut() {
+                        e.watch = if e.version == 0 {
+                            split.stable_watch
+                        } else {
+                            watches.push(b.watch(g, ri, &rule.name, e.version, false));
+                            Some(watches.len() - 1)
+                        };
+                    }
+                }
+                if split.scheduled || split.guard.is_some() {
+                    for (ei, e) in split.entries.iter().enumerate() {
+                        let name = b.named("graysplit_split_basis_points", &rule.name, e.version);
+                        let gauge = intern(&mut b.gauges, &name);
+                        split_gauges.push(SplitGauge { rule: ri, entry: ei, gauge, watch: e.watch });
+                    }
+                }
             }
         }
     }
@@ -213,6 +272,10 @@ pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
         response_header,
         versions: b.versions,
         metrics: b.metrics,
+        gauges: b.gauges,
+        guards,
+        watches,
+        split_gauges,
         headers: b.headers,
         identity,
         sticky,
@@ -339,36 +402,215 @@ fn compile_split(
     i: usize,
     split: Vec<Obj<RawSplit>>,
     salt: String,
-) -> Result<Action, ConfigError> {
+) -> Result<Split, ConfigError> {
     if split.is_empty() {
         return Err(ConfigError::new(format!("rules[{i}].split"), "must list at least one version"));
     }
-    let mut bands = Vec::with_capacity(split.len());
-    let mut upper: u32 = 0;
+    let mut entries: Vec<Entry> = Vec::with_capacity(split.len());
     for (j, Obj(s)) in split.into_iter().enumerate() {
         let at = |field: &str| format!("rules[{i}].split[{j}].{field}");
         check_version(&at("version"), &s.version)?;
         let version = b.version(&s.version);
-        if bands.iter().any(|x: &Band| x.version == version) {
+        if entries.iter().any(|x| x.version == version) {
             return Err(ConfigError::new(
                 at("version"),
                 format!("{} is listed twice in this split", quote(&s.version)),
             ));
         }
-        let basis_points =
-            percent_to_basis_points(s.percent).map_err(|e| ConfigError::new(at("percent"), e))?;
-        upper += basis_points;
-        if upper > BUCKETS {
-            return Err(ConfigError::new(
-                at("percent"),
-                format!("the percents of rules[{i}].split add up to {}, more than 100", fmt_bp(upper)),
-            ));
-        }
-        bands.push(Band { upper, version, metric: 0 });
+        let share = match (s.percent, s.schedule) {
+            (Some(p), None) => {
+                Share::Fixed(percent_to_basis_points(p).map_err(|e| ConfigError::new(at("percent"), e))?)
+            }
+            (None, Some(steps)) => compile_schedule(&at("schedule"), steps)?,
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    format!("rules[{i}].split[{j}]"),
+                    "has both `percent` and `schedule`; give exactly one",
+                ))
+            }
+            (None, None) => {
+                return Err(ConfigError::new(at("percent"), "is required (or give a `schedule`)"))
+            }
+        };
+        entries.push(Entry { version, metric: 0, share, watch: None });
     }
+    check_split_sum(i, &entries)?;
+    let scheduled = entries.iter().any(|e| matches!(e.share, Share::Schedule(_)));
     let mut salt_colon = salt.into_bytes();
     salt_colon.push(b':');
-    Ok(Action::Split { salt_colon: salt_colon.into(), bands, stable_metric: 0 })
+    Ok(Split {
+        salt_colon: salt_colon.into(),
+        entries,
+        stable_metric: 0,
+        scheduled,
+        guard: None,
+        stable_watch: None,
+    })
+}
+
+/// `split[].schedule`: a non-empty list of `{"at", "percent"}`, `at` strictly increasing,
+/// `percent` non-decreasing (a schedule only widens: a rollback is a config change, or a guard).
+fn compile_schedule(path: &str, steps: Vec<Obj<RawStep>>) -> Result<Share, ConfigError> {
+    if steps.is_empty() {
+        return Err(ConfigError::new(path, "must list at least one step"));
+    }
+    let mut out: Vec<Step> = Vec::with_capacity(steps.len());
+    for (k, Obj(step)) in steps.into_iter().enumerate() {
+        let at = |field: &str| format!("{path}[{k}].{field}");
+        let t = parse_rfc3339(&step.at).map_err(|e| ConfigError::new(at("at"), e))?;
+        let bp = percent_to_basis_points(step.percent).map_err(|e| ConfigError::new(at("percent"), e))?;
+        if let Some(prev) = out.last() {
+            if t <= prev.at {
+                return Err(ConfigError::new(
+                    at("at"),
+                    format!(
+                        "must be later than the step before it ({}), got {}",
+                        format_rfc3339(prev.at),
+                        quote(&step.at)
+                    ),
+                ));
+            }
+            if bp < prev.bp {
+                return Err(ConfigError::new(
+                    at("percent"),
+                    format!(
+                        "must not be below the step before it ({}), got {}: a schedule only widens (roll back with a config change or a guard)",
+                        fmt_bp(prev.bp),
+                        fmt_bp(bp)
+                    ),
+                ));
+            }
+        }
+        out.push(Step { at: t, bp });
+    }
+    Ok(Share::Schedule(out))
+}
+
+/// The split's percents may not add up to more than 100 at any time: checked at every step of
+/// every schedule (and for fixed percents alone), reported at the entry where the sum first
+/// goes over, at the first time it does.
+fn check_split_sum(i: usize, entries: &[Entry]) -> Result<(), ConfigError> {
+    // Every step time, in order, once (a sorted insert: a split has few steps).
+    let mut times: Vec<i64> = vec![i64::MIN];
+    for e in entries {
+        if let Share::Schedule(steps) = &e.share {
+            for s in steps {
+                if let Err(pos) = times.binary_search(&s.at) {
+                    times.insert(pos, s.at);
+                }
+            }
+        }
+    }
+    for t in times {
+        let mut sum = 0;
+        for (j, e) in entries.iter().enumerate() {
+            sum += e.share.at(t);
+            if sum > BUCKETS {
+                let (path, when) = match (&e.share, e.share.live_step(t)) {
+                    (Share::Schedule(_), Some(k)) => (
+                        format!("rules[{i}].split[{j}].schedule[{k}].percent"),
+                        format!(" from {}", format_rfc3339(t)),
+                    ),
+                    _ => (format!("rules[{i}].split[{j}].percent"), String::new()),
+                };
+                return Err(ConfigError::new(
+                    path,
+                    format!(
+                        "the percents of rules[{i}].split add up to {}{when}, more than 100",
+                        fmt_bp(sum)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+const MIN_REQUESTS: std::ops::RangeInclusive<u64> = 1..=1_000_000;
+const WINDOW_S: std::ops::RangeInclusive<u64> = 5..=3600;
+const SLOW_MS: std::ops::RangeInclusive<u64> = 1..=600_000;
+
+/// `rules[].guard` (DESIGN.md "Guards").
+fn compile_guard(i: usize, rule: usize, g: RawGuard) -> Result<Guard, ConfigError> {
+    let at = |field: &str| format!("rules[{i}].guard.{field}");
+    let max_error_bp = percent_to_basis_points(g.max_error_percent)
+        .map_err(|e| ConfigError::new(at("max_error_percent"), e))?;
+    if max_error_bp == 0 {
+        return Err(ConfigError::new(
+            at("max_error_percent"),
+            "must be above 0 (a guard that trips on the first error: write 0.01)",
+        ));
+    }
+    let in_range = |field: &str, v: Option<u64>, default: u64, range: std::ops::RangeInclusive<u64>| {
+        let v = v.unwrap_or(default);
+        if range.contains(&v) {
+            Ok(v)
+        } else {
+            Err(ConfigError::new(
+                at(field),
+                format!("must be between {} and {}, got {v}", range.start(), range.end()),
+            ))
+        }
+    };
+    let min_requests = in_range("min_requests", g.min_requests, 20, MIN_REQUESTS)?;
+    let window_s = in_range("window_s", g.window_s, 60, WINDOW_S)?;
+    let slow_ms = match g.slow_ms {
+        Some(ms) => Some(in_range("slow_ms", Some(ms), 0, SLOW_MS)?),
+        None => None,
+    };
+    let attempt = match g.attempt {
+        Some(0) => return Err(ConfigError::new(at("attempt"), "must be a positive integer, got 0")),
+        Some(a) => a,
+        None => 1,
+    };
+    let mut statuses = Statuses::default();
+    match g.statuses {
+        None => statuses.any_5xx = true,
+        Some(list) if list.is_empty() => {
+            return Err(ConfigError::new(
+                at("statuses"),
+                "must not be empty (no response would count as an error)",
+            ))
+        }
+        Some(list) => {
+            for (k, item) in list.into_iter().enumerate() {
+                match item {
+                    RawStatus::Class(c) if c == "5xx" => statuses.any_5xx = true,
+                    RawStatus::Class(c) if c == "4xx" => statuses.any_4xx = true,
+                    RawStatus::Code(code @ 100..=599) => {
+                        let code = code as u16;
+                        if let Err(pos) = statuses.codes.binary_search(&code) {
+                            statuses.codes.insert(pos, code);
+                        }
+                    }
+                    other => {
+                        return Err(ConfigError::new(
+                            format!("rules[{i}].guard.statuses[{k}]"),
+                            format!("must be \"5xx\", \"4xx\" or a status code 100..599, got {other}"),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+    let codes: Vec<String> = statuses.codes.iter().map(u16::to_string).collect();
+    let fingerprint = format!(
+        "max_error_bp={max_error_bp} min_requests={min_requests} window_s={window_s} statuses={}{}{} slow_ms={} attempt={attempt}",
+        if statuses.any_5xx { "5xx," } else { "" },
+        if statuses.any_4xx { "4xx," } else { "" },
+        codes.join(","),
+        slow_ms.map_or("-".to_string(), |m| m.to_string()),
+    );
+    Ok(Guard {
+        rule,
+        max_error_bp,
+        min_requests: min_requests as u32,
+        window_s: window_s as u32,
+        statuses,
+        slow_ms: slow_ms.map(|m| m as u32),
+        attempt,
+        fingerprint,
+    })
 }
 
 /// `percent` as hundredths of a percent. At most two decimals means `percent * 100` is an

@@ -324,6 +324,90 @@ mod tests {
                 r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"source_cidrs": []}}]}"#,
                 "rules[0].when.source_cidrs: must not be empty",
             ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 1, "schedule": []}]}]}"#,
+                "rules[0].split[0]: has both `percent` and `schedule`",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "schedule": []}]}]}"#,
+                "rules[0].split[0].schedule: must list at least one step",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "schedule": [{"at": "2026-12-02T09:00:00Z", "percent": 1}, {"at": "2026-12-02T09:00:00Z", "percent": 2}]}]}]}"#,
+                "rules[0].split[0].schedule[1].at: must be later than the step before it (2026-12-02T09:00:00Z)",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "schedule": [{"at": "2026-12-02T09:00:00Z", "percent": 10}, {"at": "2026-12-02T10:00:00Z", "percent": 5}]}]}]}"#,
+                "rules[0].split[0].schedule[1].percent: must not be below the step before it (10), got 5",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "schedule": [{"at": "2026-12-02T09:00:00Z", "percent": 10.001}]}]}]}"#,
+                "rules[0].split[0].schedule[0].percent: at most two decimals",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "schedule": [{"at": "soon", "percent": 1}]}]}]}"#,
+                "rules[0].split[0].schedule[0].at: must be an RFC 3339 time",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "schedule": [{"at": "2026-12-02T09:00:00Z", "percent": 1}, {"at": "2026-12-04T09:00:00Z", "percent": 60}]}, {"version": "v3", "schedule": [{"at": "2026-12-03T09:00:00Z", "percent": 50}]}]}]}"#,
+                "rules[0].split[1].schedule[0].percent: the percents of rules[0].split add up to 110 from 2026-12-04T09:00:00Z, more than 100",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 60}, {"version": "v3", "schedule": [{"at": "2026-12-03T09:00:00Z", "percent": 50}]}]}]}"#,
+                "rules[0].split[1].schedule[0].percent: the percents of rules[0].split add up to 110 from 2026-12-03T09:00:00Z",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "schedule": [{"at": "2026-12-02T09:00:00Z"}]}]}]}"#,
+                "rules[0].split[0].schedule[0].percent: is required",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "guard": {"max_error_percent": 5}}]}"#,
+                "rules[0].guard: only a `split` rule can have a guard",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 5}], "guard": {}}]}"#,
+                "rules[0].guard.max_error_percent: is required",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 5}], "guard": {"max_error_percent": 0}}]}"#,
+                "rules[0].guard.max_error_percent: must be above 0",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 5}], "guard": {"max_error_percent": 101}}]}"#,
+                "rules[0].guard.max_error_percent: must be between 0 and 100, got 101",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 5}], "guard": {"max_error_percent": 5, "min_requests": 0}}]}"#,
+                "rules[0].guard.min_requests: must be between 1 and 1000000, got 0",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 5}], "guard": {"max_error_percent": 5, "window_s": 4}}]}"#,
+                "rules[0].guard.window_s: must be between 5 and 3600, got 4",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 5}], "guard": {"max_error_percent": 5, "slow_ms": 600001}}]}"#,
+                "rules[0].guard.slow_ms: must be between 1 and 600000, got 600001",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 5}], "guard": {"max_error_percent": 5, "attempt": 0}}]}"#,
+                "rules[0].guard.attempt: must be a positive integer, got 0",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 5}], "guard": {"max_error_percent": 5, "statuses": ["5xx", "3xx"]}}]}"#,
+                "rules[0].guard.statuses[1]: must be \"5xx\", \"4xx\" or a status code 100..599, got \"3xx\"",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 5}], "guard": {"max_error_percent": 5, "statuses": [600]}}]}"#,
+                "rules[0].guard.statuses[0]: must be",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 5}], "guard": {"max_error_percent": 5, "statuses": []}}]}"#,
+                "rules[0].guard.statuses: must not be empty",
+            ),
+            (
+                r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 5}], "guard": {"max_error_percent": 5, "window": 60}}]}"#,
+                "rules[0].guard.window: unknown field `window`",
+            ),
         ];
         let mut wrong = Vec::new();
         for (json, want) in cases {
@@ -343,10 +427,12 @@ mod tests {
                 .as_bytes(),
         )
         .unwrap();
-        let Action::Split { bands, salt_colon, .. } = &plan.rules[0].action else { panic!("not a split") };
-        let uppers: Vec<u32> = bands.iter().map(|b| b.upper).collect();
-        assert_eq!(uppers, [1000, 1550, 1550]);
-        assert_eq!(&salt_colon[..], b"r:", "salt defaults to the rule name");
+        let bands = plan.split_bands(0, 0).unwrap();
+        assert_eq!(bands, [("v2", 0, 1000), ("v3", 1000, 1550), ("v4", 1550, 1550), ("v1", 1550, 10000)]);
+        let Action::Split(split) = &plan.rules[0].action else { panic!("not a split") };
+        assert_eq!(&split.salt_colon[..], b"r:", "salt defaults to the rule name");
+        assert!(!split.scheduled && split.guard.is_none());
+        assert!(plan.gauges.is_empty() && plan.watches.is_empty(), "no v2 metrics for a v1 split");
     }
 
     #[test]
@@ -368,5 +454,54 @@ mod tests {
             {"name": "a", "version": "v2", "when": {"headers": [{"name": "x-dept", "exact": "legal"}, {"name": "x-dept", "prefix": "l"}]}}]}"#)
         .unwrap();
         assert_eq!(plan.headers, [":path", ":method", "x-dept"], "one slot per distinct name");
+    }
+
+    #[test]
+    fn design_v2_example_compiles_with_its_metrics() {
+        let plan = parse(
+            br#"{
+          "stable": "v2.0",
+          "identity": {"from": [{"header": "x-user-id"}]},
+          "rules": [
+            {"name": "ramp", "salt": "release-2.1",
+             "split": [{"version": "v2.1", "schedule": [
+               {"at": "2026-12-02T09:00:00Z", "percent": 1}, {"at": "2026-12-02T10:00:00Z", "percent": 10},
+               {"at": "2026-12-03T09:00:00Z", "percent": 50}, {"at": "2026-12-04T09:00:00Z", "percent": 100}]}],
+             "guard": {"max_error_percent": 5, "min_requests": 50, "window_s": 60},
+             "expires_at": "2026-12-11T09:00:00Z"}
+          ]
+        }"#,
+        )
+        .unwrap();
+        let t = |s: &str| time::parse_rfc3339(s).unwrap();
+        let at = |s: &str| plan.split_bands(0, t(s)).unwrap()[0].2;
+        assert_eq!(at("2026-12-02T08:59:59Z"), 0, "0 before the first step");
+        assert_eq!(at("2026-12-02T09:00:00Z"), 100, "a step is live from its `at`");
+        assert_eq!(at("2026-12-02T09:59:59.999Z"), 100);
+        assert_eq!(at("2026-12-02T10:00:00Z"), 1000);
+        assert_eq!(at("2026-12-04T09:00:00Z"), 10000);
+        let g = plan.rule_guard(0).unwrap();
+        assert_eq!((g.max_error_bp, g.min_requests, g.window_s, g.attempt), (500, 50, 60, 1));
+        assert!(g.statuses.is_error(503) && !g.statuses.is_error(404) && g.slow_ms.is_none());
+        for m in [
+            "graysplit_guard_responses_total.rule.ramp.version.v2.1.result.ok",
+            "graysplit_guard_responses_total.rule.ramp.version.v2.1.result.error",
+            "graysplit_guard_responses_total.rule.ramp.version.v2.0.result.ok",
+            "graysplit_guard_trips_total.rule.ramp.version.v2.1",
+        ] {
+            assert!(plan.metrics.iter().any(|x| x == m), "missing counter {m}");
+        }
+        assert!(
+            !plan.metrics.iter().any(|x| x == "graysplit_guard_trips_total.rule.ramp.version.v2.0"),
+            "stable never trips"
+        );
+        assert_eq!(
+            plan.gauges,
+            [
+                "graysplit_guard_tripped.rule.ramp.version.v2.1",
+                "graysplit_split_basis_points.rule.ramp.version.v2.1"
+            ]
+        );
+        assert_eq!(plan.watches.len(), 2, "stable and v2.1");
     }
 }

@@ -13,6 +13,12 @@ pub type VersionId = usize;
 pub type MetricId = usize;
 /// Index into [`Plan::headers`]: a request header the plan reads, fetched at most once.
 pub type HeaderSlot = usize;
+/// Index into [`Plan::gauges`].
+pub type GaugeId = usize;
+/// Index into [`Plan::guards`].
+pub type GuardId = usize;
+/// Index into [`Plan::watches`]: one version of a guarded rule, whose responses its guard counts.
+pub type WatchId = usize;
 
 /// From this many distinct request headers a plan may read (cookies and pseudo-headers
 /// included), one host call for the whole map is cheaper than one call per header. Measured with
@@ -35,8 +41,17 @@ pub struct Plan {
     pub response_header: Option<String>,
     /// Known versions; `versions[0]` is `stable`.
     pub versions: Vec<String>,
-    /// Raw metric names (DESIGN.md "Observability"), defined by the glue in this order.
+    /// Raw counter names (DESIGN.md "Observability"), defined by the glue in this order.
     pub metrics: Vec<String>,
+    /// Raw gauge names, defined by the glue in this order (only for configs with a schedule or a
+    /// guard: the metrics of a feature exist only in configs that use it).
+    pub gauges: Vec<String>,
+    /// The guards of guarded split rules.
+    pub guards: Vec<Guard>,
+    /// Every version a guarded rule can give, stable included: what its guard counts.
+    pub watches: Vec<Watch>,
+    /// Each entry of a scheduled or guarded split, for its live-percent gauge.
+    pub split_gauges: Vec<SplitGauge>,
     /// Lower-case names of the request headers the plan reads (pseudo-headers included).
     pub headers: Vec<String>,
     pub(crate) identity: Vec<IdSource>,
@@ -100,15 +115,129 @@ pub(crate) enum Cond {
 #[derive(Debug)]
 pub(crate) enum Action {
     Fixed { version: VersionId, metric: MetricId },
-    Split { salt_colon: Box<[u8]>, bands: Vec<Band>, stable_metric: MetricId },
+    Split(Split),
 }
 
-/// A split entry: buckets below `upper` (and at or above the previous band's) go to `version`.
+/// A `split` rule: entry i owns the buckets from the sum of the earlier entries' basis points to
+/// that sum plus its own; the rest goes to `stable`.
 #[derive(Debug)]
-pub(crate) struct Band {
-    pub upper: u32,
+pub(crate) struct Split {
+    pub salt_colon: Box<[u8]>,
+    pub entries: Vec<Entry>,
+    pub stable_metric: MetricId,
+    /// Some entry follows a schedule: the decision reads the clock. A split without one never
+    /// does (it costs what a v1 split cost).
+    pub scheduled: bool,
+    /// The rule's guard, if any.
+    pub guard: Option<GuardId>,
+    /// What the guard counts for responses the rule sent to stable.
+    pub stable_watch: Option<WatchId>,
+}
+
+/// One `split[]` entry.
+#[derive(Debug)]
+pub(crate) struct Entry {
     pub version: VersionId,
     pub metric: MetricId,
+    pub share: Share,
+    /// What the rule's guard counts for this version (when the rule has a guard).
+    pub watch: Option<WatchId>,
+}
+
+/// An entry's share of the buckets, in basis points (hundredths of a percent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Share {
+    Fixed(u32),
+    /// `at` strictly increasing, basis points non-decreasing; 0 before the first step.
+    Schedule(Vec<Step>),
+}
+
+/// A step of a schedule: from `at` (Unix nanoseconds) on, `bp` basis points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub at: i64,
+    pub bp: u32,
+}
+
+impl Share {
+    /// The basis points at time `now` (DESIGN.md "Schedules": the last step with `at <= now`,
+    /// 0 before the first).
+    pub fn at(&self, now: i64) -> u32 {
+        match self {
+            Share::Fixed(bp) => *bp,
+            Share::Schedule(steps) => {
+                let live = steps.partition_point(|s| s.at <= now);
+                live.checked_sub(1).and_then(|i| steps.get(i)).map_or(0, |s| s.bp)
+            }
+        }
+    }
+
+    /// The index of the step live at `now`, if one is.
+    pub fn live_step(&self, now: i64) -> Option<usize> {
+        match self {
+            Share::Fixed(_) => None,
+            Share::Schedule(steps) => steps.partition_point(|s| s.at <= now).checked_sub(1),
+        }
+    }
+}
+
+/// A rule's guard (DESIGN.md "Guards"), compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guard {
+    pub rule: usize,
+    /// `max_error_percent` in basis points: a version trips above it.
+    pub max_error_bp: u32,
+    pub min_requests: u32,
+    pub window_s: u32,
+    pub statuses: Statuses,
+    pub slow_ms: Option<u32>,
+    pub attempt: u64,
+    /// Every field of the guard as written, canonical: a config whose guard for the rule has
+    /// the same fingerprint keeps its trips; another fingerprint re-arms it.
+    pub fingerprint: String,
+}
+
+/// Which response statuses count as errors.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Statuses {
+    pub any_5xx: bool,
+    pub any_4xx: bool,
+    /// Single codes, sorted.
+    pub codes: Vec<u16>,
+}
+
+impl Statuses {
+    pub fn is_error(&self, status: u16) -> bool {
+        (self.any_5xx && (500..600).contains(&status))
+            || (self.any_4xx && (400..500).contains(&status))
+            || self.codes.binary_search(&status).is_ok()
+    }
+}
+
+/// One version of a guarded rule, stable included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watch {
+    pub guard: GuardId,
+    pub rule: usize,
+    pub version: VersionId,
+    /// The rule's stable (its baseline; it never trips).
+    pub stable: bool,
+    /// `graysplit_guard_responses_total.rule.<r>.version.<v>.result.ok` and `.error`.
+    pub ok_metric: MetricId,
+    pub error_metric: MetricId,
+    /// For a gray version: `graysplit_guard_trips_total...` and the gauge
+    /// `graysplit_guard_tripped...`.
+    pub trips_metric: Option<MetricId>,
+    pub tripped_gauge: Option<GaugeId>,
+}
+
+/// The live-percent gauge of one entry of a scheduled or guarded split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitGauge {
+    pub rule: usize,
+    pub entry: usize,
+    pub gauge: GaugeId,
+    pub watch: Option<WatchId>,
 }
 
 impl Plan {
@@ -132,20 +261,50 @@ impl Plan {
         self.rules.iter().map(|r| r.name.as_str())
     }
 
-    /// For a split rule: each band as (version, first bucket, end bucket), then stable's.
-    pub fn split_bands(&self, rule: usize) -> Option<Vec<(&str, u32, u32)>> {
-        let Some(Action::Split { bands, .. }) = self.rules.get(rule).map(|r| &r.action) else {
-            return None;
-        };
+    /// For a split rule: each band as (version, first bucket, end bucket) at time `now`, then
+    /// stable's.
+    pub fn split_bands(&self, rule: usize, now: i64) -> Option<Vec<(&str, u32, u32)>> {
+        let split = self.split(rule)?;
         let name = |v: VersionId| self.versions.get(v).map_or("", String::as_str);
         let mut lo = 0;
-        let mut out = Vec::with_capacity(bands.len() + 1);
-        for b in bands {
-            out.push((name(b.version), lo, b.upper));
-            lo = b.upper;
+        let mut out = Vec::with_capacity(split.entries.len() + 1);
+        for e in &split.entries {
+            let hi = lo + e.share.at(now);
+            out.push((name(e.version), lo, hi));
+            lo = hi;
         }
         out.push((name(0), lo, BUCKETS));
         Some(out)
+    }
+
+    pub(crate) fn split(&self, rule: usize) -> Option<&Split> {
+        match &self.rules.get(rule)?.action {
+            Action::Split(s) => Some(s),
+            Action::Fixed { .. } => None,
+        }
+    }
+
+    /// A split rule's entries: (version, share, watch), for the CLI and the glue's gauges.
+    pub fn split_entries(&self, rule: usize) -> Vec<(&str, &Share, Option<WatchId>)> {
+        let name = |v: VersionId| self.versions.get(v).map_or("", String::as_str);
+        self.split(rule)
+            .map(|s| s.entries.iter().map(|e| (name(e.version), &e.share, e.watch)).collect())
+            .unwrap_or_default()
+    }
+
+    /// The guard of rule `rule`, if it has one.
+    pub fn rule_guard(&self, rule: usize) -> Option<&Guard> {
+        self.split(rule)?.guard.and_then(|g| self.guards.get(g))
+    }
+
+    /// The name of version `v`.
+    pub fn version_name(&self, v: VersionId) -> &str {
+        self.versions.get(v).map_or("", String::as_str)
+    }
+
+    /// The name of rule `rule`.
+    pub fn rule_name(&self, rule: usize) -> &str {
+        self.rules.get(rule).map_or("", |r| r.name.as_str())
     }
 
     /// The name of the override header, if an override is configured.

@@ -85,6 +85,57 @@ pub struct RawRule {
     pub starts_at: Option<String>,
     pub expires_at: Option<String>,
     pub enabled: Option<bool>,
+    pub guard: Option<Obj<RawGuard>>,
+}
+
+/// DESIGN.md "Guards": `{"max_error_percent", "min_requests", "window_s", "statuses",
+/// "slow_ms", "attempt"}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuard {
+    pub max_error_percent: f64,
+    pub min_requests: Option<u64>,
+    pub window_s: Option<u64>,
+    pub statuses: Option<Vec<RawStatus>>,
+    pub slow_ms: Option<u64>,
+    pub attempt: Option<u64>,
+}
+
+/// A `guard.statuses` item: `"5xx"`, `"4xx"` (a class) or a status code. Read by a visitor of
+/// its own rather than an `untagged` enum, whose error would say nothing; which strings and codes
+/// are allowed is checked by [`super::compile`], at the item's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawStatus {
+    Class(String),
+    Code(u64),
+}
+
+impl fmt::Display for RawStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RawStatus::Class(c) => write!(f, "{}", super::error::quote(c)),
+            RawStatus::Code(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawStatus {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RawStatus;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"5xx\", \"4xx\" or a status code")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawStatus, E> {
+                Ok(RawStatus::Class(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawStatus, E> {
+                Ok(RawStatus::Code(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,9 +162,19 @@ pub struct RawMatch {
     pub present: Option<bool>,
 }
 
+/// A split entry: `{"version", "percent"}` or `{"version", "schedule"}`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSplit {
     pub version: String,
+    pub percent: Option<f64>,
+    pub schedule: Option<Vec<Obj<RawStep>>>,
+}
+
+/// A schedule step: `{"at": RFC 3339, "percent"}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    pub at: String,
     pub percent: f64,
 }

@@ -98,6 +98,39 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// Unix nanoseconds as RFC 3339 UTC, to the second, or with the fraction when there is one:
+/// `2026-12-04T09:00:00Z`, `2026-12-04T09:00:00.5Z`. For messages and the CLI.
+pub fn format_rfc3339(ns: i64) -> String {
+    if ns == i64::MIN || ns == i64::MAX {
+        return if ns == i64::MIN { "the beginning of time".into() } else { "the end of time".into() };
+    }
+    let secs = ns.div_euclid(1_000_000_000);
+    let frac = ns.rem_euclid(1_000_000_000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    let mut out = format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", rem / 3600, rem / 60 % 60, rem % 60);
+    if frac != 0 {
+        let digits = format!("{frac:09}");
+        out.push('.');
+        out.push_str(digits.trim_end_matches('0'));
+    }
+    out.push('Z');
+    out
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
@@ -151,5 +184,22 @@ mod tests {
         ] {
             assert!(parse_rfc3339(text).is_err(), "{text:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn formats_what_it_parses() {
+        for text in [
+            "1970-01-01T00:00:00Z",
+            "2026-12-04T09:00:00Z",
+            "2024-02-29T23:59:59.5Z",
+            "1969-12-31T23:59:59Z",
+            "2000-03-01T00:00:00.000000001Z",
+        ] {
+            assert_eq!(format_rfc3339(parse_rfc3339(text).unwrap()), text);
+        }
+        assert_eq!(
+            format_rfc3339(parse_rfc3339("2026-12-01T01:00:00+01:00").unwrap()),
+            "2026-12-01T00:00:00Z"
+        );
     }
 }

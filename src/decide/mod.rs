@@ -12,7 +12,8 @@ use bucket::bucket;
 use identity::{user_id, Identity};
 
 use crate::config::{
-    Action, Cond, MetricId, Plan, Rule, VersionId, METRIC_OVERRIDE_ACCEPTED, METRIC_OVERRIDE_REJECTED,
+    Action, Cond, MetricId, Plan, Rule, Split, VersionId, WatchId, METRIC_OVERRIDE_ACCEPTED,
+    METRIC_OVERRIDE_REJECTED,
 };
 use crate::request::{Facts, Host};
 
@@ -38,6 +39,8 @@ pub struct Decision {
     pub override_metric: Option<MetricId>,
     /// The bucket of the user, when a split rule decided and there was a user id.
     pub bucket: Option<u32>,
+    /// When a guarded rule decided: what its guard counts the response under.
+    pub watch: Option<WatchId>,
     /// `Set-Cookie` value to send back, when a sticky-cookie id was minted for this request.
     pub set_cookie: Option<String>,
 }
@@ -130,6 +133,7 @@ fn decide_inner<H: Host, T: Tracer>(plan: &Plan, cx: &mut Ctx<'_, H>, trace: &mu
                         metric: o.metrics.get(v).copied().unwrap_or(plan.default_metric),
                         override_metric: Some(METRIC_OVERRIDE_ACCEPTED),
                         bucket: None,
+                        watch: None,
                         set_cookie: None,
                     };
                 }
@@ -143,18 +147,9 @@ fn decide_inner<H: Host, T: Tracer>(plan: &Plan, cx: &mut Ctx<'_, H>, trace: &mu
         if verdict != RuleVerdict::Decided {
             continue;
         }
-        let (version, metric, bucket) = match &rule.action {
-            Action::Fixed { version, metric } => (*version, *metric, None),
-            Action::Split { salt_colon, bands, stable_metric } => match user_id(plan, cx) {
-                None => (0, *stable_metric, None),
-                Some(user) => {
-                    let b = bucket(salt_colon, user);
-                    match bands.iter().find(|band| b < band.upper) {
-                        Some(band) => (band.version, band.metric, Some(b)),
-                        None => (0, *stable_metric, Some(b)),
-                    }
-                }
-            },
+        let (version, metric, bucket, watch) = match &rule.action {
+            Action::Fixed { version, metric } => (*version, *metric, None, None),
+            Action::Split(split) => split_decision(plan, split, cx),
         };
         return Decision {
             version,
@@ -162,6 +157,7 @@ fn decide_inner<H: Host, T: Tracer>(plan: &Plan, cx: &mut Ctx<'_, H>, trace: &mu
             metric,
             override_metric,
             bucket,
+            watch,
             set_cookie: None,
         };
     }
@@ -171,8 +167,34 @@ fn decide_inner<H: Host, T: Tracer>(plan: &Plan, cx: &mut Ctx<'_, H>, trace: &mu
         metric: plan.default_metric,
         override_metric,
         bucket: None,
+        watch: None,
         set_cookie: None,
     }
+}
+
+/// A split: the user's bucket picks the entry whose band (at this time, for a schedule) holds
+/// it; the rest, no user id, and an entry whose guard has tripped, go to stable.
+fn split_decision<H: Host>(
+    plan: &Plan,
+    split: &Split,
+    cx: &mut Ctx<'_, H>,
+) -> (VersionId, MetricId, Option<u32>, Option<WatchId>) {
+    let stable = (0, split.stable_metric, None, split.stable_watch);
+    let now = if split.scheduled { cx.facts.now() } else { 0 };
+    let Some(user) = user_id(plan, cx) else { return stable };
+    let b = bucket(&split.salt_colon, user);
+    let mut upper = 0;
+    for e in &split.entries {
+        upper += e.share.at(now);
+        if b < upper {
+            if e.watch.is_some_and(|w| cx.facts.host.tripped(w)) && e.version != 0 {
+                // A rollback: the tripped version's buckets go to stable.
+                return (0, split.stable_metric, Some(b), split.stable_watch);
+            }
+            return (e.version, e.metric, Some(b), e.watch);
+        }
+    }
+    (0, split.stable_metric, Some(b), split.stable_watch)
 }
 
 fn rule_verdict<H: Host>(plan: &Plan, rule: &Rule, cx: &mut Ctx<'_, H>) -> RuleVerdict {
@@ -512,5 +534,71 @@ mod tests {
         r.headers.extend((0..100).map(|i| ("cookie".to_string(), format!("c{i}=\"{i}").into_bytes())));
         r.headers[1].1 = vec![0xff, b'?', 0xfe];
         assert_eq!(decide(&p, &r).rule_name(&p), "ramp");
+    }
+
+    #[test]
+    fn a_schedule_widens_by_the_clock_alone_and_never_moves_a_user_back() {
+        let p = plan(
+            r#"{"stable": "s", "identity": {"from": [{"header": "u"}]}, "rules": [{"name": "r", "salt": "rel",
+               "split": [{"version": "g", "schedule": [{"at": "2026-12-01T00:00:01Z", "percent": 1},
+                 {"at": "2026-12-01T00:00:02Z", "percent": 10}, {"at": "2026-12-01T00:00:03Z", "percent": 50}]}]}]}"#,
+        );
+        let s = 1_000_000_000;
+        let mut was_gray = vec![false; 3000];
+        for (t, share) in
+            [(NOW, 0), (NOW + s, 100), (NOW + 2 * s - 1, 100), (NOW + 2 * s, 1000), (NOW + 9 * s, 5000)]
+        {
+            for (i, was) in was_gray.iter_mut().enumerate() {
+                let user = format!("id{i}");
+                let mut r = req("/", &[("u", &user)]);
+                r.now = t;
+                let gray = run(&p, &r).0 == "g";
+                assert_eq!(gray, bucket(b"rel:", user.as_bytes()) < share, "{user} at +{}ns", t - NOW);
+                assert!(gray || !*was, "{user} left gray at +{}ns", t - NOW);
+                *was = gray;
+            }
+        }
+    }
+
+    #[test]
+    fn a_tripped_version_sends_its_users_to_stable_and_leaves_the_others() {
+        let p = plan(
+            r#"{"stable": "s", "identity": {"from": [{"header": "u"}]}, "rules": [{"name": "r",
+               "split": [{"version": "a", "percent": 30}, {"version": "b", "percent": 30}],
+               "guard": {"max_error_percent": 5}}]}"#,
+        );
+        let watch = |v: &str| p.watches.iter().position(|w| p.versions[w.version] == v).unwrap();
+        for i in 0..2000 {
+            let user = format!("user-{i}");
+            let mut r = req("/", &[("u", &user)]);
+            let before = decide(&p, &r);
+            r.tripped = vec![watch("a")];
+            let after = decide(&p, &r);
+            let b = bucket(b"r:", user.as_bytes());
+            let want = if b < 3000 {
+                "s"
+            } else if b < 6000 {
+                "b"
+            } else {
+                "s"
+            };
+            assert_eq!(after.version_name(&p), want, "{user} bucket {b}");
+            assert_eq!(after.bucket, Some(b));
+            assert_eq!(
+                p.watches[after.watch.unwrap()].version,
+                after.version,
+                "counted under the version served"
+            );
+            if before.version_name(&p) != "a" {
+                assert_eq!(before, after, "users not on the tripped version do not move");
+            }
+        }
+        let mut r = req("/", &[]);
+        r.tripped = vec![watch("a"), watch("b")];
+        assert_eq!(
+            decide(&p, &r).watch,
+            p.split(0).unwrap().stable_watch,
+            "no id: stable, counted for stable"
+        );
     }
 }

@@ -4,21 +4,25 @@
 
 use std::cell::Cell;
 use std::hash::Hasher;
-use std::time::UNIX_EPOCH;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MapType;
 
+use super::root::{now_ns, Active};
+use crate::config::WatchId;
 use crate::request::Host;
 
-pub(super) struct WasmHost;
+/// The request being decided, under the plan `active` holds.
+pub(super) struct WasmHost<'a> {
+    pub active: &'a Active,
+}
 
 thread_local! {
     /// Ids minted without a random source, for `fill_random`'s fallback.
     static MINTED: Cell<u64> = const { Cell::new(0) };
 }
 
-impl Host for WasmHost {
+impl Host for WasmHost<'_> {
     fn header(&self, name: &str) -> Option<Vec<u8>> {
         hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
     }
@@ -34,11 +38,11 @@ impl Host for WasmHost {
     }
 
     fn now_unix_nanos(&self) -> i64 {
-        hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .and_then(|d| i64::try_from(d.as_nanos()).ok())
-            .unwrap_or(0)
+        now_ns()
+    }
+
+    fn tripped(&self, watch: WatchId) -> bool {
+        self.active.tripped(watch)
     }
 
     fn fill_random(&self, buf: &mut [u8]) {

@@ -1,6 +1,7 @@
 //! A request held in memory: the unit tests' fake [`Host`], and what the operator CLI explains.
 
 use super::Host;
+use crate::config::WatchId;
 
 /// A request held in memory: the unit tests' fake, and what the operator CLI explains.
 #[derive(Debug, Clone, Default)]
@@ -13,6 +14,8 @@ pub struct StaticRequest {
     pub now: i64,
     /// The byte every "random" byte is set to (deterministic minted ids in tests).
     pub random_byte: u8,
+    /// The guarded versions whose guard has tripped (`Plan::watches` indices).
+    pub tripped: Vec<WatchId>,
 }
 
 impl StaticRequest {
@@ -21,7 +24,13 @@ impl StaticRequest {
         let mut all =
             vec![(":method".to_string(), b"GET".to_vec()), (":path".to_string(), path.as_bytes().to_vec())];
         all.extend(headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec())));
-        StaticRequest { headers: all, source: Some("127.0.0.1:40000".to_string()), now: 0, random_byte: 0xab }
+        StaticRequest {
+            headers: all,
+            source: Some("127.0.0.1:40000".to_string()),
+            now: 0,
+            random_byte: 0xab,
+            tripped: Vec::new(),
+        }
     }
 }
 
@@ -40,5 +49,8 @@ impl Host for StaticRequest {
     }
     fn fill_random(&self, buf: &mut [u8]) {
         buf.fill(self.random_byte);
+    }
+    fn tripped(&self, watch: WatchId) -> bool {
+        self.tripped.contains(&watch)
     }
 }

@@ -10,7 +10,7 @@ pub mod query;
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use crate::config::{HeaderSlot, Plan};
+use crate::config::{HeaderSlot, Plan, WatchId};
 use cidr::parse_socket_ip;
 
 /// What the decision needs from the proxy. Everything returns owned bytes because that is
@@ -29,6 +29,11 @@ pub trait Host {
     fn now_unix_nanos(&self) -> i64;
     /// Fills `buf` with random bytes (for minted sticky-cookie ids).
     fn fill_random(&self, buf: &mut [u8]);
+    /// Whether the guard has tripped for the version `watch` names (DESIGN.md "Guards"): the
+    /// proxy's shared view, kept by the glue. Never, without guards.
+    fn tripped(&self, _watch: WatchId) -> bool {
+        false
+    }
 }
 
 /// Lazily fetched, cached request facts for one decision.

@@ -1,0 +1,112 @@
+//! A sliding window of response counts: per-bucket totals and errors, the buckets `width_s`
+//! seconds wide (one second for windows up to a minute, a sixtieth of longer ones), so a window
+//! is at most about 60 buckets whatever its length.
+
+/// One bucket: the responses counted in `[start_s, start_s + width_s)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bucket {
+    pub start_s: i64,
+    pub total: u32,
+    pub errors: u32,
+}
+
+/// The counts of one version over the last `window_s` seconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Window {
+    /// Oldest first, no two with the same start.
+    pub buckets: Vec<Bucket>,
+}
+
+/// How wide the buckets of a `window_s` window are.
+pub fn bucket_width(window_s: u32) -> i64 {
+    i64::from((window_s / 60).max(1))
+}
+
+impl Window {
+    /// Adds `total` responses, `errors` of them errors, counted at `now_s`, and forgets what has
+    /// left the window.
+    pub fn add(&mut self, now_s: i64, window_s: u32, total: u32, errors: u32) {
+        let width = bucket_width(window_s);
+        let start = now_s - now_s.rem_euclid(width);
+        match self.buckets.last_mut() {
+            Some(b) if b.start_s == start => {
+                b.total = b.total.saturating_add(total);
+                b.errors = b.errors.saturating_add(errors);
+            }
+            // A bucket from a later second than `now_s` (another worker's clock read a moment
+            // later): count into it rather than break the order.
+            Some(b) if b.start_s > start => {
+                b.total = b.total.saturating_add(total);
+                b.errors = b.errors.saturating_add(errors);
+            }
+            _ => self.buckets.push(Bucket { start_s: start, total, errors }),
+        }
+        self.prune(now_s, window_s);
+    }
+
+    /// Drops the buckets that ended before the window that ends at `now_s`.
+    pub fn prune(&mut self, now_s: i64, window_s: u32) {
+        let oldest = self.oldest_start(now_s, window_s);
+        self.buckets.retain(|b| b.start_s >= oldest);
+    }
+
+    /// (responses, errors) in the window that ends at `now_s`: the current bucket and the
+    /// earlier ones that fit in `window_s`.
+    pub fn totals(&self, now_s: i64, window_s: u32) -> (u64, u64) {
+        let oldest = self.oldest_start(now_s, window_s);
+        self.buckets
+            .iter()
+            .filter(|b| b.start_s >= oldest)
+            .fold((0, 0), |(t, e), b| (t + u64::from(b.total), e + u64::from(b.errors)))
+    }
+
+    fn oldest_start(&self, now_s: i64, window_s: u32) -> i64 {
+        let width = bucket_width(window_s);
+        let current = now_s - now_s.rem_euclid(width);
+        current - i64::from(window_s) + width
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_fall_out_of_the_window_as_time_passes() {
+        let mut w = Window::default();
+        w.add(1000, 60, 10, 1);
+        w.add(1030, 60, 5, 5);
+        assert_eq!(w.totals(1030, 60), (15, 6), "both inside");
+        assert_eq!(w.totals(1059, 60), (15, 6), "1000 is still inside at 1059");
+        assert_eq!(w.totals(1060, 60), (5, 5), "1000 left at 1060");
+        assert_eq!(w.totals(1090, 60), (0, 0), "everything left");
+        w.add(1200, 60, 1, 0);
+        assert_eq!(w.buckets.len(), 1, "old buckets are dropped when counting again");
+    }
+
+    #[test]
+    fn the_same_second_shares_a_bucket_and_long_windows_use_wide_buckets() {
+        let mut w = Window::default();
+        w.add(5, 60, 1, 0);
+        w.add(5, 60, 2, 1);
+        assert_eq!(w.buckets, [Bucket { start_s: 5, total: 3, errors: 1 }]);
+        assert_eq!(bucket_width(5), 1);
+        assert_eq!(bucket_width(60), 1);
+        assert_eq!(bucket_width(3600), 60);
+        let mut long = Window::default();
+        for t in (0..7200).step_by(7) {
+            long.add(t, 3600, 1, 0);
+        }
+        assert!(long.buckets.len() <= 61, "{} buckets", long.buckets.len());
+        let (n, _) = long.totals(7199, 3600);
+        assert!((510..=520).contains(&n), "about an hour of one response per 7 s: {n}");
+    }
+
+    #[test]
+    fn a_count_from_a_clock_a_moment_behind_is_kept() {
+        let mut w = Window::default();
+        w.add(101, 60, 1, 0);
+        w.add(100, 60, 1, 1);
+        assert_eq!(w.totals(101, 60), (2, 1));
+    }
+}
