@@ -48,7 +48,7 @@ venv: $(VENV_STAMP) ## Install Envoy 1.40.0 and the test tools into .venv/
 unit: ## Unit tests of the pure logic, on the host
 	cargo test --features cli
 
-functional: build cli venv container-or-skip ## Functional tests against a real Envoy (and the CLI, and istio/*.yaml)
+functional: build cli venv container-or-skip ## Functional tests against a real Envoy (and the CLI, istio/*.yaml, docker compose)
 	$(PY) -m pytest tests
 
 functional-container: build venv container-or-skip ## The config, ECDS, override, split and observability tests with Envoy in a container
