@@ -26,7 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-LOCAL_IMAGE = "graysplit/envoy:1.40.0-local"
+LOCAL_IMAGE = "graysplit/envoy:1.40.0-local"   # what scripts/envoy_image.py builds (its TAG)
 IMAGE = os.environ.get("ENVOY_IMAGE") or LOCAL_IMAGE
 LABEL = "graysplit.test.owner"        # value: the pid of the pytest process that started it
 PROJECT_PREFIX = "graysplit-it-"      # compose projects: graysplit-it-<owner pid>-<n>
