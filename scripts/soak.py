@@ -37,8 +37,7 @@ WASM_GAUGES = ("wasm.envoy.wasm.runtime.v8.active", "wasm.envoy.wasm.runtime.v8.
 
 
 def figures(envoy: Envoy) -> dict[str, int]:
-    assert envoy.proc is not None
-    out = {"rss_kb": harness.process_rss_kb(envoy.proc.pid)}
+    out = {"rss_kb": harness.process_rss_kb(envoy.pid())}
     stats = envoy.stats(r"^wasm\.")
     for g in WASM_GAUGES:
         out[g] = stats.get(g, -1)

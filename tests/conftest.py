@@ -1,4 +1,5 @@
-"""Fixtures: Envoy processes owned by the tests, their logs printed when a test fails."""
+"""Fixtures: Envoy processes (or containers) owned by the tests, their logs printed when a test
+fails."""
 
 from __future__ import annotations
 
@@ -7,8 +8,21 @@ from pathlib import Path
 
 import pytest
 
+import engine
 import harness
 from harness import RUNNING, WASM, Envoy, bootstrap
+
+
+def pytest_sessionstart(session):
+    """Containers of earlier runs that died before they could remove them (see tests/engine.py)."""
+    removed = engine.remove_leftovers()
+    if removed:
+        print(f"removed {len(removed)} containers and networks left by earlier test runs")
+
+
+def pytest_report_header(config):
+    return f"Envoy runtime: {harness.RUNTIME}" + (
+        f" (image {engine.IMAGE})" if harness.RUNTIME == "container" else "")
 
 
 def launch(workdir: Path, config, *, ecds: bool = False, wait: bool = True,

@@ -5,7 +5,10 @@
   optional second listener on [::1].
 - `Envoy` owns one Envoy process: started with --disable-hot-restart, ports picked by the kernel
   (port 0, read back from the admin API), readiness polled on admin /ready, killed in `stop()`
-  and, should pytest itself die, by the kernel (PR_SET_PDEATHSIG).
+  and, should pytest itself die, by the kernel (PR_SET_PDEATHSIG). With ENVOY_RUNTIME=container
+  the same Envoy runs in a container of ENVOY_IMAGE instead (tests/engine.py: host networking,
+  files mounted at their own paths), removed in `stop()`; a test that needs one is skipped,
+  with the reason, where no container can run.
 - `Conn` is a raw-socket HTTP/1.1 client (keep-alive) so tests can send what real
   clients send and libraries refuse: repeated headers, non-UTF-8 bytes, 100 cookie headers.
 - `bucket()` is the DESIGN bucketing contract computed independently with the `mmh3` package.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -31,6 +35,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 import run  # noqa: E402  (scripts/run.py: the Envoy binary and PR_SET_PDEATHSIG, shared with make run)
+import engine  # noqa: E402  (tests/engine.py: Envoy in a container)
 WASM = run.WASM   # GRAYSPLIT_WASM tests another build, as it runs one in the scripts
 BOOTSTRAP_TEMPLATE = REPO / "envoy" / "test-bootstrap.yaml"
 
@@ -41,6 +46,12 @@ ECDS_STAT = run.ECDS_STATS   # stat prefix of the filter's ECDS subscription
 
 # Every Envoy started and not yet stopped; conftest prints their logs when a test fails.
 RUNNING: list["Envoy"] = []
+
+# How Envoy runs: "process" (a child of pytest) or "container" (`docker run` of ENVOY_IMAGE).
+RUNTIMES = ("process", "container")
+RUNTIME = os.environ.get("ENVOY_RUNTIME") or "process"
+if RUNTIME not in RUNTIMES:
+    raise SystemExit(f"ENVOY_RUNTIME={RUNTIME!r}: must be one of {', '.join(RUNTIMES)}")
 
 
 # --------------------------------------------------------------------------- bucketing contract
@@ -249,11 +260,16 @@ def encode_request(method: str, path: str | bytes, headers: Sequence[Header] = (
 class Conn:
     """One keep-alive HTTP/1.1 connection (pinned to one Envoy worker for its lifetime)."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0):
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0,
+                 source: str | None = None):
+        """`source`: the local address to connect from (e.g. 127.0.0.2, another loopback
+        address), which Envoy sees as the downstream address."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if source:
+            self.sock.bind((source, 0))
         self.sock.connect((host, port))
         self.buf = b""
 
@@ -389,6 +405,8 @@ class Envoy:
     port: int = 0
     port6: int | None = None
     ecds_path: Path | None = None   # the ECDS file its bootstrap watches, if any
+    runtime: str = RUNTIME
+    container: str | None = None    # the container's name, while it may exist
     log_path: Path = field(init=False)
     access_log: Path = field(init=False)
 
@@ -406,15 +424,33 @@ class Envoy:
         self.admin_file = self.workdir / f"{self.name}.admin"
         if self.admin_file.exists():
             self.admin_file.unlink()
+        args = ["-c", str(cfg_path), "--disable-hot-restart",
+                "--concurrency", str(self.concurrency), "--admin-address-path", str(self.admin_file),
+                "-l", "info", "--file-flush-interval-msec", "50"]
+        if self.runtime == "container":
+            argv = self._container_argv(args)
+        else:
+            argv = [run.envoy_binary(), *args]
         self.log_file = open(self.log_path, "wb")
+        # In a container, the child is `docker run`: it passes signals on to Envoy and exits
+        # with Envoy's status, so poll(), returncode and SIGTERM mean the same in both runtimes.
         self.proc = subprocess.Popen(
-            [run.envoy_binary(), "-c", str(cfg_path), "--disable-hot-restart",
-             "--concurrency", str(self.concurrency), "--admin-address-path", str(self.admin_file),
-             "-l", "info", "--file-flush-interval-msec", "50"],
-            stdout=self.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            argv, stdout=self.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             preexec_fn=run.die_with_parent)
         RUNNING.append(self)
         return self
+
+    def _container_argv(self, args: list[str]) -> list[str]:
+        why = engine.problem()
+        if why:
+            import pytest  # here, not at the top: scripts/soak.py imports this module too
+            pytest.skip(f"ENVOY_RUNTIME=container: {why}")
+        self.container = engine.unique_name("envoy")
+        # The workdir holds the bootstrap and, by the tests' habit, the ECDS file.
+        read_only = [WASM, self.workdir] + ([self.ecds_path.parent] if self.ecds_path else [])
+        writable = [p for p in (self.admin_file, self.access_log)
+                    if not str(p).startswith("/dev/")]
+        return engine.run_argv(self.container, args, read_only=read_only, writable=writable)
 
     def launch(self) -> "Envoy":
         """start() and wait_ready(); an Envoy that never gets ready is stopped."""
@@ -453,10 +489,22 @@ class Envoy:
     def stop(self) -> None:
         if self.proc is not None:
             run.stop_envoy(self.proc)
+        if self.container is not None:
+            engine.remove(self.container)   # `--rm` did, unless `docker run` itself was killed
+            self.container = None
         if getattr(self, "log_file", None):
             self.log_file.close()
         if self in RUNNING:
             RUNNING.remove(self)
+
+    def pid(self) -> int:
+        """Envoy's pid on this host (in a container: the host's pid of its Envoy, not of
+        `docker run`)."""
+        if self.container is not None:
+            return int(engine.docker("inspect", "--format", "{{.State.Pid}}", self.container,
+                                     check=True).stdout)
+        assert self.proc is not None, "Envoy was not started"
+        return self.proc.pid
 
     def log(self) -> str:
         try:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness import ipv6_loopback_available, plugin_config
+from harness import Conn, ipv6_loopback_available, plugin_config
 
 RULES = [
     {"name": "legal", "when": {"headers": [{"name": "x-team", "exact": "legal"}]},
@@ -31,6 +31,16 @@ def it_override_from_an_untrusted_address_is_ignored(start_envoy):
     envoy = start_envoy(config(["10.0.0.0/8"]))
     assert envoy.version("/", [("x-gray-release", "v2")]) == "v1"
     assert envoy.version("/", [("x-team", "legal"), ("x-gray-release", "v1")]) == "v2"
+
+
+def it_override_is_trusted_by_the_connection_source_address(start_envoy):
+    # 127.0.0.2 is this host too, but not in 127.0.0.1/32: what counts is the address Envoy sees.
+    envoy = start_envoy(config(["127.0.0.1/32"]))
+    override = [("x-gray-release", "v2")]
+    with Conn(envoy.port, source="127.0.0.1") as c:
+        assert c.get("/", override).text == "v2"
+    with Conn(envoy.port, source="127.0.0.2") as c:
+        assert c.get("/", override).text == "v1"
 
 
 def it_override_naming_an_unknown_version_is_ignored(start_envoy):
