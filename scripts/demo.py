@@ -5,7 +5,10 @@ It starts its own Envoy (free ports, plugin config by ECDS from a temporary dire
 stopped at the end), sends 1000 distinct users through and prints the split, shows the tester
 override, ramps the gray version live from 10% to 50% by replacing the ECDS file, waits until
 every Envoy worker serves the new config, sends the same users again and checks that nobody went
-back from gray to stable. Exits non-zero when graysplit does not behave as DESIGN.md says.
+back from gray to stable. Then the release runs itself: a config whose schedule steps by the
+clock (no push) with a guard; the gray app starts failing (a fault filter in front of it, set
+through Envoy's runtime), the guard trips, every user is back on stable, and the counters say
+so. Exits non-zero when graysplit does not behave as DESIGN.md says.
 
 Standard library only (plus the helpers in scripts/run.py).
 """
@@ -84,6 +87,71 @@ def print_split(seen: dict[str, str], versions: list[str]) -> None:
     for v in versions + sorted(set(seen.values()) - set(versions)):
         n = sum(1 for s in seen.values() if s == v)
         print(f"   {v:<6} {n:>5}  {100 * n / len(seen):5.1f}%  {'#' * round(40 * n / len(seen))}")
+
+
+def stat(admin: str, name: str) -> int:
+    return run.counters(admin, name).get(name, 0)
+
+
+def release_runs_itself(admin: str, clients: list[Client], ecds: Path, rule: dict, stable: str,
+                        gray: str, salt: str) -> None:
+    """6) a schedule steps by the clock, no push; 7) the gray app fails, the guard trips."""
+    t0 = time.time() + 0.5
+    steps = [(t0 + 2.0, 20), (t0 + 4.0, 60)]
+    iso = lambda t: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{round(t * 1000) % 1000:03d}Z"
+    guard = {"max_error_percent": 10, "min_requests": 50, "window_s": 10}
+    scheduled = {**rule, "split": [{"version": gray, "schedule": [
+        {"at": iso(t), "percent": p} for t, p in steps]}], "guard": guard}
+    text, config = run.read_plugin_config()
+    config["rules"] = [scheduled if r["name"] == rule["name"] else r for r in config["rules"]]
+    print(f"\n6) the release runs itself: push once a schedule (+2 s: 20%, +4 s: 60%) with a guard "
+          f"(trip above {guard['max_error_percent']}% errors of at least {guard['min_requests']} "
+          f"responses in {guard['window_s']} s)")
+    counts = run.ecds_counts(admin)
+    run.write_atomic(ecds, run.ecds_document(json.dumps(config), version_info="3"))
+    print(f"   Envoy {'applied' if run.wait_ecds_outcome(admin, counts) else 'did NOT apply'} it; "
+          f"from now on, no push")
+    gauge = f"wasmcustom.graysplit_split_basis_points.rule.{rule['name']}.version.{gray}"
+    previous: dict[str, str] = {}
+    for at, percent in [(t0, 0)] + steps:
+        while time.time() < at + 0.6:   # past the step and the gauge's next tick
+            time.sleep(0.05)
+        seen = send_all(clients)
+        want = {u: gray if run.bucket(salt, u) < percent * 100 else stable for u in USERS}
+        wrong = [u for u in USERS if seen[u] != want[u]]
+        back = [u for u in USERS if previous.get(u) == gray and seen[u] == stable]
+        n = sum(1 for v in seen.values() if v == gray)
+        print(f"   t={at - t0:+.0f} s  {gray} {n:>4} of {len(USERS)} users, gauge "
+              f"{stat(admin, gauge) / 100:g}%  "
+              f"{check(not wrong and not back, f'at {percent}%: {len(wrong)} off the contract, {len(back)} moved back')}")
+        previous = seen
+
+    print(f"\n7) the gray app {gray} starts failing: curl -X POST '{admin}/runtime_modify?demo.v2.abort_percent=100'")
+    run.http_post(f"{admin}/runtime_modify?demo.v2.abort_percent=100")
+    tripped = f"wasmcustom.graysplit_guard_tripped.rule.{rule['name']}.version.{gray}"
+    failed_at = time.monotonic()
+    errors = sent = 0
+    while stat(admin, tripped) == 0 and time.monotonic() < failed_at + 15:
+        for c in clients:
+            served, resp, _ = c.get({"x-user-id": USERS[sent % len(USERS)]})
+            sent += 1
+            errors += resp.status == 503
+    trip_s = time.monotonic() - failed_at
+    print(f"   the guard tripped after {trip_s:.2f} s and {errors} failed requests  "
+          f"{check(stat(admin, tripped) == 1, 'the guard did not trip within 15 s')}")
+    time.sleep(1.2)   # two ticks: every worker knows
+    seen = send_all(clients)
+    on_gray = sum(1 for v in seen.values() if v != stable)
+    print(f"   the same {len(USERS)} users: {len(USERS) - on_gray} on {stable}, {on_gray} elsewhere  "
+          f"{check(on_gray == 0, f'{on_gray} users still off stable after the trip')}")
+    run.http_post(f"{admin}/runtime_modify?demo.v2.abort_percent=0")
+    print(f"   (the trip holds until a config with another guard, e.g. \"attempt\": 2, is pushed)")
+    print(f"\n   curl {admin}/stats/prometheus | grep -E 'graysplit_(guard|split)'")
+    _, prom = run.http_get(f"{admin}/stats/prometheus")
+    for ln in prom.splitlines():
+        if re.match(r"graysplit_(guard_tripped|split_basis_points)\{", ln) or \
+                (re.match(r"graysplit_guard_", ln) and not ln.endswith(" 0")):
+            print(f"   {ln}")
 
 
 def main() -> int:
@@ -206,6 +274,8 @@ def main() -> int:
         for ln in lines:
             print(f"   {ln}")
         check(any('rule="ramp"' in ln for ln in lines), "no labelled graysplit_decisions_total in /stats/prometheus")
+
+        release_runs_itself(admin, clients, ecds, rule, stable, gray, salt)
 
         ok = not failures
     except Exception as e:  # Envoy's log (printed below) says why

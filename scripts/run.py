@@ -232,6 +232,15 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
+def http_post(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=b"", method="POST"),
+                                    timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
 def wait_ready(proc: subprocess.Popen, admin_address_path: Path, timeout_s: float = 30.0) -> str:
     """Poll admin /ready until LIVE; return the admin base URL. Fails if Envoy exits first."""
     deadline = time.monotonic() + timeout_s

@@ -12,7 +12,15 @@ gray -> stable on a ramp up, per-step visibility in ms (rename of the ECDS file 
 connection's first response under the new config; min/median/max per step), Envoy's RSS and
 wasm VM gauges before and after. Exits 1 if anything failed.
 
-Environment: SOAK_SECONDS (default 180), SOAK_USERS (10000), SOAK_CONNS (8).
+Then a guard phase on an Envoy whose versions are real apps (tests/upstream.py): a guarded 50%
+split under the same kind of load, whose gray app starts answering 503 SOAK_TRIPS times (default
+5); each time the guard must trip and every connection (so both workers) end up on stable, and
+the next `attempt` re-arms it once the app is fixed. Prints each trip's latency (from the
+response that crossed the limit, as the client saw it, to the last connection's first request
+routed to stable; median and max) and the failures that were not the gray app's own 503s (must
+be 0).
+
+Environment: SOAK_SECONDS (default 180), SOAK_USERS (10000), SOAK_CONNS (8), SOAK_TRIPS (5).
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 import harness  # noqa: E402
-from harness import Envoy, LiveRamp, LoadGen, ramp_cycle  # noqa: E402
+from harness import Envoy, LiveRamp, LoadGen, Traffic, ramp_cycle  # noqa: E402
+from upstream import Apps  # noqa: E402
 
 UP_STEPS = {"10%": "1%", "50%": "10%", "100%": "50%", "50% again": "0% rollback"}
 WASM_GAUGES = ("wasm.envoy.wasm.runtime.v8.active", "wasm.envoy.wasm.runtime.v8.created",
@@ -48,6 +57,71 @@ def fmt_figures(f: dict[str, int]) -> str:
     return (f"RSS {f['rss_kb'] / 1024:.1f} MiB, wasm VMs active "
             f"{f['wasm.envoy.wasm.runtime.v8.active']} (created "
             f"{f['wasm.envoy.wasm.runtime.v8.created']}, wasm_vm_count {f['wasm.wasm_vm_count']})")
+
+
+GUARD = {"max_error_percent": 10, "min_requests": 50, "window_s": 10}
+
+
+def guarded(attempt: int) -> dict:
+    return harness.plugin_config([{"name": "ramp", "salt": "soak-guard", "split": [
+        {"version": "v2", "percent": 50}], "guard": {**GUARD, "attempt": attempt}}])
+
+
+def guard_phase(trips: int, users: list[str], conns: int) -> tuple[list[float], list[str], int]:
+    """Trips the guard `trips` times under load; returns each trip's latency (s), the failures
+    that were not the gray app's own 503s, and the requests sent."""
+    apps = Apps(["v1", "v2"])
+    workdir = Path(tempfile.mkdtemp(prefix="graysplit-soak-guard-"))
+    ecds = workdir / "ecds.yaml"
+    harness.write_ecds(ecds, guarded(1))
+    doc = harness.bootstrap(None, access_log=Path("/dev/null"), ecds_path=ecds, upstreams=apps.ports)
+    envoy = Envoy(workdir, doc, concurrency=2, ecds_path=ecds)
+    latencies: list[float] = []
+    failures: list[str] = []
+    requests = 0
+    gray = {u for u in users if harness.bucket("soak-guard", u) < 5000}
+    tripped = "wasmcustom.graysplit_guard_tripped.rule.ramp.version.v2"
+    envoy.start()
+    try:
+        envoy.wait_ready()
+        with Traffic(envoy, users, conns=conns, max_seconds=3600) as load:
+            for attempt in range(1, trips + 1):
+                if attempt > 1:
+                    apps["v2"].status = 200
+                    harness.write_ecds(ecds, guarded(attempt))
+                    harness.wait_until(lambda: envoy.counter(tripped) == 0, 15, f"attempt {attempt} to re-arm")
+                t = time.time()
+                load.wait_for(200, f"healthy gray traffic (attempt {attempt})",
+                              where=lambda s: s.sent > t + 0.5 and s.version == "v2" and s.status == 200)
+                apps["v2"].status = 503
+                t_fail = time.time()
+                harness.wait_until(lambda: envoy.counter(tripped) == 1, 15, f"trip {attempt}")
+                t_trip = time.time()
+                load.wait_for(20, "traffic after the trip", where=lambda s: s.sent > t_trip + 2)
+                window = [s for s in load.snapshot() if s.sent > t_fail - GUARD["window_s"]]
+                t_cross = harness.crossing(window, GUARD)
+                lat = harness.switch_latencies([s for s in window if s.sent > t_fail], t_cross)
+                latencies.append(max(lat))
+                late_gray = [s for s in load.snapshot() if s.sent > t_trip + 2 and s.version == "v2"]
+                if late_gray:
+                    failures.append(f"trip {attempt}: {len(late_gray)} requests still on v2 2 s after the trip")
+                print(f"  trip {attempt}: every connection on stable {max(lat):.2f} s after the crossing", flush=True)
+        samples = load.snapshot()
+        requests = len(samples)
+        failures += [f"{s.status} from {s.version} for {s.user}" for s in samples
+                     if s.status != 200 and not (s.status == 503 and s.version == "v2")][:20]
+        failures += load.errors[:20]
+        if not any(s.user in gray for s in samples):
+            failures.append("no gray user was asked for")
+    except (AssertionError, OSError, RuntimeError) as exc:
+        failures.append(str(exc))
+        print(envoy.log()[-3000:])
+    finally:
+        envoy.stop()
+        apps.close()
+        if not failures:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return latencies, failures, requests
 
 
 def main() -> int:
@@ -149,9 +223,21 @@ def main() -> int:
     ok = not problems and not load.failures and not load.wrong and moved_back == 0
     if ok:
         shutil.rmtree(workdir, ignore_errors=True)
-        print("soak: OK")
     else:
-        print(f"soak: FAILED (Envoy's log and configs kept in {workdir})")
+        print(f"soak: ramps FAILED (Envoy's log and configs kept in {workdir})")
+
+    trips = int(os.environ.get("SOAK_TRIPS", "5"))
+    print(f"\nguard phase: {trips} trips of a guarded 50% split, {len(users)} users, {conns} connections",
+          flush=True)
+    latencies, guard_failures, guard_requests = guard_phase(trips, users, conns)
+    if latencies:
+        print(f"guard phase: {guard_requests} requests, {len(guard_failures)} failures besides the gray "
+              f"app's own 503s; trip latency (crossing -> every connection on stable) median "
+              f"{statistics.median(latencies):.2f} s, max {max(latencies):.2f} s over {len(latencies)} trips")
+    for f in guard_failures:
+        print(f"GUARD PROBLEM: {f}")
+    ok = ok and not guard_failures and len(latencies) == trips
+    print("soak: OK" if ok else "soak: FAILED")
     return 0 if ok else 1
 
 

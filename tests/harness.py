@@ -130,21 +130,26 @@ def plugin_json(config: dict | str) -> str:
 
 def bootstrap(config: dict | str | None, *, access_log: Path, ecds_path: Path | None = None,
               versions: Iterable[str] = (), ipv6: bool = False, strip_route_header: bool = True,
-              scheme: str | None = None, route_header: str | None = None) -> dict:
+              scheme: str | None = None, route_header: str | None = None,
+              upstreams: dict[str, int] | None = None, route_timeout_s: float | None = None) -> dict:
     """Fill in envoy/test-bootstrap.yaml.
 
     config:  the plugin JSON (dict, or a raw string) for an inline filter; None with ecds_path
              for ECDS from a file; None without ecds_path for an Envoy without the filter.
     versions: extra versions to route (the config's known versions are always added).
     scheme:   HCM scheme_header_transformation.scheme_to_overwrite (`:scheme` seen by filters).
+    upstreams: version -> port of a real app on 127.0.0.1 (tests/upstream.py): that version's
+             route goes to a cluster of it instead of answering itself (route_timeout_s: the
+             route's timeout, Envoy's default 15 s when None).
     """
     doc = yaml.safe_load(BOOTSTRAP_TEMPLATE.read_text())
     parsed = config if isinstance(config, dict) else None
     if route_header is None:
         route_header = (parsed or {}).get("route_header", DEFAULT_ROUTE_HEADER)
     override_header = ((parsed or {}).get("override") or {}).get("header", DEFAULT_OVERRIDE_HEADER)
+    upstreams = upstreams or {}
     all_versions = list(dict.fromkeys(
-        (known_versions(parsed) if parsed else []) + list(versions)))
+        (known_versions(parsed) if parsed else []) + list(versions) + list(upstreams)))
 
     listener = doc["static_resources"]["listeners"][0]
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
@@ -172,6 +177,19 @@ def bootstrap(config: dict | str | None, *, access_log: Path, ecds_path: Path | 
         r["match"]["headers"][0]["string_match"]["exact"] = version
         r["direct_response"]["body"]["inline_string"] = version
         r["response_headers_to_add"] = copy.deepcopy(echo)
+        if version in upstreams:
+            del r["direct_response"]
+            r["route"] = {"cluster": f"app-{n}"}
+            if route_timeout_s is not None:
+                r["route"]["timeout"] = f"{route_timeout_s}s"
+            doc["static_resources"].setdefault("clusters", []).append({
+                "name": f"app-{n}",
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "load_assignment": {"cluster_name": f"app-{n}", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {
+                        "address": "127.0.0.1", "port_value": upstreams[version]}}}}]}]},
+            })
         routes.insert(idx + n, r)
 
     # Filters.
@@ -760,6 +778,144 @@ def marked(config: dict, gen: int) -> dict:
     return {**config, "response_header": f"{GEN_HEADER_PREFIX}{gen}"}
 
 
+def open_on_every_worker(envoy: "Envoy", conns: int, max_conns: int = 32) -> list[Conn]:
+    """At least `conns` keep-alive connections, more until every Envoy worker holds one (the
+    kernel spreads them): a check on every connection is then a check on every worker."""
+    out: list[Conn] = []
+    while True:
+        out.append(Conn(envoy.port))
+        if len(out) >= conns:
+            def all_workers() -> bool:
+                per = worker_connections(envoy)
+                return (sum(per.values()) >= len(out)
+                        and len(per) == envoy.concurrency and min(per.values()) > 0)
+            try:
+                wait_until(all_workers, 2.0, "connections on every worker", interval=0.01)
+                return out
+            except AssertionError:
+                if len(out) >= max_conns:
+                    raise
+
+
+@dataclass
+class Sample:
+    """One response of `Traffic`: on which connection, for which user, sent and received when
+    (time.time(), the clock Envoy reads), its status and the version that served it (the app's
+    x-app-version, else the body of a direct_response version route)."""
+    conn: int
+    user: str
+    sent: float
+    got: float
+    status: int
+    version: str
+    headers: list[tuple[str, str]]
+
+
+class Traffic:
+    """Keep-alive GETs with `x-user-id` from threads, one connection each, on every worker,
+    each response recorded as a `Sample`. For tests that watch what the filter does on its own
+    (schedules stepping, guards tripping) while requests flow."""
+
+    def __init__(self, envoy: "Envoy", users: Sequence[str], *, conns: int = 4,
+                 headers: Sequence[Header] = (), pause_s: float = 0.0,
+                 max_seconds: float = 120.0):
+        self.envoy = envoy
+        self.users = list(users)
+        self.headers = list(headers)
+        self.pause_s = pause_s
+        self.deadline = time.monotonic() + max_seconds
+        self.conns = open_on_every_worker(envoy, conns)
+        self.lock = threading.Lock()
+        self.samples: list[Sample] = []
+        self.errors: list[str] = []          # connection errors (never an HTTP status)
+        self.stop_event = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
+                        for i in range(len(self.conns))]
+
+    def __enter__(self) -> "Traffic":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(timeout=30)
+        for c in self.conns:
+            c.close()
+
+    def _run(self, i: int) -> None:
+        mine = self.users[i::len(self.conns)] or self.users
+        conn, k = self.conns[i], 0
+        while not self.stop_event.is_set() and time.monotonic() < self.deadline:
+            user = mine[k % len(mine)]
+            k += 1
+            sent = time.time()
+            try:
+                r = conn.get("/", [("x-user-id", user), *self.headers])
+            except (OSError, ConnectionError, ValueError, IndexError) as exc:
+                with self.lock:
+                    self.errors.append(f"conn {i} user {user}: {exc!r}")
+                conn.close()
+                conn = self.conns[i] = Conn(self.envoy.port)
+                continue
+            version = r.header("x-app-version") or r.text
+            with self.lock:
+                self.samples.append(Sample(i, user, sent, time.time(), r.status, version, r.headers))
+            if self.pause_s:
+                time.sleep(self.pause_s)
+
+    def snapshot(self) -> list[Sample]:
+        with self.lock:
+            return list(self.samples)
+
+    def wait_for(self, n: int, what: str, timeout: float = 30.0,
+                 where: Callable[[Sample], bool] = lambda s: True) -> list[Sample]:
+        """Waits until `n` samples matching `where` came in on every connection; returns all."""
+        def enough():
+            snap = self.snapshot()
+            per = [sum(1 for s in snap if s.conn == c and where(s)) for c in range(len(self.conns))]
+            return snap if min(per) >= n else None
+        return wait_until(enough, timeout, what)
+
+
+# --------------------------------------------------------------------------- guard trips, timed
+
+def crossing(samples: Sequence["Sample"], guard: dict, gray: str = "v2") -> float:
+    """When the limit was crossed, from the client's view: the first gray response after which
+    the last window_s seconds of gray responses meet the trip condition (stable all fine)."""
+    window, mn, limit = guard["window_s"], guard["min_requests"], guard["max_error_percent"]
+    seen = sorted((s for s in samples if s.version == gray), key=lambda s: s.got)
+    lo = errors = 0
+    for i, s in enumerate(seen):
+        errors += s.status >= 500
+        while seen[lo].got <= s.got - window:
+            errors -= seen[lo].status >= 500
+            lo += 1
+        n = i + 1 - lo
+        if n >= mn and errors * 100 > limit * n:
+            return s.got
+    raise AssertionError("the gray responses never crossed the guard's limit")
+
+
+def switch_latencies(samples: Sequence["Sample"], t_cross: float, gray: str = "v2") -> list[float]:
+    """Per connection: from the crossing to the first request it sent after its last gray
+    response (what that connection's worker routed to stable from then on)."""
+    out = []
+    for c in sorted({s.conn for s in samples}):
+        mine = [s for s in samples if s.conn == c]
+        last_gray = max((s.sent for s in mine if s.version == gray), default=None)
+        assert last_gray is not None, f"connection {c} never saw {gray}"
+        after = [s.sent for s in mine if s.sent > last_gray]
+        assert after, f"connection {c} sent nothing after its last {gray} response"
+        out.append(min(after) - t_cross)
+    return out
+
+
+
 class LoadGen:
     """Steady keep-alive traffic from threads (one connection each, loopback only), bounded by a
     request count and a deadline. Each response is attributed to the config generation that
@@ -782,21 +938,7 @@ class LoadGen:
         self.requests = 0
         self.failures: list[str] = []      # non-200, unexpected body, connection errors
         self.wrong: list[str] = []         # a version other than its generation gives the user
-        self.conns: list[Conn] = []
-        # Open connections until every worker holds at least one (the kernel spreads them).
-        while True:
-            self.conns.append(Conn(envoy.port))
-            if len(self.conns) >= conns:
-                def all_workers() -> bool:
-                    per = worker_connections(envoy)
-                    return (sum(per.values()) >= len(self.conns)
-                            and len(per) == envoy.concurrency and min(per.values()) > 0)
-                try:
-                    wait_until(all_workers, 2.0, "connections on every worker", interval=0.01)
-                    break
-                except AssertionError:
-                    if len(self.conns) >= max_conns:
-                        raise
+        self.conns = open_on_every_worker(envoy, conns, max_conns)
         n = len(self.conns)
         self.count = [0] * n                         # responses per connection
         self.gen = [0] * n                           # last generation seen per connection

@@ -192,3 +192,61 @@ def it_usage_errors_exit_2_with_a_message(args):
     r = subprocess.run([str(CLI), *args], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert r.returncode == 2, r
     assert r.stderr.strip() or "Usage:" in r.stdout, r
+
+
+# --------------------------------------------------------------------------- schedules, guards
+
+V2_RAMP = {
+    "stable": "v2.0",
+    "identity": {"from": [{"header": "x-user-id"}]},
+    "rules": [{"name": "ramp", "salt": "release-2.1",
+               "split": [{"version": "v2.1", "schedule": [
+                   {"at": "2026-12-02T09:00:00Z", "percent": 1},
+                   {"at": "2026-12-02T10:00:00Z", "percent": 10},
+                   {"at": "2026-12-03T09:00:00Z", "percent": 50},
+                   {"at": "2026-12-04T09:00:00Z", "percent": 100}]}],
+               "guard": {"max_error_percent": 5, "min_requests": 50, "window_s": 60,
+                         "statuses": ["5xx", 429], "slow_ms": 2000}}],
+}
+
+
+@pytest.fixture
+def ramp(tmp_path):
+    path = tmp_path / "ramp.json"
+    path.write_text(json.dumps(V2_RAMP))
+    return path
+
+
+def it_check_prints_each_schedule_as_a_timeline_with_the_live_step(ramp):
+    r = cli("check", "--at", "2026-12-03T12:00:00Z", ramp)
+    assert r.returncode == 0, r
+    steps = re.findall(r"^    (\S+)\s+(\S+%)(   <- now)?$", r.stdout, re.M)
+    assert steps == [("2026-12-02T09:00:00Z", "1%", ""), ("2026-12-02T10:00:00Z", "10%", ""),
+                     ("2026-12-03T09:00:00Z", "50%", "   <- now"),
+                     ("2026-12-04T09:00:00Z", "100%", "")], r.stdout
+    before = cli("check", "--at", "2026-12-01T00:00:00Z", ramp).stdout
+    assert re.search(r"\(before\)\s+0%   <- now: before the first step", before), before
+    assert ("guard: a version trips when more than 5% of at least 50 responses in 60 s are errors "
+            "(status 5xx, 429 or slower than 2000 ms)") in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("at,percent", [("2026-12-02T08:59:59Z", 0), ("2026-12-02T09:00:00Z", 1),
+                                        ("2026-12-02T12:00:00Z", 10), ("2026-12-03T09:30:00Z", 50),
+                                        ("2026-12-10T00:00:00Z", 100)])
+def it_explain_and_simulate_follow_the_schedule_at_a_time(ramp, at, percent):
+    for user in ("alice", "bob", "user-42", "carol"):
+        f = fields(cli("explain", ramp, "--user", user, "--at", at).stdout)
+        want = "v2.1" if bucket("release-2.1", user) < percent * 100 else "v2.0"
+        assert f["version"] == want, (user, at, f)
+    out = cli("simulate", ramp, "--users", "2000", "--at", at).stdout
+    gray = sum(1 for i in range(2000) if bucket("release-2.1", f"sim-user-{i}") < percent * 100)
+    m = re.search(r"^\(all rules\)\s+v2\.1\s+(\d+)", out, re.M)
+    assert (int(m.group(1)) if m else 0) == gray, out
+
+
+def it_explain_shows_what_a_tripped_guard_does(ramp):
+    r = cli("explain", ramp, "--user", "bob", "--at", "2026-12-04T10:00:00Z", "--tripped", "v2.1")
+    assert fields(r.stdout)["version"] == "v2.0", r.stdout
+    assert "but v2.1's guard has tripped: stable" in r.stdout, r.stdout
+    bad = cli("explain", ramp, "--user", "bob", "--tripped", "v9")
+    assert bad.returncode == 2 and "--tripped v9" in bad.stderr, bad

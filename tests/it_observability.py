@@ -136,3 +136,60 @@ def it_access_log_prints_the_version_and_the_rule(start_envoy):
 
     found = wait_until(lines, 10, "all requests in the access log")
     assert {k: found[k] for k in want} == want
+
+
+V2_CONFIG = plugin_config([
+    {"name": "ramp", "salt": "obs", "guard": {"max_error_percent": 50, "min_requests": 5},
+     "split": [{"version": "v2.1", "schedule": [{"at": "2020-01-01T00:00:00Z", "percent": 25},
+                                                 {"at": "2099-01-01T00:00:00Z", "percent": 100}]}]},
+])
+
+
+def it_prometheus_shows_the_v2_metrics_with_their_tags(start_envoy):
+    envoy = start_envoy(V2_CONFIG)
+    users = [f"u{i}" for i in range(40)]
+    with envoy.conn() as c:
+        served = [c.get("/", [("x-user-id", u)]).text for u in users]
+    gray, stable = served.count("v2.1"), served.count("v1")
+    assert gray and stable, served
+    responses = "wasmcustom.graysplit_guard_responses_total.rule.ramp.version."
+    wait_until(lambda: envoy.counter(responses + "v2.1.result.ok") == gray
+               and envoy.counter(responses + "v1.result.ok") == stable, 5,
+               "the guard's counts (flushed every tick)")
+    text = envoy.prometheus()
+    assert {k: v for k, v in prometheus_samples(text, "graysplit_guard_responses_total").items() if v} == {
+        (("result", "ok"), ("rule", "ramp"), ("version", "v2.1")): gray,
+        (("result", "ok"), ("rule", "ramp"), ("version", "v1")): stable,
+    }, text
+    assert prometheus_samples(text, "graysplit_split_basis_points") == {
+        (("rule", "ramp"), ("version", "v2.1")): 2500}, text
+    assert prometheus_samples(text, "graysplit_guard_tripped") == {
+        (("rule", "ramp"), ("version", "v2.1")): 0}, text
+    assert prometheus_samples(text, "graysplit_guard_trips_total") == {
+        (("rule", "ramp"), ("version", "v2.1")): 0}, text
+    assert "# TYPE graysplit_split_basis_points gauge" in text
+
+
+def it_v1_configs_have_no_v2_metrics(start_envoy):
+    envoy = start_envoy(CONFIG)
+    names = envoy.stats("^wasmcustom\\.graysplit_")
+    assert names and all(n.split(".")[1] in ("graysplit_decisions_total", "graysplit_override_total")
+                         for n in names), sorted(names)
+
+
+def it_every_config_declares_the_same_stats_tags():
+    """envoy/*.yaml and the Istio recipe carry one set of tag regexes (README "Metrics")."""
+    import json
+
+    import yaml
+
+    from harness import REPO
+    want = yaml.safe_load((REPO / "envoy" / "test-bootstrap.yaml").read_text())["stats_config"]["stats_tags"]
+    for name in ("demo.yaml", "envoy-docker.yaml", "bench.yaml"):
+        # The templates' ${PLACEHOLDERS} (ports, routes) are not what is compared here.
+        doc = yaml.safe_load(re.sub(r"\$\{[A-Z_0-9]+\}", "0", (REPO / "envoy" / name).read_text()))
+        assert doc["stats_config"]["stats_tags"] == want, name
+    istio = (REPO / "istio" / "README.md").read_text()
+    m = re.search(r"custom_bootstrap\.json: \|\n((?:    .*\n)+)", istio)
+    assert m, "no custom_bootstrap.json in istio/README.md"
+    assert json.loads(m.group(1))["stats_config"]["stats_tags"] == want, "istio/README.md"

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use graysplit::config::time::parse_rfc3339;
-use graysplit::config::{self, Plan};
+use graysplit::config::time::{format_rfc3339, parse_rfc3339};
+use graysplit::config::{self, Plan, Share};
 use graysplit::decide::bucket::{bucket, BUCKETS};
 use graysplit::decide::{decide, decide_traced, DecidedBy, OverrideVerdict, RuleVerdict, Tracer};
 use graysplit::request::fake::StaticRequest;
@@ -15,7 +15,9 @@ const USAGE: &str = "\
 graysplit: check, explain and simulate graysplit configurations
 
 Usage:
-  graysplit check CONFIG...            validate configs (exit 1 if any is invalid)
+  graysplit check [--at TIME] CONFIG...
+                                       validate configs (exit 1 if any is invalid); print
+                                       each schedule as a timeline and each guard
   graysplit explain CONFIG [REQUEST]   which version a request gets, and why
   graysplit simulate CONFIG --users N [REQUEST]
                                        share per rule and version over N distinct users
@@ -30,6 +32,8 @@ REQUEST facts (all optional, repeatable where it makes sense):
   --query NAME=VALUE     a query parameter     --path PATH          default /
   --method METHOD        default GET           --source IP          downstream address
   --scheme http|https    default http          --at RFC3339         the time, default now
+                                                (schedules step by it)
+  --tripped VERSION      as if the guard had tripped VERSION (repeatable)
   --plugin NAME          which WasmPlugin of a YAML file
 ";
 
@@ -112,21 +116,37 @@ fn configs_in(path: &str) -> Result<Vec<Found>, String> {
     Ok(found)
 }
 
-fn check(paths: &[String]) -> Result<ExitCode, String> {
+fn check(args: &[String]) -> Result<ExitCode, String> {
+    let mut now = now_nanos();
+    let mut paths = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--at" => {
+                let v = it.next().ok_or("--at needs a value")?;
+                now = parse_rfc3339(v).map_err(|e| format!("--at {e}"))?;
+            }
+            flag if flag.starts_with("--") => return Err(format!("unknown option {flag} for check")),
+            path => paths.push(path.to_string()),
+        }
+    }
     if paths.is_empty() {
-        return Err("usage: graysplit check CONFIG...".into());
+        return Err("usage: graysplit check [--at RFC3339] CONFIG...".into());
     }
     let mut bad = 0;
-    for path in paths {
+    for path in &paths {
         for f in configs_in(path)? {
             match config::parse(f.json.as_bytes()) {
-                Ok(plan) => println!(
-                    "{}: ok: stable {}, {} rules, versions {}",
-                    f.origin,
-                    plan.versions.first().map_or("", String::as_str),
-                    plan.rule_count(),
-                    plan.versions.join(", ")
-                ),
+                Ok(plan) => {
+                    println!(
+                        "{}: ok: stable {}, {} rules, versions {}",
+                        f.origin,
+                        plan.versions.first().map_or("", String::as_str),
+                        plan.rule_count(),
+                        plan.versions.join(", ")
+                    );
+                    print!("{}", describe_v2(&plan, now));
+                }
                 Err(e) => {
                     bad += 1;
                     println!("{}: invalid config: {e}", f.origin);
@@ -135,6 +155,56 @@ fn check(paths: &[String]) -> Result<ExitCode, String> {
         }
     }
     Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Each schedule as a timeline (every step's start and percent, and the one live at `now`),
+/// and each guard, in words.
+fn describe_v2(plan: &Plan, now: i64) -> String {
+    let mut out = String::new();
+    for (i, name) in plan.rule_names().enumerate() {
+        for (version, share, _) in plan.split_entries(i) {
+            let Share::Schedule(steps) = share else { continue };
+            let live = share.live_step(now);
+            out += &format!("  rules[{i}] {name}: {version} by schedule:\n");
+            if live.is_none() {
+                out += &format!("    {:<24} {:>7}   <- now: before the first step\n", "(before)", "0%");
+            }
+            for (k, step) in steps.iter().enumerate() {
+                let mark = if live == Some(k) { "   <- now" } else { "" };
+                out += &format!(
+                    "    {:<24} {:>7}{mark}\n",
+                    format_rfc3339(step.at),
+                    format!("{}%", fmt_bp(step.bp))
+                );
+            }
+        }
+        if let Some(g) = plan.rule_guard(i) {
+            let mut statuses = Vec::new();
+            if g.statuses.any_5xx {
+                statuses.push("5xx".to_string());
+            }
+            if g.statuses.any_4xx {
+                statuses.push("4xx".to_string());
+            }
+            statuses.extend(g.statuses.codes.iter().map(u16::to_string));
+            let slow = g.slow_ms.map_or(String::new(), |ms| format!(" or slower than {ms} ms"));
+            out += &format!(
+                "  rules[{i}] {name}: guard: a version trips when more than {}% of at least {} responses in {} s are errors (status {}{slow}) and stable's do not explain it; attempt {}\n",
+                fmt_bp(g.max_error_bp),
+                g.min_requests,
+                g.window_s,
+                statuses.join(", "),
+                g.attempt
+            );
+        }
+    }
+    out
+}
+
+/// Basis points as a percent, without trailing zeros: `1`, `12.5`, `0.01`.
+fn fmt_bp(bp: u32) -> String {
+    let s = format!("{}.{:02}", bp / 100, bp % 100);
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// Request facts and options shared by `explain` and `simulate`.
@@ -147,6 +217,7 @@ struct Opts {
     path: String,
     query: Vec<(String, String)>,
     cookies: Vec<String>,
+    tripped: Vec<String>,
 }
 
 fn parse_opts(args: &[String], cmd: &str) -> Result<Opts, String> {
@@ -160,6 +231,7 @@ fn parse_opts(args: &[String], cmd: &str) -> Result<Opts, String> {
         path: "/".into(),
         query: Vec::new(),
         cookies: Vec::new(),
+        tripped: Vec::new(),
     };
     o.request.source = None;
     o.request.now = now_nanos();
@@ -197,6 +269,7 @@ fn parse_opts(args: &[String], cmd: &str) -> Result<Opts, String> {
                 o.request.now = parse_rfc3339(&v).map_err(|e| format!("--at {e}"))?;
             }
             "--plugin" => o.plugin = Some(val(a)?),
+            "--tripped" => o.tripped.push(val(a)?),
             "--users" if cmd == "simulate" => {
                 let v = val(a)?;
                 o.users = Some(v.parse().map_err(|_| format!("--users wants a count, got {v:?}"))?);
@@ -230,12 +303,24 @@ fn load_plan(o: &Opts) -> Result<(String, Plan), String> {
         }
     };
     let plan = config::parse(f.json.as_bytes()).map_err(|e| format!("{}: invalid config: {e}", f.origin))?;
+    for v in &o.tripped {
+        if !plan.watches.iter().any(|w| !w.stable && plan.version_name(w.version) == v) {
+            return Err(format!("--tripped {v}: no guarded rule of {} splits to {v:?}", f.origin));
+        }
+    }
     Ok((f.origin, plan))
 }
 
 /// The request for user `user` (or none): the user id goes where the config reads it first.
 fn build_request(o: &Opts, plan: &Plan, user: Option<&str>) -> StaticRequest {
     let mut r = o.request.clone();
+    r.tripped = plan
+        .watches
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| !w.stable && o.tripped.iter().any(|v| v == plan.version_name(w.version)))
+        .map(|(i, _)| i)
+        .collect();
     let mut cookies = o.cookies.clone();
     let mut query = o.query.clone();
     if let (Some(u), Some((kind, name))) = (user, plan.first_identity_source()) {
@@ -340,7 +425,19 @@ fn explain(args: &[String]) -> Result<ExitCode, String> {
                             .find(|(_, lo, hi)| (*lo..*hi).contains(&b))
                             .copied()
                             .unwrap_or(("", 0, 0));
-                        format!("matched: split, bucket {b} is in {v}'s range [{lo}, {hi})")
+                        let at =
+                            if plan.split_entries(*i).iter().any(|(_, s, _)| matches!(s, Share::Schedule(_)))
+                            {
+                                format!(" at {}", format_rfc3339(o.request.now))
+                            } else {
+                                String::new()
+                            };
+                        let trip = if o.tripped.iter().any(|t| t == v) && plan.rule_guard(*i).is_some() {
+                            format!(", but {v}'s guard has tripped: stable")
+                        } else {
+                            String::new()
+                        };
+                        format!("matched: split, bucket {b} is in {v}'s range [{lo}, {hi}){at}{trip}")
                     }
                 },
             },

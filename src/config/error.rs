@@ -22,21 +22,46 @@ impl ConfigError {
     /// to the field, so every error points at the place to edit: `stable: is required`,
     /// `rules[0].name: duplicate field `name` at line 1 column 42`.
     pub(crate) fn from_serde(e: serde_path_to_error::Error<serde_json::Error>) -> Self {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let message = inner.to_string();
-        let at = |field: &str| match path.as_str() {
-            "." => field.to_string(),
-            p => format!("{p}.{field}"),
-        };
-        if let Some(field) = quoted_field(&message, "missing field `") {
-            return ConfigError::new(at(field), "is required");
+        let mut path = String::new();
+        for segment in e.path().iter() {
+            match segment {
+                serde_path_to_error::Segment::Seq { index } => path += &format!("[{index}]"),
+                serde_path_to_error::Segment::Map { key } => push_key(&mut path, key),
+                serde_path_to_error::Segment::Enum { variant } => push_key(&mut path, variant),
+                serde_path_to_error::Segment::Unknown => path += "[?]",
+            }
         }
-        if let Some(field) = quoted_field(&message, "duplicate field `") {
-            return ConfigError::new(at(field), message.clone());
+        let message = e.into_inner().to_string();
+        for prefix in ["missing field `", "duplicate field `"] {
+            if let Some(field) = quoted_field(&message, prefix) {
+                push_key(&mut path, field);
+                let problem = if prefix.starts_with("missing") { "is required".to_string() } else { message };
+                return ConfigError::new(path, problem);
+            }
         }
-        let path = if path == "." { "$".to_string() } else { path };
+        if path.is_empty() {
+            path.push('$');
+        }
         ConfigError::new(path, message)
+    }
+}
+
+/// Appends field `key` to a JSON path: `.key` for a plain name, `["key"]` quoted otherwise (an
+/// empty key, or one with dots, spaces or invisible characters, which would mislead a reader).
+fn push_key(path: &mut String, key: &str) {
+    let plain = !key.is_empty() && key.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
+    if plain {
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(key);
+    } else {
+        if path.is_empty() {
+            path.push('$');
+        }
+        path.push('[');
+        path.push_str(&quote(key));
+        path.push(']');
     }
 }
 

@@ -122,6 +122,9 @@ impl RuleState {
             for _ in 0..nb {
                 buckets.push(window::Bucket { start_s: r.i64()?, total: r.u32()?, errors: r.u32()? });
             }
+            if versions.iter().any(|v: &VersionState| v.name == name) {
+                return None; // never written: one entry per version
+            }
             versions.push(VersionState { name, trip, window: Window { buckets } });
         }
         r.0.is_empty().then_some(RuleState { fingerprint, versions })
@@ -233,11 +236,14 @@ pub fn trips(guard: &Guard, (total, errors): (u64, u64), (stable_total, stable_e
     if total < min || total == 0 {
         return false;
     }
-    // errors / total > max_error_bp / 10000, in integers.
-    if errors * 10_000 <= u64::from(guard.max_error_bp) * total {
+    // errors / total > max_error_bp / 10000, in integers (u128: the counts come from shared
+    // data another VM wrote, and their products may not fit u64).
+    let (total, errors, stable_total, stable_errors) =
+        (u128::from(total), u128::from(errors), u128::from(stable_total), u128::from(stable_errors));
+    if errors * 10_000 <= u128::from(guard.max_error_bp) * total {
         return false;
     }
-    let stable_explains = stable_total >= min && stable_errors * total >= errors * stable_total;
+    let stable_explains = stable_total >= u128::from(min) && stable_errors * total >= errors * stable_total;
     !stable_explains
 }
 

@@ -54,16 +54,15 @@ impl Window {
     /// earlier ones that fit in `window_s`.
     pub fn totals(&self, now_s: i64, window_s: u32) -> (u64, u64) {
         let oldest = self.oldest_start(now_s, window_s);
-        self.buckets
-            .iter()
-            .filter(|b| b.start_s >= oldest)
-            .fold((0, 0), |(t, e), b| (t + u64::from(b.total), e + u64::from(b.errors)))
+        self.buckets.iter().filter(|b| b.start_s >= oldest).fold((0u64, 0u64), |(t, e), b| {
+            (t.saturating_add(u64::from(b.total)), e.saturating_add(u64::from(b.errors)))
+        })
     }
 
     fn oldest_start(&self, now_s: i64, window_s: u32) -> i64 {
         let width = bucket_width(window_s);
         let current = now_s - now_s.rem_euclid(width);
-        current - i64::from(window_s) + width
+        current.saturating_sub(i64::from(window_s)).saturating_add(width)
     }
 }
 
