@@ -222,6 +222,7 @@ def wasm(path: Path, config: dict) -> dict[str, object]:
                 "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
                                   "value": json.dumps(config)},
                 "failure_policy": "FAIL_RELOAD",
+                "allow_on_headers_stop_iteration": True,
             },
         },
     })

@@ -137,6 +137,8 @@ def ecds_document(plugin_config: str, version_info: str, wasm: Path = WASM) -> s
                     # failing every request until Envoy restarts (FAIL_CLOSED) or silently
                     # skipping the filter (FAIL_OPEN, which the header strip step makes safe).
                     "failure_policy": "FAIL_RELOAD",
+                    # Hold the headers while a JSON body is read (README "JSON request bodies").
+                    "allow_on_headers_stop_iteration": True,
                 },
             },
         }],

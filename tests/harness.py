@@ -131,7 +131,8 @@ def plugin_json(config: dict | str) -> str:
 def bootstrap(config: dict | str | None, *, access_log: Path, ecds_path: Path | None = None,
               versions: Iterable[str] = (), ipv6: bool = False, strip_route_header: bool = True,
               scheme: str | None = None, route_header: str | None = None,
-              upstreams: dict[str, int] | None = None, route_timeout_s: float | None = None) -> dict:
+              upstreams: dict[str, int] | None = None, route_timeout_s: float | None = None,
+              before_filters: Sequence[dict] = (), buffer_limit: int | None = None) -> dict:
     """Fill in envoy/test-bootstrap.yaml.
 
     config:  the plugin JSON (dict, or a raw string) for an inline filter; None with ecds_path
@@ -141,6 +142,8 @@ def bootstrap(config: dict | str | None, *, access_log: Path, ecds_path: Path | 
     upstreams: version -> port of a real app on 127.0.0.1 (tests/upstream.py): that version's
              route goes to a cluster of it instead of answering itself (route_timeout_s: the
              route's timeout, Envoy's default 15 s when None).
+    before_filters: HTTP filters to run before graysplit (e.g. tokens.jwt_authn_filter()).
+    buffer_limit: the listener's per_connection_buffer_limit_bytes (Envoy's default 1 MiB).
     """
     doc = yaml.safe_load(BOOTSTRAP_TEMPLATE.read_text())
     parsed = config if isinstance(config, dict) else None
@@ -197,6 +200,10 @@ def bootstrap(config: dict | str | None, *, access_log: Path, ecds_path: Path | 
     hcm["early_header_mutation_extensions"][0]["typed_config"]["mutations"][0]["remove"] = \
         route_header
     gray = next(f for f in filters if f["name"] == FILTER_NAME)
+    at = filters.index(gray)
+    filters[at:at] = [copy.deepcopy(f) for f in before_filters]
+    if buffer_limit is not None:
+        listener["per_connection_buffer_limit_bytes"] = buffer_limit
     if ecds_path is not None:
         gray.pop("typed_config")
         gray["config_discovery"] = {

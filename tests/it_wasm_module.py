@@ -1,14 +1,16 @@
 """The built module's surface: the proxy-wasm ABI it speaks, what it imports, and its size.
 graysplit is built on the proxy-wasm SDK (0.2.5), which exports every callback of ABI 0.2.1;
 Envoy calls each exported one on every request (README, Benchmarks: the SDK's no-op (g) against
-(f)). The size budget is issue #9's 400 KiB."""
+(f)). The size budget: issue #9 set 400 KiB for the move onto the SDK and serde (325,643 bytes
+then); schedules and guards (issue #10) and claims, bodies and pins (issue #11: prost, hmac,
+sha2, serde_json's Value) brought it to about 460 KB, so it is 512 KiB now (README, Size)."""
 
 from __future__ import annotations
 
 from harness import WASM
 
-# The release build's size budget, in bytes (400 KiB).
-SIZE_BUDGET = 400 * 1024
+# The release build's size budget, in bytes (512 KiB).
+SIZE_BUDGET = 512 * 1024
 
 # What Envoy needs of a proxy-wasm module at start and on every request: the ABI marker, the
 # WASI reactor entry, the allocator the host hands values back with, and the callbacks graysplit

@@ -98,10 +98,10 @@ class App:
 
 
 class Apps(dict):
-    """Apps by version; closes them all."""
+    """Apps by version (`kind`: App, or OpenAIApp); closes them all."""
 
-    def __init__(self, versions, **kw):
-        super().__init__((v, App(v, **kw)) for v in versions)
+    def __init__(self, versions, kind=None, **kw):
+        super().__init__((v, (kind or App)(v, **kw)) for v in versions)
 
     @property
     def ports(self) -> dict[str, int]:
@@ -110,3 +110,58 @@ class Apps(dict):
     def close(self) -> None:
         for a in self.values():
             a.close()
+
+
+class OpenAIApp(App):
+    """An OpenAI-compatible chat completions server (POST /v1/chat/completions), as model
+    gateways behind Envoy are: the answer says which version served it (`model` is
+    `<version>/<requested model>`, the text `served by <version>`), streamed as server-sent
+    events when the request asks for `"stream": true`; every response carries the app headers
+    (x-app-version, x-body-sha256 of the request body it received)."""
+
+    def respond(self, h: http.server.BaseHTTPRequestHandler, body: bytes) -> None:
+        import json
+
+        try:
+            req = json.loads(body or b"{}")
+        except ValueError:
+            req = {}
+        model = f"{self.version}/{req.get('model', '?')}"
+        text = f"served by {self.version}"
+        common = [("x-app-version", self.version), ("x-body-sha256", hashlib.sha256(body).hexdigest()),
+                  ("x-body-length", str(len(body)))]
+        if self.status != 200:
+            out = json.dumps({"error": {"message": f"{self.version} is failing", "type": "server_error"}}).encode()
+            h.send_response(self.status)
+            for k, v in [("content-type", "application/json"), ("content-length", str(len(out))), *common]:
+                h.send_header(k, v)
+            h.end_headers()
+            h.wfile.write(out)
+            return
+        if req.get("stream"):
+            h.send_response(200)
+            for k, v in [("content-type", "text/event-stream"), ("transfer-encoding", "chunked"), *common]:
+                h.send_header(k, v)
+            h.end_headers()
+            base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model}
+            events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
+            words = text.split(" ")
+            events += [{**base, "choices": [{"index": 0, "delta": {"content": w + (" " if i < len(words) - 1 else "")},
+                                             "finish_reason": None}]} for i, w in enumerate(words)]
+            events += [{**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
+            for e in [f"data: {json.dumps(e)}\n\n" for e in events] + ["data: [DONE]\n\n"]:
+                chunk = e.encode()
+                h.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                h.wfile.flush()
+            h.wfile.write(b"0\r\n\r\n")
+            return
+        out = json.dumps({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4},
+        }).encode()
+        h.send_response(200)
+        for k, v in [("content-type", "application/json"), ("content-length", str(len(out))), *common]:
+            h.send_header(k, v)
+        h.end_headers()
+        h.wfile.write(out)

@@ -100,15 +100,28 @@ pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
     if let Some(Obj(id)) = raw.identity {
         for (i, Obj(src)) in id.from.unwrap_or_default().into_iter().enumerate() {
             let path = format!("identity.from[{i}]");
-            identity.push(match (src.header, src.cookie, src.query) {
-                (Some(h), None, None) => IdSource::Header(b.slot(&header_name(&(path + ".header"), h)?)),
-                (None, Some(c), None) => {
+            identity.push(match (src.header, src.cookie, src.query, src.claim, src.body) {
+                (Some(h), None, None, None, None) => {
+                    IdSource::Header(b.slot(&header_name(&(path + ".header"), h)?))
+                }
+                (None, Some(c), None, None, None) => {
                     IdSource::Cookie(cookie_name(&(path + ".cookie"), c)?.into_bytes().into())
                 }
-                (None, None, Some(q)) => {
+                (None, None, Some(q), None, None) => {
                     IdSource::Query(non_empty(&(path + ".query"), q)?.into_bytes().into())
                 }
-                _ => return Err(ConfigError::new(path, "give exactly one of `header`, `cookie`, `query`")),
+                (None, None, None, Some(c), None) => {
+                    IdSource::Claim(non_empty(&(path + ".claim"), c)?.into())
+                }
+                (None, None, None, None, Some(p)) => {
+                    IdSource::Body(json_pointer(&(path + ".body"), p)?.into())
+                }
+                _ => {
+                    return Err(ConfigError::new(
+                        path,
+                        "give exactly one of `header`, `cookie`, `query`, `claim`, `body`",
+                    ))
+                }
             });
         }
         if let Some(Obj(s)) = id.sticky_cookie {
@@ -262,7 +275,37 @@ pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
         None => None,
     };
 
-    let read = headers_read(&b.headers, &identity, sticky.is_some(), override_.as_ref(), &rules);
+    let conds = || rules.iter().flat_map(|r| &r.when);
+    let reads_claims = identity.iter().any(|s| matches!(s, IdSource::Claim(_)))
+        || conds().any(|c| matches!(c, Cond::Claim(..)));
+    let reads_body = identity.iter().any(|s| matches!(s, IdSource::Body(_)))
+        || conds().any(|c| matches!(c, Cond::Body(..)));
+    let claims_key = match raw.claims {
+        Some(Obj(c)) => non_empty("claims.metadata_key", c.metadata_key.unwrap_or_else(|| "payload".into()))?,
+        None => "payload".to_string(),
+    };
+    let max_bytes = match raw.body {
+        Some(Obj(RawBody { max_bytes: Some(n) })) if !MAX_BYTES.contains(&n) => {
+            return Err(ConfigError::new(
+                "body.max_bytes",
+                format!(
+                    "must be between {} and {} (Envoy's default buffer limit), got {n}",
+                    MAX_BYTES.start(),
+                    MAX_BYTES.end()
+                ),
+            ))
+        }
+        Some(Obj(RawBody { max_bytes: Some(n) })) => n as usize,
+        _ => 65_536,
+    };
+    let pin = match raw.session_pin {
+        Some(Obj(p)) => Some(compile_pin(&mut b, p, sticky.as_ref())?),
+        None => None,
+    };
+
+    // The sticky cookie and the session pin are cookies too.
+    let read =
+        headers_read(&b.headers, &identity, sticky.is_some() || pin.is_some(), override_.as_ref(), &rules);
     let read_whole_map = read.len() >= WHOLE_MAP_MIN_HEADERS;
     let reads_cookies = read.contains(&"cookie");
     let cookie_slot = reads_cookies.then(|| b.slot("cookie"));
@@ -285,6 +328,56 @@ pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
         path_slot,
         cookie_slot,
         method_slot,
+        claims_key: reads_claims.then_some(claims_key),
+        body: reads_body.then_some(BodySpec { max_bytes }),
+        pin,
+    })
+}
+
+const MAX_BYTES: std::ops::RangeInclusive<u64> = 1024..=1_048_576;
+const IDLE_S: std::ops::RangeInclusive<u64> = 10..=604_800;
+/// The least a pin key may be: 32 characters (256 bits of a random printable key).
+const MIN_KEY_LEN: usize = 32;
+
+/// `session_pin` (DESIGN.md "Session pins").
+fn compile_pin(b: &mut Builder, p: RawPin, sticky: Option<&Sticky>) -> Result<PinSpec, ConfigError> {
+    let cookie = cookie_name("session_pin.cookie", p.cookie)?;
+    if sticky.is_some_and(|s| s.name == cookie) {
+        return Err(ConfigError::new(
+            "session_pin.cookie",
+            format!("must differ from identity.sticky_cookie.name {}", quote(&cookie)),
+        ));
+    }
+    if !IDLE_S.contains(&p.idle_s) {
+        return Err(ConfigError::new(
+            "session_pin.idle_s",
+            format!("must be between {} and {} seconds, got {}", IDLE_S.start(), IDLE_S.end(), p.idle_s),
+        ));
+    }
+    let key = |path: &str, k: String| -> Result<Box<[u8]>, ConfigError> {
+        let n = k.chars().count();
+        if n < MIN_KEY_LEN {
+            return Err(ConfigError::new(
+                path,
+                format!("must be at least {MIN_KEY_LEN} characters (a random secret), got {n}"),
+            ));
+        }
+        Ok(k.into_bytes().into())
+    };
+    let mut keys = vec![key("session_pin.key", p.key)?];
+    for (i, k) in p.previous_keys.unwrap_or_default().into_iter().enumerate() {
+        keys.push(key(&format!("session_pin.previous_keys[{i}]"), k)?);
+    }
+    let mut metric = |r: &str| intern(&mut b.metrics, &format!("graysplit_pins_total.result.{r}"));
+    let (kept_metric, issued_metric, ignored_metric) = (metric("kept"), metric("issued"), metric("ignored"));
+    Ok(PinSpec {
+        cookie,
+        idle_s: p.idle_s as u32,
+        keys,
+        kept_metric,
+        issued_metric,
+        ignored_metric,
+        scheme_slot: b.slot(":scheme"),
     })
 }
 
@@ -310,6 +403,7 @@ fn headers_read<'h>(
             IdSource::Header(s) => slot(s),
             IdSource::Cookie(_) => "cookie",
             IdSource::Query(_) => ":path",
+            IdSource::Claim(_) | IdSource::Body(_) => continue,
         });
     }
     if sticky {
@@ -324,7 +418,7 @@ fn headers_read<'h>(
             Cond::PathPrefix(_) | Cond::Query(..) => ":path",
             Cond::Header(s, _) => slot(s),
             Cond::Cookie(..) => "cookie",
-            Cond::Sources(_) | Cond::Users(_) => continue,
+            Cond::Sources(_) | Cond::Users(_) | Cond::Claim(..) | Cond::Body(..) => continue,
         });
     }
     read
@@ -393,6 +487,17 @@ fn compile_when(b: &mut Builder, i: usize, w: RawWhen, has_identity: bool) -> Re
         users.sort_unstable();
         users.dedup();
         conds.push(Cond::Users(users));
+    }
+    // Claims and bodies last: the costliest to read (a property, a held body).
+    for (j, Obj(m)) in w.claims.unwrap_or_default().into_iter().enumerate() {
+        let path = format!("rules[{i}].when.claims[{j}]");
+        let name = non_empty(&format!("{path}.name"), m.name.clone())?;
+        conds.push(Cond::Claim(name.into(), string_match(&path, m)?));
+    }
+    for (j, Obj(m)) in w.body.unwrap_or_default().into_iter().enumerate() {
+        let path = format!("rules[{i}].when.body[{j}]");
+        let pointer = json_pointer(&format!("{path}.pointer"), m.pointer.clone())?;
+        conds.push(Cond::Body(pointer.into(), string_match(&path, m.into())?));
     }
     Ok(conds)
 }

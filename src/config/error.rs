@@ -101,12 +101,14 @@ pub fn quote(s: &str) -> String {
     out
 }
 
-/// A number from the config as a person wrote it: `120`, `10.555`, `-1`, `1e300`.
+/// A number from the config as a person wrote it: `120`, `10.555`, `-1`, `1e300`: whole numbers
+/// without a fraction, others by serde_json's shortest round-trip formatting (already in the
+/// module; std's float `Display` would add its own ~17 KB).
 pub fn fmt_num(n: f64) -> String {
-    if n.is_finite() && n.abs() < 1e16 {
-        format!("{n}")
+    if n.is_finite() && n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 {
+        format!("{}", n as i64)
     } else {
-        format!("{n:e}")
+        serde_json::Number::from_f64(n).map_or_else(|| "a non-finite number".to_string(), |x| x.to_string())
     }
 }
 
@@ -128,6 +130,7 @@ mod tests {
         assert_eq!(fmt_num(10.555), "10.555");
         assert_eq!(fmt_num(-1.0), "-1");
         assert_eq!(fmt_num(10.1000000001), "10.1000000001");
-        assert_eq!(fmt_num(1e300), "1e300");
+        assert_eq!(fmt_num(1e300), "1e+300");
+        assert_eq!(fmt_num(0.25), "0.25");
     }
 }

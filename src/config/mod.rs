@@ -411,6 +411,62 @@ mod tests {
                 r#"{"stable": "v1", ID, "rules": [{"name": "a", "split": [{"version": "v2", "percent": 5}], "guard": {"max_error_percent": 5, "window": 60}}]}"#,
                 "rules[0].guard.window: unknown field `window`",
             ),
+            (
+                r#"{"stable": "v1", "identity": {"from": [{"claim": ""}]}}"#,
+                "identity.from[0].claim: must not be empty",
+            ),
+            (
+                r#"{"stable": "v1", "identity": {"from": [{"body": "user"}]}}"#,
+                "identity.from[0].body: must be a JSON pointer like /user (it starts with /), got \"user\"",
+            ),
+            (
+                r#"{"stable": "v1", "identity": {"from": [{"body": "/a~2b"}]}}"#,
+                "identity.from[0].body: must be a JSON pointer like /user (~ is only ~0 or ~1)",
+            ),
+            (
+                r#"{"stable": "v1", "identity": {"from": [{"claim": "sub", "header": "x"}]}}"#,
+                "identity.from[0]: give exactly one of `header`, `cookie`, `query`, `claim`, `body`",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"claims": [{"name": "dept"}]}}]}"#,
+                "rules[0].when.claims[0]: \"dept\": give exactly one of",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"body": [{"pointer": "model", "exact": "x"}]}}]}"#,
+                "rules[0].when.body[0].pointer: must be a JSON pointer",
+            ),
+            (
+                r#"{"stable": "v1", "rules": [{"name": "a", "version": "v2", "when": {"body": [{"name": "/model", "exact": "x"}]}}]}"#,
+                "rules[0].when.body[0].name: unknown field `name`",
+            ),
+            (r#"{"stable": "v1", "claims": {"metadata_key": ""}}"#, "claims.metadata_key: must not be empty"),
+            (r#"{"stable": "v1", "claims": {"key": "x"}}"#, "claims.key: unknown field `key`"),
+            (
+                r#"{"stable": "v1", "body": {"max_bytes": 1048577}}"#,
+                "body.max_bytes: must be between 1024 and 1048576 (Envoy's default buffer limit), got 1048577",
+            ),
+            (r#"{"stable": "v1", "body": {"max_bytes": 100}}"#, "body.max_bytes: must be between 1024"),
+            (
+                r#"{"stable": "v1", "session_pin": {"cookie": "p", "idle_s": 600, "key": "short"}}"#,
+                "session_pin.key: must be at least 32 characters (a random secret), got 5",
+            ),
+            (
+                r#"{"stable": "v1", "session_pin": {"cookie": "p", "idle_s": 5, "key": "0123456789abcdef0123456789abcdef"}}"#,
+                "session_pin.idle_s: must be between 10 and 604800 seconds, got 5",
+            ),
+            (
+                r#"{"stable": "v1", "session_pin": {"cookie": "p", "idle_s": 60, "key": "0123456789abcdef0123456789abcdef", "previous_keys": ["x"]}}"#,
+                "session_pin.previous_keys[0]: must be at least 32 characters",
+            ),
+            (
+                r#"{"stable": "v1", "session_pin": {"cookie": "a b", "idle_s": 60, "key": "0123456789abcdef0123456789abcdef"}}"#,
+                "session_pin.cookie: must be a valid cookie name",
+            ),
+            (
+                r#"{"stable": "v1", "identity": {"sticky_cookie": {"name": "p", "max_age_s": 600}}, "session_pin": {"cookie": "p", "idle_s": 60, "key": "0123456789abcdef0123456789abcdef"}}"#,
+                "session_pin.cookie: must differ from identity.sticky_cookie.name",
+            ),
+            (r#"{"stable": "v1", "session_pin": {"idle_s": 60}}"#, "session_pin.cookie: is required"),
         ];
         let mut wrong = Vec::new();
         for (json, want) in cases {
@@ -506,5 +562,37 @@ mod tests {
             ]
         );
         assert_eq!(plan.watches.len(), 2, "stable and v2.1");
+    }
+
+    #[test]
+    fn only_plans_that_read_claims_or_bodies_fetch_them() {
+        let v1 =
+            parse(br#"{"stable": "v1", "claims": {"metadata_key": "jwt"}, "body": {"max_bytes": 2048}}"#)
+                .unwrap();
+        assert_eq!((v1.claims_key, v1.body), (None, None), "configured but unused: nothing is read");
+        let both = parse(
+            br#"{"stable": "v1", "claims": {"metadata_key": "jwt"}, "body": {"max_bytes": 2048},
+                "identity": {"from": [{"claim": "sub"}]},
+                "rules": [{"name": "m", "when": {"body": [{"pointer": "/model", "exact": "x"}]}, "version": "v2"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(both.claims_key.as_deref(), Some("jwt"));
+        assert_eq!(both.body, Some(BodySpec { max_bytes: 2048 }));
+        let defaults =
+            parse(br#"{"stable": "v1", "identity": {"from": [{"claim": "sub"}, {"body": "/user"}]}}"#)
+                .unwrap();
+        assert_eq!(
+            (defaults.claims_key.as_deref(), defaults.body.map(|b| b.max_bytes)),
+            (Some("payload"), Some(65536))
+        );
+        let pins = parse(br#"{"stable": "v1", "session_pin": {"cookie": "p", "idle_s": 60, "key": "0123456789abcdef0123456789abcdef"}}"#).unwrap();
+        for m in [
+            "graysplit_pins_total.result.kept",
+            "graysplit_pins_total.result.issued",
+            "graysplit_pins_total.result.ignored",
+        ] {
+            assert!(pins.metrics.iter().any(|x| x == m), "{m}");
+        }
+        assert!(!v1.metrics.iter().any(|m| m.starts_with("graysplit_pins_total")));
     }
 }

@@ -52,6 +52,11 @@ pub struct Plan {
     pub watches: Vec<Watch>,
     /// Each entry of a scheduled or guarded split, for its live-percent gauge.
     pub split_gauges: Vec<SplitGauge>,
+    /// `claims.metadata_key`, when the plan reads claims (else claims are never fetched).
+    pub claims_key: Option<String>,
+    /// When the plan reads the body (else no request is ever held for it).
+    pub body: Option<BodySpec>,
+    pub pin: Option<PinSpec>,
     /// Lower-case names of the request headers the plan reads (pseudo-headers included).
     pub headers: Vec<String>,
     pub(crate) identity: Vec<IdSource>,
@@ -73,6 +78,31 @@ pub(crate) enum IdSource {
     Header(HeaderSlot),
     Cookie(Box<[u8]>),
     Query(Box<[u8]>),
+    /// A top-level claim of the verified JWT payload.
+    Claim(Box<str>),
+    /// An RFC 6901 pointer into a JSON request body.
+    Body(Box<str>),
+}
+
+/// Reading JSON request bodies (DESIGN.md "JSON request bodies").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodySpec {
+    /// The most of a body that is read (and held) before deciding without it.
+    pub max_bytes: usize,
+}
+
+/// Session pins (DESIGN.md "Session pins").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinSpec {
+    pub cookie: String,
+    pub idle_s: u32,
+    /// The signing key first, then `previous_keys` (they still verify).
+    pub keys: Vec<Box<[u8]>>,
+    /// `graysplit_pins_total.result.<kept|issued|ignored>`.
+    pub kept_metric: MetricId,
+    pub issued_metric: MetricId,
+    pub ignored_metric: MetricId,
+    pub(crate) scheme_slot: HeaderSlot,
 }
 
 #[derive(Debug)]
@@ -110,6 +140,8 @@ pub(crate) enum Cond {
     Sources(Vec<Cidr>),
     /// Sorted, deduplicated: looked up by binary search.
     Users(Vec<Box<[u8]>>),
+    Claim(Box<str>, StringMatch),
+    Body(Box<str>, StringMatch),
 }
 
 #[derive(Debug)]
@@ -320,6 +352,8 @@ impl Plan {
             Some(IdSource::Header(slot)) => Some(("header", self.headers.get(*slot)?.clone())),
             Some(IdSource::Cookie(n)) => Some(("cookie", String::from_utf8_lossy(n).into_owned())),
             Some(IdSource::Query(n)) => Some(("query", String::from_utf8_lossy(n).into_owned())),
+            Some(IdSource::Claim(n)) => Some(("claim", n.to_string())),
+            Some(IdSource::Body(p)) => Some(("body", p.to_string())),
             None => self.sticky.as_ref().map(|s| ("cookie", s.name.clone())),
         }
     }
@@ -350,6 +384,8 @@ impl Plan {
             Cond::Query(n, sm) => format!("query parameter {} {}", text(n), m(sm)),
             Cond::Sources(l) => format!("source address is in one of {} listed ranges", l.len()),
             Cond::Users(l) => format!("user id is one of {} listed users", l.len()),
+            Cond::Claim(n, sm) => format!("verified claim {} {}", quote(n), m(sm)),
+            Cond::Body(p, sm) => format!("JSON body field {} {}", quote(p), m(sm)),
         }
     }
 }

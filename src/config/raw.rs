@@ -42,6 +42,33 @@ pub struct RawConfig {
     pub override_: Option<Obj<RawOverride>>,
     pub response_header: Option<String>,
     pub rules: Option<Vec<Obj<RawRule>>>,
+    pub claims: Option<Obj<RawClaims>>,
+    pub body: Option<Obj<RawBody>>,
+    pub session_pin: Option<Obj<RawPin>>,
+}
+
+/// `claims`: where `jwt_authn` left the verified payload (its `payload_in_metadata`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClaims {
+    pub metadata_key: Option<String>,
+}
+
+/// `body`: how much of a JSON request body is read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBody {
+    pub max_bytes: Option<u64>,
+}
+
+/// `session_pin`: `{"cookie", "idle_s", "key", "previous_keys"}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPin {
+    pub cookie: String,
+    pub idle_s: u64,
+    pub key: String,
+    pub previous_keys: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,13 +78,16 @@ pub struct RawIdentity {
     pub sticky_cookie: Option<Obj<RawSticky>>,
 }
 
-/// One of `{"header": NAME}`, `{"cookie": NAME}`, `{"query": NAME}`.
+/// One of `{"header": NAME}`, `{"cookie": NAME}`, `{"query": NAME}`, `{"claim": NAME}`,
+/// `{"body": POINTER}`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSource {
     pub header: Option<String>,
     pub cookie: Option<String>,
     pub query: Option<String>,
+    pub claim: Option<String>,
+    pub body: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +178,34 @@ pub struct RawWhen {
     pub methods: Option<Vec<String>>,
     pub source_cidrs: Option<Vec<String>>,
     pub users: Option<Vec<String>>,
+    pub claims: Option<Vec<Obj<RawMatch>>>,
+    pub body: Option<Vec<Obj<RawBodyMatch>>>,
+}
+
+/// `{"pointer", one of "exact" / "prefix" / "suffix" / "one_of" / "present"}`: a field of a
+/// JSON request body by RFC 6901 pointer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBodyMatch {
+    pub pointer: String,
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub suffix: Option<String>,
+    pub one_of: Option<Vec<String>>,
+    pub present: Option<bool>,
+}
+
+impl From<RawBodyMatch> for RawMatch {
+    fn from(m: RawBodyMatch) -> Self {
+        RawMatch {
+            name: m.pointer,
+            exact: m.exact,
+            prefix: m.prefix,
+            suffix: m.suffix,
+            one_of: m.one_of,
+            present: m.present,
+        }
+    }
 }
 
 /// `{"name", one of "exact" / "prefix" / "suffix" / "one_of" / "present"}`.

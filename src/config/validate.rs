@@ -87,3 +87,22 @@ pub(super) fn check_rule_name(path: &str, n: &str) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+/// An RFC 6901 JSON pointer to a field of a request body: `/user`, `/metadata/conversation_id`,
+/// `/messages/0/role`; `~0` and `~1` are the only escapes. The whole document (`""`) is no
+/// identity, so it is refused.
+pub(super) fn json_pointer(path: &str, p: String) -> Result<String, ConfigError> {
+    let bad = |why: &str| {
+        ConfigError::new(path, format!("must be a JSON pointer like /user ({why}), got {}", quote(&p)))
+    };
+    if !p.starts_with('/') {
+        return Err(bad("it starts with /"));
+    }
+    let mut chars = p.chars();
+    while let Some(c) = chars.next() {
+        if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
+            return Err(bad("~ is only ~0 or ~1"));
+        }
+    }
+    Ok(p)
+}

@@ -4,7 +4,7 @@
 
 use super::Ctx;
 use crate::config::{HeaderSlot, IdSource, Plan};
-use crate::request::Host;
+use crate::request::{body, Host};
 
 /// The user id: resolved on first need, then kept for the rest of the request.
 pub(super) enum Identity {
@@ -38,6 +38,16 @@ fn resolve_identity<H: Host>(plan: &Plan, cx: &mut Ctx<'_, H>) -> Identity {
             IdSource::Cookie(name) => {
                 if let Some(v) = cx.facts.cookie(name).filter(|v| !v.is_empty()) {
                     return Identity::Owned(v.to_vec());
+                }
+            }
+            IdSource::Claim(name) => {
+                if let Some(v) = cx.facts.claim(name).and_then(|c| c.identity()) {
+                    return Identity::Owned(v.to_vec());
+                }
+            }
+            IdSource::Body(pointer) => {
+                if let Some(v) = cx.facts.body_field(pointer).and_then(body::identity) {
+                    return Identity::Owned(v.into_owned());
                 }
             }
             IdSource::Query(name) => {

@@ -7,6 +7,9 @@
 pub mod bucket;
 mod identity;
 pub mod matcher;
+pub mod pin;
+
+use pin::Refused;
 
 use bucket::bucket;
 use identity::{user_id, Identity};
@@ -15,7 +18,7 @@ use crate::config::{
     Action, Cond, MetricId, Plan, Rule, Split, VersionId, WatchId, METRIC_OVERRIDE_ACCEPTED,
     METRIC_OVERRIDE_REJECTED,
 };
-use crate::request::{Facts, Host};
+use crate::request::{body, Facts, Host};
 
 /// Who decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +44,10 @@ pub struct Decision {
     pub bucket: Option<u32>,
     /// When a guarded rule decided: what its guard counts the response under.
     pub watch: Option<WatchId>,
+    /// With session pins, when a split rule decided with a user id: what became of the pin.
+    pub pin: Option<PinOutcome>,
+    /// The pin's `Set-Cookie` value, when one is issued or renewed.
+    pub pin_cookie: Option<String>,
     /// `Set-Cookie` value to send back, when a sticky-cookie id was minted for this request.
     pub set_cookie: Option<String>,
 }
@@ -57,6 +64,32 @@ impl Decision {
             DecidedBy::Override => "override",
             DecidedBy::Default => "default",
             DecidedBy::Rule(i) => plan.rules.get(i).map_or("", |r| r.name.as_str()),
+        }
+    }
+}
+
+/// What became of a session pin (DESIGN.md "Session pins"), counted in
+/// `graysplit_pins_total.result.<kept|issued|ignored>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinOutcome {
+    /// A valid pin kept its version.
+    Kept,
+    /// A valid pin kept its version and is renewed (less than half of `idle_s` was left).
+    Renewed,
+    /// No pin came: one is issued.
+    Issued,
+    /// A pin came and was ignored (the hash decided), and is replaced.
+    Replaced(Refused),
+}
+
+impl PinOutcome {
+    /// The `graysplit_pins_total` results it counts: kept, issued, ignored.
+    pub fn counts(self) -> (bool, bool, bool) {
+        match self {
+            PinOutcome::Kept => (true, false, false),
+            PinOutcome::Renewed => (true, true, false),
+            PinOutcome::Issued => (false, true, false),
+            PinOutcome::Replaced(_) => (false, true, true),
         }
     }
 }
@@ -134,6 +167,8 @@ fn decide_inner<H: Host, T: Tracer>(plan: &Plan, cx: &mut Ctx<'_, H>, trace: &mu
                         override_metric: Some(METRIC_OVERRIDE_ACCEPTED),
                         bucket: None,
                         watch: None,
+                        pin: None,
+                        pin_cookie: None,
                         set_cookie: None,
                     };
                 }
@@ -147,9 +182,12 @@ fn decide_inner<H: Host, T: Tracer>(plan: &Plan, cx: &mut Ctx<'_, H>, trace: &mu
         if verdict != RuleVerdict::Decided {
             continue;
         }
-        let (version, metric, bucket, watch) = match &rule.action {
-            Action::Fixed { version, metric } => (*version, *metric, None, None),
-            Action::Split(split) => split_decision(plan, split, cx),
+        let (version, metric, bucket, watch, pin, pin_cookie) = match &rule.action {
+            Action::Fixed { version, metric } => (*version, *metric, None, None, None, None),
+            Action::Split(split) => {
+                let o = split_decision(plan, rule, split, cx);
+                (o.version, o.metric, o.bucket, o.watch, o.pin, o.pin_cookie)
+            }
         };
         return Decision {
             version,
@@ -158,6 +196,8 @@ fn decide_inner<H: Host, T: Tracer>(plan: &Plan, cx: &mut Ctx<'_, H>, trace: &mu
             override_metric,
             bucket,
             watch,
+            pin,
+            pin_cookie,
             set_cookie: None,
         };
     }
@@ -168,33 +208,123 @@ fn decide_inner<H: Host, T: Tracer>(plan: &Plan, cx: &mut Ctx<'_, H>, trace: &mu
         override_metric,
         bucket: None,
         watch: None,
+        pin: None,
+        pin_cookie: None,
         set_cookie: None,
     }
 }
 
+/// What a split rule decided.
+struct SplitOutcome {
+    version: VersionId,
+    metric: MetricId,
+    bucket: Option<u32>,
+    watch: Option<WatchId>,
+    pin: Option<PinOutcome>,
+    pin_cookie: Option<String>,
+}
+
 /// A split: the user's bucket picks the entry whose band (at this time, for a schedule) holds
-/// it; the rest, no user id, and an entry whose guard has tripped, go to stable.
-fn split_decision<H: Host>(
-    plan: &Plan,
-    split: &Split,
-    cx: &mut Ctx<'_, H>,
-) -> (VersionId, MetricId, Option<u32>, Option<WatchId>) {
-    let stable = (0, split.stable_metric, None, split.stable_watch);
-    let now = if split.scheduled { cx.facts.now() } else { 0 };
-    let Some(user) = user_id(plan, cx) else { return stable };
+/// it; the rest, no user id, and an entry whose guard has tripped, go to stable. With session
+/// pins, a valid pin for a version the rule can still give keeps it instead.
+fn split_decision<H: Host>(plan: &Plan, rule: &Rule, split: &Split, cx: &mut Ctx<'_, H>) -> SplitOutcome {
+    let stable = |bucket| SplitOutcome {
+        version: 0,
+        metric: split.stable_metric,
+        bucket,
+        watch: split.stable_watch,
+        pin: None,
+        pin_cookie: None,
+    };
+    let now = if split.scheduled || plan.pin.is_some() { cx.facts.now() } else { 0 };
+    let Some(user) = user_id(plan, cx) else { return stable(None) };
     let b = bucket(&split.salt_colon, user);
     let mut upper = 0;
+    let mut hashed = stable(Some(b));
     for e in &split.entries {
         upper += e.share.at(now);
         if b < upper {
-            if e.watch.is_some_and(|w| cx.facts.host.tripped(w)) && e.version != 0 {
-                // A rollback: the tripped version's buckets go to stable.
-                return (0, split.stable_metric, Some(b), split.stable_watch);
+            // A tripped version's buckets go to stable: a rollback.
+            if !(e.watch.is_some_and(|w| cx.facts.host.tripped(w)) && e.version != 0) {
+                hashed = SplitOutcome { version: e.version, metric: e.metric, watch: e.watch, ..hashed };
             }
-            return (e.version, e.metric, Some(b), e.watch);
+            break;
         }
     }
-    (0, split.stable_metric, Some(b), split.stable_watch)
+    let Some(spec) = &plan.pin else { return hashed };
+    let user = user_id(plan, cx).map(<[u8]>::to_vec).unwrap_or_default();
+    let salt = split.salt_colon.strip_suffix(b":").unwrap_or(&split.salt_colon);
+    let now_s = now.div_euclid(1_000_000_000);
+    let checked = cx
+        .facts
+        .cookie(spec.cookie.as_bytes())
+        .map(|value| pin::verify(value, &spec.keys, &rule.name, salt, &user, now_s));
+    let verdict = checked.map(|r| {
+        r.and_then(|p| {
+            usable(plan, split, &p.version, now, cx).map(|o| (o, p.expires_s)).ok_or(Refused::Unavailable)
+        })
+    });
+    let (mut out, outcome, renew) = match verdict {
+        Some(Ok((o, expires_s))) => {
+            let renew = expires_s - now_s < i64::from(spec.idle_s / 2);
+            (
+                SplitOutcome { bucket: Some(b), ..o },
+                if renew { PinOutcome::Renewed } else { PinOutcome::Kept },
+                renew,
+            )
+        }
+        Some(Err(why)) => (hashed, PinOutcome::Replaced(why), true),
+        None => (hashed, PinOutcome::Issued, true),
+    };
+    out.pin = Some(outcome);
+    if renew {
+        let value = pin::sign(
+            spec.keys.first().map_or(&[][..], |k| k),
+            &rule.name,
+            plan.version_name(out.version),
+            now_s + i64::from(spec.idle_s),
+            salt,
+            &user,
+        );
+        let secure = cx.facts.header(spec.scheme_slot) == Some(b"https");
+        out.pin_cookie = Some(format!(
+            "{}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
+            spec.cookie,
+            spec.idle_s,
+            if secure { "; Secure" } else { "" }
+        ));
+    }
+    out
+}
+
+/// The outcome for a pinned version if the rule can still give it now: stable, or an entry
+/// whose current percent is above 0 and whose guard has not tripped.
+fn usable<H: Host>(
+    plan: &Plan,
+    split: &Split,
+    version: &str,
+    now: i64,
+    cx: &Ctx<'_, H>,
+) -> Option<SplitOutcome> {
+    let none = SplitOutcome {
+        version: 0,
+        metric: split.stable_metric,
+        bucket: None,
+        watch: split.stable_watch,
+        pin: None,
+        pin_cookie: None,
+    };
+    if version == plan.version_name(0) {
+        return Some(none);
+    }
+    let e = split.entries.iter().find(|e| plan.version_name(e.version) == version)?;
+    let tripped = e.watch.is_some_and(|w| cx.facts.host.tripped(w));
+    (e.share.at(now) > 0 && !tripped).then_some(SplitOutcome {
+        version: e.version,
+        metric: e.metric,
+        watch: e.watch,
+        ..none
+    })
 }
 
 fn rule_verdict<H: Host>(plan: &Plan, rule: &Rule, cx: &mut Ctx<'_, H>) -> RuleVerdict {
@@ -225,6 +355,11 @@ fn cond_holds<H: Host>(plan: &Plan, cond: &Cond, cx: &mut Ctx<'_, H>) -> bool {
         Cond::Cookie(name, m) => m.matches(f.cookie(name)),
         Cond::Query(name, m) => m.matches(f.query(name).as_deref()),
         Cond::Sources(cidrs) => f.source().is_some_and(|ip| cidrs.iter().any(|c| c.contains(ip))),
+        Cond::Claim(name, m) => match f.claim(name) {
+            Some(c) => c.matches(m),
+            None => m.matches(None),
+        },
+        Cond::Body(pointer, m) => body::matches(f.body_field(pointer), m),
         Cond::Users(sorted) => {
             user_id(plan, cx).is_some_and(|u| sorted.binary_search_by(|x| x[..].cmp(u)).is_ok())
         }
@@ -237,6 +372,7 @@ mod tests {
     use super::*;
     use crate::config::parse;
     use crate::request::fake::StaticRequest;
+    use pin::Refused;
 
     const NOW: i64 = 1_796_083_200_000_000_000; // 2026-12-01T00:00:00Z
 
@@ -600,5 +736,189 @@ mod tests {
             p.split(0).unwrap().stable_watch,
             "no id: stable, counted for stable"
         );
+    }
+
+    fn with_claims(mut r: StaticRequest, claims: serde_json::Value) -> StaticRequest {
+        let serde_json::Value::Object(map) = claims else { panic!("an object") };
+        r.claims = Some(crate::request::claims::Claims::from_json(map));
+        r
+    }
+
+    #[test]
+    fn claims_pilot_and_identify_only_when_verified() {
+        let p = plan(
+            r#"{"stable": "v1", "identity": {"from": [{"claim": "sub"}, {"header": "x-user-id"}]}, "rules": [
+               {"name": "legal", "when": {"claims": [{"name": "department", "exact": "legal"}]}, "version": "v2"},
+               {"name": "beta", "when": {"claims": [{"name": "groups", "one_of": ["beta-testers"]}]}, "version": "v3"},
+               {"name": "vip", "when": {"users": ["ceo@corp.example"]}, "version": "v1"},
+               {"name": "ramp", "split": [{"version": "v2", "percent": 50}]}]}"#,
+        );
+        let r = || req("/", &[("x-department", "legal"), ("x-user-id", "header-id")]);
+        assert_eq!(run(&p, &r()).1, "ramp", "a header named like a claim is no claim");
+        assert_eq!(run(&p, &with_claims(r(), serde_json::json!({"department": "legal"}))), vr("v2", "legal"));
+        assert_eq!(
+            run(&p, &with_claims(r(), serde_json::json!({"groups": ["eng", "beta-testers"]}))),
+            vr("v3", "beta")
+        );
+        assert_eq!(
+            run(&p, &with_claims(r(), serde_json::json!({"sub": "ceo@corp.example"}))),
+            vr("v1", "vip")
+        );
+        let d = decide(&p, &with_claims(r(), serde_json::json!({"sub": "alice"})));
+        assert_eq!(d.bucket, Some(bucket(b"ramp:", b"alice")), "the claim is the identity");
+        let d = decide(&p, &with_claims(r(), serde_json::json!({"sub": ["not", "an", "id"]})));
+        assert_eq!(
+            d.bucket,
+            Some(bucket(b"ramp:", b"header-id")),
+            "a list claim is no identity: next source"
+        );
+    }
+
+    #[test]
+    fn body_fields_pilot_and_identify() {
+        let p = plan(
+            r#"{"stable": "v1", "identity": {"from": [{"body": "/user"}, {"body": "/metadata/conversation_id"}]}, "rules": [
+               {"name": "qwen", "when": {"body": [{"pointer": "/model", "one_of": ["qwen2.5-72b"]}]}, "version": "v2"},
+               {"name": "streams", "when": {"body": [{"pointer": "/stream", "exact": "true"}]}, "version": "v3"},
+               {"name": "ramp", "split": [{"version": "v2", "percent": 50}]}]}"#,
+        );
+        let body = |b: &str| {
+            let mut r = req("/v1/chat/completions", &[]);
+            r.body = Some(b.as_bytes().to_vec());
+            r
+        };
+        assert_eq!(run(&p, &body(r#"{"model": "qwen2.5-72b"}"#)), vr("v2", "qwen"));
+        assert_eq!(run(&p, &body(r#"{"model": "gpt-4o", "stream": true}"#)), vr("v3", "streams"));
+        let d = decide(&p, &body(r#"{"model": "gpt-4o", "user": "u-9"}"#));
+        assert_eq!(d.bucket, Some(bucket(b"ramp:", b"u-9")));
+        let d = decide(&p, &body(r#"{"metadata": {"conversation_id": "conv-1"}}"#));
+        assert_eq!(d.bucket, Some(bucket(b"ramp:", b"conv-1")), "the next source when /user is absent");
+        for absent in [r#"{"model": "#, "not json", ""] {
+            let d = decide(&p, &body(absent));
+            assert_eq!((d.rule_name(&p), d.bucket), ("ramp", None), "{absent:?}: no body facts");
+        }
+        assert_eq!(decide(&p, &req("/", &[])).bucket, None, "no body at all");
+    }
+
+    const PIN: &str =
+        r#""session_pin": {"cookie": "gp", "idle_s": 600, "key": "0123456789abcdef0123456789abcdef"}"#;
+
+    fn pinned(percent: u32, extra: &str) -> Plan {
+        plan(&format!(
+            r#"{{"stable": "s", "identity": {{"from": [{{"header": "u"}}]}}, {PIN}, "rules": [{{"name": "r", "salt": "rel"{extra},
+               "split": [{{"version": "g", "percent": {percent}}}]}}]}}"#
+        ))
+    }
+
+    /// The pin a response set, as the next request sends it back.
+    fn cookie_of(d: &Decision) -> String {
+        let Some(c) = d.pin_cookie.clone() else { panic!("no pin was issued: {d:?}") };
+        c.split(';').next().unwrap().to_string()
+    }
+
+    #[test]
+    fn a_pin_keeps_a_session_on_its_version_across_a_ramp() {
+        let user = (0..)
+            .map(|i| format!("user-{i}"))
+            .find(|u| (1000..5000).contains(&bucket(b"rel:", u.as_bytes())))
+            .unwrap();
+        let at_10 = pinned(10, "");
+        let at_50 = pinned(50, "");
+        let mut r = req("/", &[("u", &user)]);
+        let first = decide(&at_10, &r);
+        assert_eq!((first.version_name(&at_10), first.pin), ("s", Some(PinOutcome::Issued)));
+        assert!(first
+            .pin_cookie
+            .as_ref()
+            .unwrap()
+            .ends_with("; Path=/; Max-Age=600; HttpOnly; SameSite=Lax"));
+        r.headers.push(("cookie".into(), cookie_of(&first).into_bytes()));
+        let kept = decide(&at_50, &r);
+        assert_eq!(
+            (kept.version_name(&at_50), kept.pin, kept.pin_cookie.as_deref()),
+            ("s", Some(PinOutcome::Kept), None),
+            "the ramp step waits for the next session"
+        );
+        r.now = NOW + 301 * 1_000_000_000;
+        let renewed = decide(&at_50, &r);
+        assert_eq!(
+            (renewed.version_name(&at_50), renewed.pin),
+            ("s", Some(PinOutcome::Renewed)),
+            "renewed past half of idle_s"
+        );
+        r.now = NOW + 601 * 1_000_000_000;
+        let expired = decide(&at_50, &r);
+        assert_eq!(
+            (expired.version_name(&at_50), expired.pin),
+            ("g", Some(PinOutcome::Replaced(Refused::Expired))),
+            "a new session gets the new percent"
+        );
+    }
+
+    #[test]
+    fn a_pin_of_another_user_a_forged_one_and_rollbacks_are_ignored() {
+        let gray_user =
+            (0..).map(|i| format!("user-{i}")).find(|u| bucket(b"rel:", u.as_bytes()) < 1000).unwrap();
+        let at_10 = pinned(10, "");
+        let issued = decide(&at_10, &req("/", &[("u", &gray_user)]));
+        assert_eq!(issued.version_name(&at_10), "g");
+        let pin = cookie_of(&issued);
+        let back = |p: &Plan, user: &str, cookie: &str| {
+            let d = decide(p, &req("/", &[("u", user), ("cookie", cookie)]));
+            (d.version_name(p).to_string(), d.pin)
+        };
+        assert_eq!(back(&at_10, &gray_user, &pin), ("g".into(), Some(PinOutcome::Kept)));
+        let stable_user =
+            (0..).map(|i| format!("other-{i}")).find(|u| bucket(b"rel:", u.as_bytes()) >= 1000).unwrap();
+        assert_eq!(
+            back(&at_10, &stable_user, &pin),
+            ("s".into(), Some(PinOutcome::Replaced(Refused::BadSignature))),
+            "another user's pin"
+        );
+        let forged = pin.replace(":g:", ":s:");
+        assert_eq!(back(&at_10, &gray_user, &forged).1, Some(PinOutcome::Replaced(Refused::BadSignature)));
+        // Rollbacks: percent 0, the version gone, a tripped guard.
+        assert_eq!(
+            back(&pinned(0, ""), &gray_user, &pin),
+            ("s".into(), Some(PinOutcome::Replaced(Refused::Unavailable)))
+        );
+        let gone = plan(&format!(
+            r#"{{"stable": "s", "identity": {{"from": [{{"header": "u"}}]}}, {PIN}, "rules": [{{"name": "r", "salt": "rel", "split": [{{"version": "h", "percent": 10}}]}}]}}"#
+        ));
+        assert_eq!(back(&gone, &gray_user, &pin).1, Some(PinOutcome::Replaced(Refused::Unavailable)));
+        let guarded = pinned(10, r#", "guard": {"max_error_percent": 5}"#);
+        let mut r = req("/", &[("u", &gray_user), ("cookie", &pin)]);
+        r.tripped = vec![guarded.watches.iter().position(|w| !w.stable).unwrap()];
+        let d = decide(&guarded, &r);
+        assert_eq!(
+            (d.version_name(&guarded), d.pin),
+            ("s", Some(PinOutcome::Replaced(Refused::Unavailable)))
+        );
+        let off = pinned(10, r#", "enabled": false"#);
+        assert_eq!(
+            back(&off, &gray_user, &pin),
+            ("s".into(), None),
+            "a disabled rule does not decide: no pin"
+        );
+    }
+
+    #[test]
+    fn only_split_decisions_with_a_user_id_carry_pins() {
+        let p = plan(&format!(
+            r#"{{"stable": "s", "identity": {{"from": [{{"header": "u"}}]}}, {PIN},
+               "override": {{"header": "x-o", "trusted_cidrs": ["127.0.0.1"]}}, "rules": [
+               {{"name": "fixed", "when": {{"headers": [{{"name": "x-f", "present": true}}]}}, "version": "g"}},
+               {{"name": "r", "split": [{{"version": "g", "percent": 50}}]}}]}}"#
+        ));
+        for (headers, why) in [
+            (&[("x-f", "1"), ("u", "a")][..], "a fixed version"),
+            (&[("x-o", "g"), ("u", "a")][..], "the override"),
+            (&[][..], "no user id"),
+        ] {
+            let d = decide(&p, &req("/", headers));
+            assert_eq!((d.pin, d.pin_cookie), (None, None), "{why}");
+        }
+        let https = decide(&p, &req("/", &[("u", "a"), (":scheme", "https")]));
+        assert!(https.pin_cookie.unwrap().ends_with("; Secure"));
     }
 }

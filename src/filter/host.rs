@@ -6,15 +6,21 @@ use std::cell::Cell;
 use std::hash::Hasher;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::MapType;
+use proxy_wasm::types::{BufferType, MapType};
 
 use super::root::{now_ns, Active};
 use crate::config::WatchId;
+use crate::request::claims::Claims;
 use crate::request::Host;
+
+/// The filter name under which Envoy's jwt_authn keeps what it verified.
+const JWT_AUTHN: &str = "envoy.filters.http.jwt_authn";
 
 /// The request being decided, under the plan `active` holds.
 pub(super) struct WasmHost<'a> {
     pub active: &'a Active,
+    /// The size of the whole JSON body Envoy holds for the decision, if it holds one.
+    pub body: Option<usize>,
 }
 
 thread_local! {
@@ -43,6 +49,19 @@ impl Host for WasmHost<'_> {
 
     fn tripped(&self, watch: WatchId) -> bool {
         self.active.tripped(watch)
+    }
+
+    fn claims(&self, metadata_key: &str) -> Option<Claims> {
+        // The whole dynamic metadata, a serialized envoy.config.core.v3.Metadata: the one
+        // reading that keeps each claim's type (a path below it comes back in the untyped
+        // pairs format, and fails outright on a null claim). No token: no metadata.
+        let bytes = hostcalls::get_property(vec!["metadata"]).ok().flatten()?;
+        Claims::from_metadata(&bytes, JWT_AUTHN, metadata_key)
+    }
+
+    fn body(&self) -> Option<Vec<u8>> {
+        let size = self.body?;
+        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size).ok().flatten()
     }
 
     fn fill_random(&self, buf: &mut [u8]) {

@@ -1,8 +1,19 @@
-//! The HTTP context: one per request. Decides on the request headers, writes the routing
-//! header, counts the decision; on the response echoes the version, sends a minted sticky
-//! cookie, and for a guarded rule counts the response for its guard.
+//! The HTTP context: one per request. Decides on the request headers (or, for a plan that
+//! reads JSON bodies, once the body is in), writes the routing header, counts the decision; on
+//! the response echoes the version, sends a minted sticky cookie and a session pin, and for a
+//! guarded rule counts the response for its guard.
+//!
+//! Holding a request for its body: `on_http_request_headers` returns Pause, which Envoy honours
+//! as "stop here, go on delivering the body" only when the Wasm filter's config sets
+//! `allow_on_headers_stop_iteration: true`; otherwise it stops the whole stream and never calls
+//! `on_http_request_body` (proxy-wasm-cpp-host turns the Pause into StopAllIterationAndWatermark).
+//! So each VM watches the requests it holds ([`held`]): when none of them has seen a body
+//! callback a second after it was held, the setting is missing; the VM says so once (an error
+//! line), decides those requests without their bodies, resumes them, and from then on decides
+//! at the headers. Nothing stalls.
 
-use std::rc::Rc;
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -12,61 +23,118 @@ use super::host::WasmHost;
 use super::root::{now_ns, Active};
 use crate::config::{self, VersionId};
 use crate::decide::decide;
+use crate::request::body;
+
+/// How long a held request may wait for its first body callback before this VM concludes that
+/// Envoy will not deliver bodies to it (no `allow_on_headers_stop_iteration`).
+const FIRST_BODY_WAIT_NS: i64 = 1_000_000_000;
 
 pub(super) struct Stream {
     context_id: u32,
+    state: Rc<RefCell<StreamState>>,
+}
+
+/// What a request's decision left for its response, and whether it waits for its body. Shared
+/// with [`held`], so a request held in vain can be decided from the root context's tick.
+pub(super) struct StreamState {
+    context_id: u32,
     active: Option<Rc<Active>>,
-    /// What the response needs from the decision.
     version: Option<VersionId>,
     set_cookie: Option<String>,
+    pin_cookie: Option<String>,
     /// For a guarded rule: the guard and the version's index in its book, and when the request
     /// started (only for guards with `slow_ms`).
     guarded: Option<(usize, usize, Option<i64>)>,
+    /// The decision waits for the JSON body (a plan that reads it): the request is held.
+    awaiting_body: bool,
+    /// How much of the body Envoy holds so far.
+    body_size: usize,
+}
+
+/// A request held for its body: its context id, since when (Unix ns), its state.
+type Held = (u32, i64, Weak<RefCell<StreamState>>);
+
+thread_local! {
+    /// Requests this VM holds for their body.
+    static HELD: RefCell<Vec<Held>> = const { RefCell::new(Vec::new()) };
+    /// Whether Envoy delivers bodies after a Pause in the headers: unknown, yes (a held
+    /// request got a body callback), no (one waited in vain).
+    static BODIES_AFTER_PAUSE: Cell<Option<bool>> = const { Cell::new(None) };
 }
 
 impl Stream {
     pub(super) fn new(context_id: u32, active: Option<Rc<Active>>) -> Self {
-        Stream { context_id, active, version: None, set_cookie: None, guarded: None }
+        let state = StreamState {
+            context_id,
+            active,
+            version: None,
+            set_cookie: None,
+            pin_cookie: None,
+            guarded: None,
+            awaiting_body: false,
+            body_size: 0,
+        };
+        Stream { context_id, state: Rc::new(RefCell::new(state)) }
     }
+}
+
+/// Whether the request has a JSON body graysplit may read (DESIGN.md "JSON request bodies"):
+/// a body follows, its `content-type` is JSON, and it has no `content-encoding`.
+fn json_body_follows(end_of_stream: bool) -> bool {
+    let header = |name| hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten();
+    !end_of_stream
+        && header("content-type").is_some_and(|ct| body::is_json_content_type(&ct))
+        && header("content-encoding").is_none()
 }
 
 impl Context for Stream {}
 
 impl Drop for Stream {
     fn drop(&mut self) {
+        let state = self.state.borrow();
         // A guarded request that never got response headers leaves the in-flight list.
-        if let (Some(active), Some((g, _, Some(_)))) = (&self.active, self.guarded) {
+        if let (Some(active), Some((g, _, Some(_)))) = (&state.active, state.guarded) {
             if let Some(link) = active.guards.get(g) {
                 link.book.borrow_mut().forget(self.context_id);
             }
         }
+        if state.awaiting_body {
+            held::release(self.context_id);
+        }
     }
 }
 
-// The host's status on header and property writes is not checked: a request has nothing to fall
-// back to when Envoy refuses one (a stream already closed), and the SDK itself fails loudly on
-// the statuses it does not expect.
-impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(active) = self.active.clone() else {
-            // Unreachable in practice (Envoy does not run a plugin whose configure failed),
-            // but never let a client-sent routing header through.
-            let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, config::DEFAULT_ROUTE_HEADER);
-            return Action::Continue;
-        };
+impl StreamState {
+    fn max_body(&self) -> usize {
+        self.active.as_ref().and_then(|a| a.plan.body.as_ref()).map_or(0, |b| b.max_bytes)
+    }
+
+    /// Decides, writes the routing header (Envoy then selects the route again), counts, and
+    /// keeps what the response needs. `body`: the size of a whole JSON body Envoy holds.
+    fn decide(&mut self, body: Option<usize>) {
+        let Some(active) = self.active.clone() else { return };
+        self.awaiting_body = false;
         let plan = &active.plan;
-        let d = decide(plan, &WasmHost { active: &active });
+        let d = decide(plan, &WasmHost { active: &active, body });
         let version = d.version_name(plan);
-        // Replaces every copy the client sent; Envoy then re-selects the route.
+        // Replaces every copy the client sent.
         let _ = hostcalls::set_map_value_bytes(
             MapType::HttpRequestHeaders,
             &plan.route_header,
             Some(version.as_bytes()),
         );
-        for m in [Some(d.metric), d.override_metric].into_iter().flatten() {
-            if let Some(id) = active.metric_ids.get(m) {
+        let count = |m: Option<usize>| {
+            if let Some(id) = m.and_then(|m| active.metric_ids.get(m)) {
                 let _ = hostcalls::increment_metric(*id, 1);
             }
+        };
+        count(Some(d.metric));
+        count(d.override_metric);
+        if let (Some(outcome), Some(spec)) = (d.pin, &plan.pin) {
+            let (kept, issued, ignored) = outcome.counts();
+            count(kept.then_some(spec.kept_metric));
+            count(issued.then_some(spec.issued_metric));
+            count(ignored.then_some(spec.ignored_metric));
         }
         // The deciding rule, as filter state for the access log:
         // %FILTER_STATE(wasm.graysplit_rule:PLAIN)%. The version needs no property of its own
@@ -88,26 +156,85 @@ impl HttpContext for Stream {
                 self.guarded = Some((g, v, start));
             }
         }
-        if plan.response_header.is_some() || d.set_cookie.is_some() {
+        if plan.response_header.is_some() || d.set_cookie.is_some() || d.pin_cookie.is_some() {
             self.version = Some(d.version);
             self.set_cookie = d.set_cookie;
+            self.pin_cookie = d.pin_cookie;
+        }
+    }
+}
+
+// The host's status on header and property writes is not checked: a request has nothing to fall
+// back to when Envoy refuses one (a stream already closed), and the SDK itself fails loudly on
+// the statuses it does not expect.
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let mut s = self.state.borrow_mut();
+        let Some(active) = s.active.clone() else {
+            // Unreachable in practice (Envoy does not run a plugin whose configure failed),
+            // but never let a client-sent routing header through.
+            let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, config::DEFAULT_ROUTE_HEADER);
+            return Action::Continue;
+        };
+        if active.plan.body.is_some()
+            && BODIES_AFTER_PAUSE.get() != Some(false)
+            && json_body_follows(end_of_stream)
+        {
+            // Hold the request (its headers too: the routing header is set once the body
+            // says) until the body ends or max_bytes arrived.
+            s.awaiting_body = true;
+            held::hold(self.context_id, &self.state);
+            return Action::Pause;
+        }
+        s.decide(None);
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let mut s = self.state.borrow_mut();
+        if !s.awaiting_body {
+            return Action::Continue;
+        }
+        BODIES_AFTER_PAUSE.set(Some(true));
+        s.body_size = body_size;
+        let max = s.max_body();
+        if !end_of_stream && body_size <= max {
+            // Keep buffering: at most max_bytes plus one chunk. (HTTP/1.1 ends a body with an
+            // empty callback, so a body of exactly max_bytes is still read whole.)
+            return Action::Pause;
+        }
+        // The whole body within max_bytes, or none (longer: the decision goes on without it).
+        held::release(self.context_id);
+        let whole = end_of_stream && body_size <= max;
+        s.decide(whole.then_some(body_size));
+        Action::Continue
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        // The body ended with trailers: decide with what is held.
+        let mut s = self.state.borrow_mut();
+        if s.awaiting_body {
+            held::release(self.context_id);
+            let (size, max) = (s.body_size, s.max_body());
+            s.decide((size <= max).then_some(size));
         }
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(active) = &self.active else { return Action::Continue };
-        if let Some((g, v, start)) = self.guarded.take() {
-            count_response(active, self.context_id, g, v, start);
+        let mut s = self.state.borrow_mut();
+        let Some(active) = s.active.clone() else { return Action::Continue };
+        if let Some((g, v, start)) = s.guarded.take() {
+            count_response(&active, self.context_id, g, v, start);
         }
-        let Some(version) = self.version else { return Action::Continue };
+        let Some(version) = s.version else { return Action::Continue };
         if let Some(name) = &active.plan.response_header {
             if let Some(v) = active.plan.versions.get(version) {
                 let _ =
                     hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(v.as_bytes()));
             }
         }
-        if let Some(cookie) = self.set_cookie.take() {
+        for cookie in [s.set_cookie.take(), s.pin_cookie.take()].into_iter().flatten() {
             let _ =
                 hostcalls::add_map_value_bytes(MapType::HttpResponseHeaders, "set-cookie", cookie.as_bytes());
         }
@@ -132,4 +259,43 @@ fn count_response(active: &Active, context_id: u32, g: usize, v: usize, start: O
     let error =
         slow || status.is_some_and(|s| active.plan.guards.get(g).is_some_and(|gd| gd.statuses.is_error(s)));
     book.count(context_id, v, error);
+}
+
+/// The requests this VM holds for their bodies, watched from the root context's tick.
+pub(super) mod held {
+    use super::*;
+
+    pub(super) fn hold(context_id: u32, state: &Rc<RefCell<StreamState>>) {
+        HELD.with_borrow_mut(|h| h.push((context_id, now_ns(), Rc::downgrade(state))));
+    }
+
+    pub(super) fn release(context_id: u32) {
+        HELD.with_borrow_mut(|h| h.retain(|(id, _, _)| *id != context_id));
+    }
+
+    /// On a tick: while no held request of this VM has ever got a body callback, one held for
+    /// longer than [`FIRST_BODY_WAIT_NS`] shows that Envoy will not deliver bodies after a Pause.
+    /// Then every held request is decided without its body and resumed, and later ones are
+    /// decided at their headers.
+    pub(in crate::filter) fn check(now: i64) {
+        if BODIES_AFTER_PAUSE.get() == Some(true) {
+            return;
+        }
+        let stuck = HELD.with_borrow(|h| h.iter().any(|(_, since, _)| now - since > FIRST_BODY_WAIT_NS));
+        if !stuck {
+            return;
+        }
+        if BODIES_AFTER_PAUSE.replace(Some(false)).is_none() {
+            log::error!(
+                "graysplit: request bodies are not delivered to the filter: set allow_on_headers_stop_iteration: true in the Wasm filter's config (envoy.extensions.wasm.v3.PluginConfig); until then body conditions and body identities see no body"
+            );
+        }
+        for (id, _, state) in HELD.with_borrow_mut(std::mem::take) {
+            let Some(state) = state.upgrade() else { continue };
+            if hostcalls::set_effective_context(id).is_ok() {
+                state.borrow_mut().decide(None);
+                let _ = hostcalls::resume_http_request();
+            }
+        }
+    }
 }

@@ -11,7 +11,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MetricType};
 
 use super::guards::{self, Link, TICK_MS};
-use super::http::Stream;
+use super::http::{held, Stream};
 use crate::config::{self, Plan, WatchId};
 
 /// A compiled plan and what the host gave for it: counter and gauge ids (same order as
@@ -75,7 +75,9 @@ impl RootContext for Root {
             .flatten()
             .unwrap_or_default();
         let Some(active) = configure(&raw) else { return false };
-        let ticks = !active.plan.guards.is_empty() || !active.plan.split_gauges.is_empty();
+        let ticks = !active.plan.guards.is_empty()
+            || !active.plan.split_gauges.is_empty()
+            || active.plan.body.is_some();
         active.record_gauges(now_ns());
         self.active = Some(Rc::new(active));
         if ticks {
@@ -91,6 +93,9 @@ impl RootContext for Root {
             link.book.borrow_mut().flush(now);
         }
         active.record_gauges(now);
+        if active.plan.body.is_some() {
+            held::check(now);
+        }
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

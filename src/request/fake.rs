@@ -1,5 +1,6 @@
 //! A request held in memory: the unit tests' fake [`Host`], and what the operator CLI explains.
 
+use super::claims::Claims;
 use super::Host;
 use crate::config::WatchId;
 
@@ -16,6 +17,10 @@ pub struct StaticRequest {
     pub random_byte: u8,
     /// The guarded versions whose guard has tripped (`Plan::watches` indices).
     pub tripped: Vec<WatchId>,
+    /// The claims a `jwt_authn` verified (None: no token).
+    pub claims: Option<Claims>,
+    /// A JSON body held in full (None: no body, not JSON, or too long).
+    pub body: Option<Vec<u8>>,
 }
 
 impl StaticRequest {
@@ -30,6 +35,8 @@ impl StaticRequest {
             now: 0,
             random_byte: 0xab,
             tripped: Vec::new(),
+            claims: None,
+            body: None,
         }
     }
 }
@@ -52,5 +59,11 @@ impl Host for StaticRequest {
     }
     fn tripped(&self, watch: WatchId) -> bool {
         self.tripped.contains(&watch)
+    }
+    fn claims(&self, _metadata_key: &str) -> Option<Claims> {
+        self.claims.clone()
+    }
+    fn body(&self) -> Option<Vec<u8>> {
+        self.body.clone()
     }
 }

@@ -2,7 +2,9 @@
 //! proxy-wasm; unit tests use a map-backed fake) and [`Facts`], which fetches each thing the
 //! plan needs at most once per request and only when a rule actually asks for it.
 
+pub mod body;
 pub mod cidr;
+pub mod claims;
 pub mod cookie;
 pub mod fake;
 pub mod query;
@@ -12,6 +14,7 @@ use std::net::IpAddr;
 
 use crate::config::{HeaderSlot, Plan, WatchId};
 use cidr::parse_socket_ip;
+use claims::{Claim, Claims};
 
 /// What the decision needs from the proxy. Everything returns owned bytes because that is
 /// what the proxy-wasm host hands over (values as bytes: never a `String` a client could make
@@ -34,6 +37,16 @@ pub trait Host {
     fn tripped(&self, _watch: WatchId) -> bool {
         false
     }
+    /// The claims `jwt_authn` verified, from dynamic metadata under `metadata_key`; `None`
+    /// when there are none (no token, a bad one, no `jwt_authn`). Never from a header.
+    fn claims(&self, _metadata_key: &str) -> Option<Claims> {
+        None
+    }
+    /// The request body, when it is a JSON body the glue held in full within `body.max_bytes`;
+    /// `None` otherwise (then every body fact is absent).
+    fn body(&self) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// Lazily fetched, cached request facts for one decision.
@@ -48,11 +61,22 @@ pub struct Facts<'a, H: Host> {
     map: Option<HeaderMap>,
     source: Option<Option<IpAddr>>,
     now: Option<i64>,
+    claims: Option<Option<Claims>>,
+    body: Option<Option<serde_json::Value>>,
 }
 
 impl<'a, H: Host> Facts<'a, H> {
     pub fn new(plan: &'a Plan, host: &'a H) -> Self {
-        Facts { plan, host, headers: Vec::new(), map: None, source: None, now: None }
+        Facts {
+            plan,
+            host,
+            headers: Vec::new(),
+            map: None,
+            source: None,
+            now: None,
+            claims: None,
+            body: None,
+        }
     }
 
     /// The first value of the header in `slot`.
@@ -112,6 +136,20 @@ impl<'a, H: Host> Facts<'a, H> {
     pub fn now(&mut self) -> i64 {
         let host = self.host;
         *self.now.get_or_insert_with(|| host.now_unix_nanos())
+    }
+
+    /// Verified claim `name`, read (with all the claims) on first need.
+    pub fn claim(&mut self, name: &str) -> Option<&Claim> {
+        let (plan, host) = (self.plan, self.host);
+        let claims = self.claims.get_or_insert_with(|| host.claims(plan.claims_key.as_deref()?));
+        claims.as_ref()?.get(name)
+    }
+
+    /// The field of the JSON body at `pointer`, the body parsed on first need.
+    pub fn body_field(&mut self, pointer: &str) -> Option<&serde_json::Value> {
+        let host = self.host;
+        let body = self.body.get_or_insert_with(|| host.body().as_deref().and_then(body::parse));
+        body.as_ref()?.pointer(pointer)
     }
 }
 
