@@ -3,7 +3,7 @@
 no-op Wasm filters. Prints a markdown table and writes it to bench/results.md.
 
     .venv/bin/python scripts/bench.py [--rounds 7] [--duration 5] [--warmup 2] [--connections 16]
-                                        [--callgrind N] [--only abcdefghi]
+                                        [--callgrind N] [--only abcdefghijklmno]
 
 Scenarios (one Envoy each, all from envoy/bench.yaml: the same listener, strip step and
 clusters; they differ in the routes and the HTTP filter, set in `scenarios()` below):
@@ -19,6 +19,11 @@ clusters; they differ in the routes and the HTTP filter, set in `scenarios()` be
      built on the SDK, as graysplit is: the SDK exports every callback, and Envoy calls each)
   h  graysplit, (c)'s split at 50% by a schedule (reads the clock per request)
   i  graysplit, (c)'s split with a guard (reads each response's status, counts it)
+  j  native header routing of a POST with a 1 KB OpenAI-style JSON body (the baseline of k)
+  k  graysplit, (c)'s split with the user id from that body's /user (the body is held, read)
+  l  Envoy's jwt_authn alone, an RS256 token per user (the baseline of m)
+  m  jwt_authn + graysplit, (c)'s split with the user id from the verified sub claim
+  n, o  j and k with an 8 KB body: what a body identity costs per KB
 
 How: every Envoy runs with --concurrency 1 pinned to CPU 0; nginx (the upstream, one process,
 two ports answering "v1" / "v2") and wrk (one thread, many distinct user ids, bench/wrk-users.lua)
@@ -75,7 +80,11 @@ GRAY_BELOW = 5000        # buckets [0, 5000) -> v2
 # Targets, as ratios to (a) by instructions (callgrind; CPU medians when --callgrind 0): a number,
 # or (another scenario, at most this much above its ratio). Issue 9: graysplit on the proxy-wasm
 # SDK and serde; issue 10: a scheduled and a guarded split next to (c).
-GOALS = {"c": 1.24, "d": 1.37, "h": ("c", 0.01), "i": ("c", 0.07)}
+# A number: the ratio to (a); ("+", base, x): at most base's ratio plus x; ("x", base, x): at most
+# x times base (a scenario priced against its own baseline). Issue 11: a JSON-body identity
+# against native routing of the same POST, a claim identity against jwt_authn alone.
+GOALS = {"c": 1.24, "d": 1.37, "h": ("+", "c", 0.01), "i": ("+", "c", 0.07),
+         "k": ("x", "j", 1.40), "m": ("x", "l", 1.09)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,6 +117,63 @@ def config_guarded() -> dict:
     cfg = config_one_rule()
     cfg["rules"][0]["guard"] = {"max_error_percent": 5, "min_requests": 50, "window_s": 60}
     return cfg
+
+
+def config_body() -> dict:
+    """(c)'s split with the user id read from the JSON body's /user (the body is held and read)."""
+    cfg = config_one_rule()
+    cfg["identity"] = {"from": [{"body": "/user"}]}
+    return cfg
+
+
+def config_claim() -> dict:
+    """(c)'s split with the user id from the verified JWT's sub claim."""
+    cfg = config_one_rule()
+    cfg["identity"] = {"from": [{"claim": "sub"}]}
+    return cfg
+
+
+def chat_body(user: str, kb: int) -> bytes:
+    """An OpenAI-style chat completion request of `kb` KiB for `user` (wrk-users.lua makes the
+    same bytes)."""
+    head = '{"model":"gpt-4o-mini","user":"' + user + '","stream":false,"messages":[{"role":"user","content":"'
+    tail = '"}]}'
+    return (head + "x" * (kb * 1024 - len(head) - len(tail)) + tail).encode()
+
+
+JWT_USERS = 1000
+
+
+def jwt_key():
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    global _JWT_KEY
+    if "_JWT_KEY" not in globals():
+        _JWT_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return _JWT_KEY
+
+
+def jwt_tokens() -> Path:
+    """RS256 tokens for user-0 .. user-999 (sub), one a line, for wrk and the checks."""
+    import jwt as pyjwt
+    path = RUN_DIR / "tokens.txt"
+    now = int(time.time())
+    key = jwt_key()
+    path.write_text("\n".join(pyjwt.encode({"iss": "https://sso.bench", "sub": f"user-{i}", "exp": now + 86400},
+                                           key, algorithm="RS256", headers={"kid": "bench"})
+                               for i in range(JWT_USERS)) + "\n")
+    return path
+
+
+def jwt_filter() -> dict:
+    """Envoy's jwt_authn as Istio configures it, verifying the bench's RS256 tokens."""
+    import jwt as pyjwt
+    jwk = json.loads(pyjwt.algorithms.RSAAlgorithm.to_jwk(jwt_key().public_key()))
+    jwk.update({"kid": "bench", "alg": "RS256"})
+    return {"name": "envoy.filters.http.jwt_authn", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": {"sso": {"issuer": "https://sso.bench", "local_jwks": {"inline_string": json.dumps({"keys": [jwk]})},
+                              "payload_in_metadata": "payload"}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "sso"}}]}}
 
 
 def config_twenty_rules() -> dict:
@@ -162,6 +228,10 @@ class Scenario:
     values: dict[str, object] = field(default_factory=dict)
     # user id -> the version it must get, or None: "a fair, sticky split" (b)
     expect: object = None
+    # What each request is: "get" (the browser GET above), "chat<KB>" (POST of an OpenAI-style
+    # chat body of that many KB carrying the user id in /user), "jwt" (the GET with a bearer
+    # token, RS256, whose sub is the user id).
+    kind: str = "get"
     proc: subprocess.Popen | None = None
     admin: str = ""
     port: int = 0
@@ -201,17 +271,18 @@ ROUTER = {"name": "envoy.filters.http.router",
           "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
 
 
-def bench_values(routes: list = HEADER_ROUTES, http_filter: dict | None = None) -> dict[str, object]:
-    """envoy/bench.yaml's values for a scenario: its routes, and its filter before the router
+def bench_values(routes: list = HEADER_ROUTES, http_filter: dict | None = None,
+                 before: list | None = None) -> dict[str, object]:
+    """envoy/bench.yaml's values for a scenario: its routes, and its filters before the router
     (JSON is YAML, so each goes in on one line)."""
-    filters = [http_filter, ROUTER] if http_filter else [ROUTER]
+    filters = [*(before or []), *([http_filter] if http_filter else []), ROUTER]
     return {"ROUTES": json.dumps(routes), "HTTP_FILTERS": json.dumps(filters)}
 
 
-def wasm(path: Path, config: dict) -> dict[str, object]:
+def wasm(path: Path, config: dict, before: list | None = None) -> dict[str, object]:
     """A proxy-wasm module with its plugin config, configured like envoy/test-bootstrap.yaml:
     graysplit (c, d), the no-op filters (f, g) and the probes."""
-    return bench_values(http_filter={
+    return bench_values(before=before, http_filter={
         "name": "graysplit",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
@@ -256,6 +327,18 @@ def scenarios(graysplit_wasm: Path) -> list[Scenario]:
                  wasm(graysplit_wasm, config_scheduled()), expect=expect_split),
         Scenario("i", "graysplit, (c) with a guard (every response counted)",
                  wasm(graysplit_wasm, config_guarded()), expect=expect_split),
+        Scenario("j", "native header routing of a 1 KB JSON POST, no filter (baseline of k)",
+                 bench_values(), expect=lambda u: "v1", kind="chat1"),
+        Scenario("k", "graysplit, (c) with the user id from that JSON body's /user",
+                 wasm(graysplit_wasm, config_body()), expect=expect_split, kind="chat1"),
+        Scenario("l", "Envoy jwt_authn alone, an RS256 token per user (baseline of m)",
+                 bench_values(before=[jwt_filter()]), expect=lambda u: "v1", kind="jwt"),
+        Scenario("m", "jwt_authn + graysplit, (c) with the user id from the verified sub claim",
+                 wasm(graysplit_wasm, config_claim(), before=[jwt_filter()]), expect=expect_split, kind="jwt"),
+        Scenario("n", "native header routing of an 8 KB JSON POST (for k's cost per KB)",
+                 bench_values(), expect=lambda u: "v1", kind="chat8"),
+        Scenario("o", "graysplit, the user id from an 8 KB JSON body (for k's cost per KB)",
+                 wasm(graysplit_wasm, config_body()), expect=expect_split, kind="chat8"),
     ]
 
 
@@ -423,14 +506,24 @@ def rq_counters(admin: str) -> dict[str, int]:
 # Checks before measuring.
 
 def get(conn: http.client.HTTPConnection, user: bytes | None, extra: dict | None = None,
-        path: str = REQUEST_PATH) -> tuple[int, str, dict]:
+        path: str = REQUEST_PATH, kind: str = "get") -> tuple[int, str, dict]:
     headers = {"cookie": COOKIE, "user-agent": USER_AGENT, "accept": "application/json"}
-    if user is not None:
+    body = None
+    if kind.startswith("chat") and user is not None:
+        body = chat_body(user.decode(), int(kind[4:]))
+        headers["content-type"] = "application/json"
+    elif kind == "jwt" and user is not None:
+        n = int(user.decode().rsplit("-", 1)[1]) % JWT_USERS
+        headers["authorization"] = "Bearer " + TOKENS[n]
+    elif user is not None:
         headers["x-user-id"] = user
     headers.update(extra or {})
-    conn.request("GET", path, headers=headers)
+    conn.request("POST" if body is not None else "GET", path, body=body, headers=headers)
     r = conn.getresponse()
     return r.status, r.read().decode(errors="replace").strip(), dict(r.getheaders())
+
+
+TOKENS: list[str] = []   # jwt_tokens(), read once main() made them
 
 
 def check_routing(s: Scenario, sample: int = 600) -> str:
@@ -440,7 +533,7 @@ def check_routing(s: Scenario, sample: int = 600) -> str:
     got: dict[str, str] = {}
     problems: list[str] = []
     for u in users:
-        status, body, _ = get(conn, u.encode())
+        status, body, _ = get(conn, u.encode(), kind=s.kind)
         if status != 200:
             problems.append(f"{u}: HTTP {status} {body[:80]!r}")
         got[u] = body
@@ -537,7 +630,7 @@ class RunFailed(Exception):
 
 def wrk(wrk_bin: str, s: Scenario, seconds: int, connections: int, cpu: int | None) -> dict:
     cmd = [wrk_bin, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(WRK_SCRIPT),
-           f"http://127.0.0.1:{s.port}{REQUEST_PATH}"]
+           f"http://127.0.0.1:{s.port}{REQUEST_PATH}", "--", s.kind, str(RUN_DIR / "tokens.txt")]
     out = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_child_setup(cpu))
     m = re.search(r"^WRK_JSON (\{.*\})$", out.stdout, re.M)
     if out.returncode != 0 or not m:
@@ -602,13 +695,13 @@ def instructions_per_request(s: Scenario, ports: dict[str, int], n: int, cpu: in
     try:
         conn = http.client.HTTPConnection("127.0.0.1", probe.port, timeout=120)
         for i in range(200):
-            get(conn, f"user-{i}".encode())
+            get(conn, f"user-{i}".encode(), kind=s.kind)
         ctl("-i", "on")
         for i in range(200, 400):
-            get(conn, f"user-{i}".encode())
+            get(conn, f"user-{i}".encode(), kind=s.kind)
         ctl("-z")
         for i in range(1000, 1000 + n):
-            get(conn, f"user-{i}".encode())
+            get(conn, f"user-{i}".encode(), kind=s.kind)
         ctl("-d")
         conn.close()
     finally:
@@ -681,12 +774,15 @@ def report(scens: list[Scenario], runs: list[Run], args, wasm: Path, pinned: boo
     for k, g in GOALS.items():
         if k not in value:
             continue
-        if isinstance(g, tuple):
-            base, extra = g
-            if base in value:
-                goals.append(f"({k}) <= ({base}) + {extra:.2f} = {value[base] + extra:.3f}: {value[k]:.3f}, "
-                             f"{verdict(value[k] <= value[base] + extra)}")
-        else:
+        if isinstance(g, tuple) and g[0] == "+" and g[1] in value:
+            _, base, extra = g
+            goals.append(f"({k}) <= ({base}) + {extra:.2f} = {value[base] + extra:.3f}: {value[k]:.3f}, "
+                         f"{verdict(value[k] <= value[base] + extra)}")
+        elif isinstance(g, tuple) and g[0] == "x" and g[1] in value:
+            _, base, times = g
+            r = value[k] / value[base]
+            goals.append(f"({k}) / ({base}) <= {times:.2f}: {r:.3f}, {verdict(r <= times)}")
+        elif not isinstance(g, tuple):
             goals.append(f"({k}) <= {g:.2f}: {value[k]:.3f}, {verdict(value[k] <= g)}")
     lines += ["", f"Targets ({basis}): " + "; ".join(goals) + "." if goals else "", ""]
     if instructions:
@@ -779,7 +875,7 @@ def main() -> int:
     ap.add_argument("--callgrind", type=int, default=int(os.environ.get("BENCH_CALLGRIND", 300)),
                     metavar="N", help="also count Envoy instructions per request under valgrind's "
                     "callgrind over N requests per scenario (noise-free; about 30 s per scenario)")
-    ap.add_argument("--only", default="abcdefghi", help="scenarios to run, e.g. acf ((a) is always run)")
+    ap.add_argument("--only", default="abcdefghijklmno", help="scenarios to run, e.g. acf ((a) is always run)")
     ap.add_argument("--probe", action="store_true",
                     help="instead: price each host call graysplit makes (bench/probe, callgrind; about 6 minutes)")
     args = ap.parse_args()
@@ -790,6 +886,7 @@ def main() -> int:
     wrk_bin, nginx_bin = ensure_packages(args.callgrind > 0)
     build_noop()
     RUN_DIR.mkdir(parents=True, exist_ok=True)
+    TOKENS[:] = jwt_tokens().read_text().split()
 
     pinned = (os.cpu_count() or 1) >= 2
     envoy_cpu, load_cpu = (ENVOY_CPU, LOAD_CPU) if pinned else (None, None)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import http.client
 import json
+import os
 import re
 import shutil
 import sys
@@ -169,9 +170,11 @@ def main() -> int:
     v1_port, v2_port = run.free_port(), run.free_port()
     run.write_atomic(ecds, run.ecds_document(text, version_info="1"))
     bootstrap = tmp / "envoy.yaml"
+    secret = os.urandom(32)
     bootstrap.write_text(run.render_bootstrap({
         "LISTEN_ADDRESS": "127.0.0.1", "LISTEN_PORT": 0, "ADMIN_PORT": 0,
         "V1_PORT": v1_port, "V2_PORT": v2_port, "ECDS_PATH": ecds, "ACCESS_LOG": access_log,
+        "DEMO_JWKS": run.demo_jwks(secret),
     }))
     proc = run.start_envoy(bootstrap, admin_address_path=admin_address, log=log,
                            extra=["--concurrency", str(WORKERS)])
@@ -222,8 +225,13 @@ def main() -> int:
         saw = resp.getheader("x-app-saw-version")
         row(f"spoofed x-graysplit-version: {gray}", got, got == stable and saw == stable,
             "a client-sent routing header got through", f", the app saw {saw}")
-        got, _ = once(port, {"x-user-id": tester, "x-department": "legal"})
-        row("x-department: legal (rule legal-pilot)", got, got == gray, "legal-pilot did not apply")
+        token = run.demo_token(secret, {"sub": tester, "department": "legal"})
+        got, _ = once(port, {"authorization": f"Bearer {token}"})
+        row("an SSO token with department=legal (rule legal-pilot)", got, got == gray,
+            "legal-pilot did not apply to a verified claim")
+        got, _ = once(port, {"x-user-id": tester, "x-department": "legal", "department": "legal"})
+        row("the same as headers, no token: no claim", got, got == stable,
+            "a header counted as a claim")
         got, resp = once(port, {})
         cookie = resp.getheader("set-cookie") or ""
         sticky = re.fullmatch(r"graysplit_uid=([0-9a-f]{32}); Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax", cookie)

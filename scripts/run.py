@@ -13,7 +13,10 @@ Standard library only; scripts/demo.py imports the helpers below.
 from __future__ import annotations
 
 import argparse
+import base64
 import ctypes
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -144,6 +147,29 @@ def ecds_document(plugin_config: str, version_info: str, wasm: Path = WASM) -> s
         }],
     }
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The demo SSO: HS256 JWTs (standard library only) that envoy/demo.yaml's jwt_authn verifies.
+
+DEMO_ISSUER = "https://sso.graysplit.demo"
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def demo_jwks(secret: bytes) -> str:
+    """The JWKS of the demo SSO: one HS256 key (`oct`)."""
+    return json.dumps({"keys": [{"kty": "oct", "kid": "demo", "alg": "HS256", "k": b64url(secret)}]})
+
+
+def demo_token(secret: bytes, claims: dict, ttl_s: int = 86400) -> str:
+    """A JWT the demo SSO would issue: HS256 over `claims` plus iss and exp."""
+    header = b64url(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "demo"}).encode())
+    body = b64url(json.dumps({"iss": DEMO_ISSUER, "exp": int(time.time()) + ttl_s, **claims}).encode())
+    sig = hmac.new(secret, f"{header}.{body}".encode(), hashlib.sha256).digest()
+    return f"{header}.{body}.{b64url(sig)}"
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -346,7 +372,7 @@ def push() -> int:
     return 1
 
 
-def banner(config: dict) -> str:
+def banner(config: dict, secret: bytes) -> str:
     base = f"http://127.0.0.1:{LISTEN_PORT}/"
     rule = ramp_rule(config)
     stable = config["stable"]
@@ -368,7 +394,12 @@ def banner(config: dict) -> str:
         (f"bucket {b_stable} >= {cap}: {stable}", f"curl -i -H 'x-user-id: {on_stable}' {base}"),
         (f"bucket {b_gray} < {cap}: {gray}", f"curl -i -H 'x-user-id: {on_gray}' {base}"),
         (f"the same user from the uid cookie: {gray}", f"curl -i -b 'uid={on_gray}' {base}"),
-        (f"rule legal-pilot: {gray}", f"curl -i -H 'x-department: legal' {base}"),
+        (f"rule legal-pilot, by the verified claim department=legal of an SSO token: {gray}",
+         f"curl -i -H 'authorization: Bearer {demo_token(secret, {'sub': on_stable, 'department': 'legal'})}' {base}"),
+        (f"the same claim as a header: no claim at all, {stable} (anyone could send that header)",
+         f"curl -i -H 'x-department: legal' -H 'department: legal' -H 'x-user-id: {on_stable}' {base}"),
+        ("a token signed with another key: refused by jwt_authn (401)",
+         f"curl -i -H 'authorization: Bearer {demo_token(os.urandom(32), {'sub': on_stable, 'department': 'legal'})}' {base}"),
         (f"tester override from 127.0.0.1 (trusted): {gray}",
          f"curl -i -H 'x-gray-release: {gray}' -H 'x-user-id: {on_stable}' {base}"),
         (f"the same from 127.0.0.2 (not trusted): ignored, {stable}",
@@ -381,7 +412,7 @@ def banner(config: dict) -> str:
         "",
         f"graysplit is up: {base}  (admin http://127.0.0.1:{ADMIN_PORT}/)",
         f"config {DEMO_CONFIG.relative_to(ROOT)}: stable {stable}; rule '{rule['name']}' sends "
-        f"{percent}% of users to {gray} (salt '{salt}'); x-department: legal -> {gray}",
+        f"{percent}% of users to {gray} (salt '{salt}'); SSO claim department=legal -> {gray}",
         "",
         "Try (look at the x-graysplit-version header and the body):",
         *[f"  # {why}\n  {cmd}" for why, cmd in tries],
@@ -410,9 +441,11 @@ def run() -> int:
     admin_address.unlink(missing_ok=True)
     write_atomic(ecds, ecds_document(text, version_info=str(time.time_ns())))
     bootstrap = RUN_DIR / "envoy.yaml"
+    secret = os.urandom(32)   # this run's demo SSO key: tokens of an earlier run do not verify
     bootstrap.write_text(render_bootstrap({
         "LISTEN_ADDRESS": "127.0.0.1", "LISTEN_PORT": LISTEN_PORT, "ADMIN_PORT": ADMIN_PORT,
         "V1_PORT": V1_PORT, "V2_PORT": V2_PORT, "ECDS_PATH": ecds, "ACCESS_LOG": "/dev/stdout",
+        "DEMO_JWKS": demo_jwks(secret),
     }))
     print(f"rendered {bootstrap.relative_to(ROOT)} and {ecds.relative_to(ROOT)}; starting Envoy", flush=True)
 
@@ -432,7 +465,7 @@ def run() -> int:
         except RuntimeError as e:
             print(f"make run: {e}", file=sys.stderr, flush=True)
             return
-        print(banner(config), flush=True)
+        print(banner(config, secret), flush=True)
     threading.Thread(target=announce, daemon=True).start()
 
     while True:

@@ -744,14 +744,16 @@ def write_istio_ecds(path: Path, plugin: dict, version_info: str = "1",
 
 
 def istio_bootstrap(plugin: dict, *, ecds_path: Path, access_log: Path,
-                    routes: list[dict]) -> dict:
-    """Fill in envoy/istio-ecds-bootstrap.yaml for `plugin`, with `routes` for the app vhost."""
+                    routes: list[dict], before_filters: Sequence[dict] = ()) -> dict:
+    """Fill in envoy/istio-ecds-bootstrap.yaml for `plugin`, with `routes` for the app vhost
+    (and `before_filters` ahead of the WasmPlugin's entry, as istiod puts jwt_authn)."""
     doc = yaml.safe_load(ISTIO_BOOTSTRAP_TEMPLATE.read_text())
     hcm = (doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
            ["typed_config"])
     hcm["access_log"][0]["typed_config"]["path"] = str(access_log)
     hcm["route_config"]["virtual_hosts"][0]["routes"] = routes
     entry = hcm["http_filters"][0]
+    hcm["http_filters"][0:0] = [copy.deepcopy(f) for f in before_filters]
     entry["name"] = istio_resource_name(plugin)
     entry["config_discovery"]["config_source"]["path_config_source"]["path"] = str(ecds_path)
     return doc

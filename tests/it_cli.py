@@ -250,3 +250,44 @@ def it_explain_shows_what_a_tripped_guard_does(ramp):
     assert "but v2.1's guard has tripped: stable" in r.stdout, r.stdout
     bad = cli("explain", ramp, "--user", "bob", "--tripped", "v9")
     assert bad.returncode == 2 and "--tripped v9" in bad.stderr, bad
+
+
+# --------------------------------------------------------------------------- claims, bodies, pins
+
+API = {
+    "stable": "v1", "identity": {"from": [{"claim": "sub"}, {"body": "/user"}]},
+    "session_pin": {"cookie": "gp", "idle_s": 1800, "key": "0123456789abcdef0123456789abcdef"},
+    "rules": [
+        {"name": "legal", "when": {"claims": [{"name": "department", "exact": "legal"}]}, "version": "v2"},
+        {"name": "beta", "when": {"claims": [{"name": "groups", "one_of": ["beta"]}]}, "version": "v3"},
+        {"name": "qwen", "when": {"body": [{"pointer": "/model", "one_of": ["qwen2.5-72b"]}]}, "version": "v3"},
+        {"name": "ramp", "salt": "api", "split": [{"version": "v2", "percent": 50}]},
+    ],
+}
+
+
+@pytest.fixture
+def api(tmp_path):
+    path = tmp_path / "api.json"
+    path.write_text(json.dumps(API))
+    return path
+
+
+def it_explain_takes_claims_a_body_and_a_pin(api, tmp_path):
+    f = fields(cli("explain", api, "--claim", "department=legal").stdout)
+    assert (f["version"], f["rule"]) == ("v2", "legal")
+    f = fields(cli("explain", api, "--claim", 'groups=["eng","beta"]').stdout)
+    assert f["rule"] == "beta", "a JSON array claim"
+    body = tmp_path / "chat.json"
+    body.write_text(json.dumps({"model": "gpt-4o", "user": "u-17"}))
+    f = fields(cli("explain", api, "--body", body).stdout)
+    want = "v2" if bucket("api", "u-17") < 5000 else "v1"
+    assert (f["version"], f["bucket"]) == (want, f"{bucket('api', 'u-17')} of 10000")
+    body.write_text(json.dumps({"model": "qwen2.5-72b"}))
+    assert fields(cli("explain", api, "--body", body).stdout)["rule"] == "qwen"
+    out = cli("explain", api, "--claim", "sub=alice").stdout
+    pin = re.search(r"Set-Cookie: gp=(\S+);", out).group(1)
+    kept = cli("explain", api, "--claim", "sub=alice", "--pin", pin).stdout
+    assert "pin:     kept" in kept, kept
+    other = cli("explain", api, "--claim", "sub=bob", "--pin", pin).stdout
+    assert "its signature does not verify" in other, other

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 import harness
+import tokens
 from harness import (DEFAULT_ROUTE_HEADER, REPO, Envoy, bucket, cli, go_float, go_json, go_string,
                      known_versions, user_in)
 
@@ -178,7 +179,98 @@ def validate(doc, crds) -> list[str]:
 
 @pytest.mark.parametrize("name,index,doc", DOCS, ids=[f"{f}#{i}" for f, i, _ in DOCS])
 def it_istio_yaml_validates_against_the_istio_crds(crds, name, index, doc):
+    if doc.get("kind") not in crds and doc.get("kind") in NO_CRD_HERE:
+        pytest.skip(f"{name}: no {doc['kind']} CRD in {CRDS} (only {sorted(crds)}); "
+                    f"it_requestauthentication_is_what_the_claim_pilot_needs checks it by hand")
     assert validate(doc, crds) == [], f"{name} document {index}"
+
+
+# Kinds istio/ uses whose CRD ../shared/istio-crds does not carry.
+NO_CRD_HERE = {"RequestAuthentication"}
+AUTHNS = [d for _, _, d in DOCS if d.get("kind") == "RequestAuthentication"]
+
+
+def it_requestauthentication_is_what_the_claim_pilot_needs():
+    """requestauthentication.yaml against Istio 1.30's RequestAuthentication API (by hand: no
+    CRD for it here): it selects the same gateway pods as the gateway WasmPlugin, whose rules
+    read claims, and each jwtRule has an issuer and a key source."""
+    assert len(AUTHNS) == 1, AUTHNS
+    ra, gw = AUTHNS[0], _gateway()
+    assert ra["apiVersion"] in ("security.istio.io/v1", "security.istio.io/v1beta1")
+    assert set(ra) <= {"apiVersion", "kind", "metadata", "spec"}
+    spec = ra["spec"]
+    assert set(spec) <= {"selector", "targetRef", "targetRefs", "jwtRules"}, spec
+    assert spec["selector"] == gw["spec"]["selector"], "the same pods as the gateway's graysplit"
+    assert ra["metadata"].get("namespace") == gw["metadata"].get("namespace")
+    allowed = {"issuer", "audiences", "jwksUri", "jwks", "fromHeaders", "fromParams",
+               "outputPayloadToHeader", "forwardOriginalToken", "outputClaimToHeaders",
+               "fromCookies", "timeout"}
+    for rule in spec["jwtRules"]:
+        assert set(rule) <= allowed and rule["issuer"] and ("jwksUri" in rule or "jwks" in rule), rule
+    cfg = gw["spec"]["pluginConfig"]
+    reads = [c for r in cfg["rules"] for c in (r.get("when") or {}).get("claims", [])]
+    assert reads and cfg["identity"]["from"][0] == {"claim": "sub"}
+    assert cfg.get("claims", {}).get("metadata_key", "payload") == "payload", \
+        "Istio's jwt_authn writes the payload under `payload`"
+
+
+def istiod_jwt_authn(ra: dict) -> dict:
+    """The jwt_authn filter istiod renders for a RequestAuthentication (pilot/pkg/security/authn/
+    policy_applier.go, Istio 1.30): one provider per jwtRule, the payload in dynamic metadata
+    under `payload`, a token optional (allow_missing) but refused when invalid, the JWKS fetched
+    by istiod and inlined (here: the test keys, since the jwksUri is not reachable)."""
+    providers, names = {}, []
+    for i, rule in enumerate(ra["spec"]["jwtRules"]):
+        name = f"origins-{i}"
+        providers[name] = {
+            "issuer": rule["issuer"],
+            "audiences": rule.get("audiences", []),
+            "local_jwks": {"inline_string": tokens.jwks()},
+            "forward": rule.get("forwardOriginalToken", False),
+            "payload_in_metadata": "payload",
+            "normalize_payload_in_metadata": {"space_delimited_claims": ["scope", "permission"]},
+        }
+        names.append({"provider_name": name})
+    return {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": providers,
+            "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {
+                "requirements": names + [{"allow_missing": {}}]}}}],
+        },
+    }
+
+
+def it_the_gateway_s_legal_pilot_is_a_verified_claim_behind_istio_s_jwt_authn(tmp_path):
+    gw, ra = _gateway(), AUTHNS[0]
+    cfg = gw["spec"]["pluginConfig"]
+    issuer = ra["spec"]["jwtRules"][0]["issuer"]
+    audience = ra["spec"]["jwtRules"][0]["audiences"][0]
+    ecds = tmp_path / "ecds.yaml"
+    harness.write_istio_ecds(ecds, gw, "1")
+    doc = harness.istio_bootstrap(gw, ecds_path=ecds, access_log=tmp_path / "access.log",
+                                  routes=vs_envoy_routes(SERVICES[0]),
+                                  before_filters=[istiod_jwt_authn(ra)])
+    envoy = Envoy(tmp_path, doc, concurrency=1).launch()
+    try:
+        ramp = next(r for r in cfg["rules"] if "split" in r)
+        stable_user = user_in(ramp["salt"], round(ramp["split"][0]["percent"] * 100), 10000)
+
+        def tok(**claims):
+            return tokens.token({"iss": issuer, "aud": audience, **claims})
+
+        legal = [("authorization", f"Bearer {tok(sub=stable_user, department='legal')}")]
+        assert envoy.version("/", legal) == subset_for("v2.1"), "a verified legal claim: the pilot"
+        sales = [("authorization", f"Bearer {tok(sub=stable_user, department='sales')}")]
+        assert envoy.version("/", sales) == subset_for(cfg["stable"])
+        spoof = [("x-department", "legal"), ("department", "legal"), ("x-user-id", stable_user)]
+        assert envoy.version("/", spoof) == subset_for(cfg["stable"]), "headers are no claims"
+        expired = tokens.token({"iss": issuer, "aud": audience, "sub": stable_user,
+                                "department": "legal"}, expired=True)
+        assert envoy.get("/", [("authorization", f"Bearer {expired}")]).status == 401
+    finally:
+        envoy.stop()
 
 
 def it_istio_dir_has_the_resources_a_release_needs():

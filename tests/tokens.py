@@ -40,7 +40,7 @@ def jwks() -> str:
 def token(claims: dict, *, alg: str = "RS256", expired: bool = False, wrong_key: bool = False) -> str:
     now = int(time.time())
     payload = {"iss": ISSUER, "aud": AUDIENCE, "iat": now - 60,
-               "exp": now - 3600 if expired else now + 3600, **claims}  # past jwt_authn's 60 s skew
+               "exp": now - 3600 if expired else now + 3600, **claims}  # claims may set iss, aud; expired: past jwt_authn's 60 s skew
     key = keys()[f"{alg}-wrong" if wrong_key else alg]
     return jwt.encode(payload, key, algorithm=alg, headers={"kid": "rsa-1" if alg == "RS256" else "ec-1"})
 

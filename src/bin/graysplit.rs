@@ -8,7 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use graysplit::config::time::{format_rfc3339, parse_rfc3339};
 use graysplit::config::{self, Plan, Share};
 use graysplit::decide::bucket::{bucket, BUCKETS};
-use graysplit::decide::{decide, decide_traced, DecidedBy, OverrideVerdict, RuleVerdict, Tracer};
+use graysplit::decide::pin::Refused;
+use graysplit::decide::{decide, decide_traced, DecidedBy, OverrideVerdict, PinOutcome, RuleVerdict, Tracer};
+use graysplit::request::claims::Claims;
 use graysplit::request::fake::StaticRequest;
 
 const USAGE: &str = "\
@@ -34,6 +36,10 @@ REQUEST facts (all optional, repeatable where it makes sense):
   --scheme http|https    default http          --at RFC3339         the time, default now
                                                 (schedules step by it)
   --tripped VERSION      as if the guard had tripped VERSION (repeatable)
+  --claim NAME=VALUE     a verified JWT claim (repeatable; VALUE as JSON when it is: 42,
+                         true, [\"a\",\"b\"]; else a string)
+  --body FILE            the JSON request body (as if held in full within body.max_bytes)
+  --pin VALUE            the session pin cookie's value the request carries
   --plugin NAME          which WasmPlugin of a YAML file
 ";
 
@@ -218,6 +224,8 @@ struct Opts {
     query: Vec<(String, String)>,
     cookies: Vec<String>,
     tripped: Vec<String>,
+    claims: Vec<(String, serde_json::Value)>,
+    pin: Option<String>,
 }
 
 fn parse_opts(args: &[String], cmd: &str) -> Result<Opts, String> {
@@ -232,6 +240,8 @@ fn parse_opts(args: &[String], cmd: &str) -> Result<Opts, String> {
         query: Vec::new(),
         cookies: Vec::new(),
         tripped: Vec::new(),
+        claims: Vec::new(),
+        pin: None,
     };
     o.request.source = None;
     o.request.now = now_nanos();
@@ -258,6 +268,20 @@ fn parse_opts(args: &[String], cmd: &str) -> Result<Opts, String> {
             "--path" => o.path = val(a)?,
             "--method" => method = val(a)?,
             "--scheme" => scheme = val(a)?,
+            "--claim" => {
+                let v = val(a)?;
+                let (k, v) =
+                    v.split_once('=').ok_or_else(|| format!("--claim wants NAME=VALUE, got {v:?}"))?;
+                // JSON when it reads as JSON (42, true, ["a","b"]), else a string.
+                let value =
+                    serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
+                o.claims.push((k.to_string(), value));
+            }
+            "--body" => {
+                let path = val(a)?;
+                o.request.body = Some(std::fs::read(&path).map_err(|e| format!("--body {path}: {e}"))?);
+            }
+            "--pin" => o.pin = Some(val(a)?),
             "--source" => {
                 let v = val(a)?;
                 v.parse::<std::net::IpAddr>()
@@ -323,12 +347,30 @@ fn build_request(o: &Opts, plan: &Plan, user: Option<&str>) -> StaticRequest {
         .collect();
     let mut cookies = o.cookies.clone();
     let mut query = o.query.clone();
+    let mut claims = o.claims.clone();
     if let (Some(u), Some((kind, name))) = (user, plan.first_identity_source()) {
         match kind {
             "header" => r.headers.push((name, u.as_bytes().to_vec())),
             "cookie" => cookies.insert(0, format!("{name}={u}")),
+            "claim" => claims.insert(0, (name, serde_json::Value::String(u.to_string()))),
+            "body" => {
+                // The user id at its pointer, in the body given (or a new one).
+                let mut doc = r
+                    .body
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(serde_json::json!({}));
+                set_pointer(&mut doc, &name, serde_json::Value::String(u.to_string()));
+                r.body = serde_json::to_vec(&doc).ok();
+            }
             _ => query.insert(0, (name, u.to_string())),
         }
+    }
+    if !claims.is_empty() {
+        r.claims = Some(Claims::from_json(claims));
+    }
+    if let (Some(pin), Some(spec)) = (&o.pin, &plan.pin) {
+        cookies.push(format!("{}={pin}", spec.cookie));
     }
     if !cookies.is_empty() {
         r.headers.push(("cookie".into(), cookies.join("; ").into_bytes()));
@@ -342,6 +384,20 @@ fn build_request(o: &Opts, plan: &Plan, user: Option<&str>) -> StaticRequest {
     }
     r.headers.insert(1, (":path".into(), path.into_bytes()));
     r
+}
+
+/// Sets the field at JSON pointer `pointer` (objects made on the way).
+fn set_pointer(doc: &mut serde_json::Value, pointer: &str, value: serde_json::Value) {
+    let mut at = doc;
+    for part in pointer.split('/').skip(1) {
+        let key = part.replace("~1", "/").replace("~0", "~");
+        if !at.is_object() {
+            *at = serde_json::json!({});
+        }
+        let Some(obj) = at.as_object_mut() else { return };
+        at = obj.entry(key).or_insert(serde_json::Value::Null);
+    }
+    *at = value;
 }
 
 fn encode(s: &str) -> String {
@@ -383,6 +439,20 @@ fn explain(args: &[String]) -> Result<ExitCode, String> {
     println!("rule:    {}", d.rule_name(&plan));
     if let Some(b) = d.bucket {
         println!("bucket:  {b} of {}", BUCKETS);
+    }
+    if let Some(outcome) = d.pin {
+        let what = match outcome {
+            PinOutcome::Kept => "kept (the pin's version holds for this session)".to_string(),
+            PinOutcome::Renewed => "kept and renewed (less than half of idle_s was left)".to_string(),
+            PinOutcome::Issued => "none sent; one is issued for this version".to_string(),
+            PinOutcome::Replaced(why) => {
+                format!("ignored ({}); the hash decided, a new one is issued", refused(why))
+            }
+        };
+        println!("pin:     {what}");
+        if let Some(c) = &d.pin_cookie {
+            println!("         Set-Cookie: {c}");
+        }
     }
     if let Some(c) = &d.set_cookie {
         let attrs = c.split_once(';').map_or("", |(_, a)| a);
@@ -448,6 +518,16 @@ fn explain(args: &[String]) -> Result<ExitCode, String> {
         println!("  no rule decided: stable");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn refused(why: Refused) -> &'static str {
+    match why {
+        Refused::Malformed => "not a pin",
+        Refused::OtherRule => "a pin of another rule",
+        Refused::BadSignature => "its signature does not verify for this user, rule and salt",
+        Refused::Expired => "expired: the session idled out",
+        Refused::Unavailable => "the rule cannot give its version now (percent 0, tripped, or gone)",
+    }
 }
 
 fn simulate(args: &[String]) -> Result<ExitCode, String> {

@@ -306,7 +306,7 @@ pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
     // The sticky cookie and the session pin are cookies too.
     let read =
         headers_read(&b.headers, &identity, sticky.is_some() || pin.is_some(), override_.as_ref(), &rules);
-    let read_whole_map = read.len() >= WHOLE_MAP_MIN_HEADERS;
+    let read_whole_map = read.len() >= WHOLE_MAP_MIN_HEADERS || b.headers.len() > PER_HEADER_SLOTS;
     let reads_cookies = read.contains(&"cookie");
     let cookie_slot = reads_cookies.then(|| b.slot("cookie"));
     Ok(Plan {

@@ -27,6 +27,10 @@ pub type WatchId = usize;
 /// 39k.
 pub const WHOLE_MAP_MIN_HEADERS: usize = 5;
 
+/// The most header slots a plan that reads headers one by one has (the pseudo-headers it always
+/// names, and fewer than [`WHOLE_MAP_MIN_HEADERS`] others); a plan with more reads the map.
+pub const PER_HEADER_SLOTS: usize = 8;
+
 /// Metric index of `graysplit_override_total.result.accepted`.
 pub const METRIC_OVERRIDE_ACCEPTED: MetricId = 0;
 /// Metric index of `graysplit_override_total.result.rejected`.

@@ -41,7 +41,7 @@ fn resolve_identity<H: Host>(plan: &Plan, cx: &mut Ctx<'_, H>) -> Identity {
                 }
             }
             IdSource::Claim(name) => {
-                if let Some(v) = cx.facts.claim(name).and_then(|c| c.identity()) {
+                if let Some(v) = cx.facts.claim(name).as_ref().and_then(|c| c.identity()) {
                     return Identity::Owned(v.to_vec());
                 }
             }

@@ -7,13 +7,13 @@
 //! as "stop here, go on delivering the body" only when the Wasm filter's config sets
 //! `allow_on_headers_stop_iteration: true`; otherwise it stops the whole stream and never calls
 //! `on_http_request_body` (proxy-wasm-cpp-host turns the Pause into StopAllIterationAndWatermark).
-//! So each VM watches the requests it holds ([`held`]): when none of them has seen a body
+//! So each VM watches the requests it holds ([`mod@held`]): when none of them has seen a body
 //! callback a second after it was held, the setting is missing; the VM says so once (an error
 //! line), decides those requests without their bodies, resumes them, and from then on decides
 //! at the headers. Nothing stalls.
 
 use std::cell::{Cell, RefCell};
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -31,32 +31,30 @@ const FIRST_BODY_WAIT_NS: i64 = 1_000_000_000;
 
 pub(super) struct Stream {
     context_id: u32,
-    state: Rc<RefCell<StreamState>>,
-}
-
-/// What a request's decision left for its response, and whether it waits for its body. Shared
-/// with [`held`], so a request held in vain can be decided from the root context's tick.
-pub(super) struct StreamState {
-    context_id: u32,
     active: Option<Rc<Active>>,
-    version: Option<VersionId>,
-    set_cookie: Option<String>,
-    pin_cookie: Option<String>,
-    /// For a guarded rule: the guard and the version's index in its book, and when the request
-    /// started (only for guards with `slow_ms`).
-    guarded: Option<(usize, usize, Option<i64>)>,
+    out: Outcome,
     /// The decision waits for the JSON body (a plan that reads it): the request is held.
     awaiting_body: bool,
     /// How much of the body Envoy holds so far.
     body_size: usize,
 }
 
-/// A request held for its body: its context id, since when (Unix ns), its state.
-type Held = (u32, i64, Weak<RefCell<StreamState>>);
+/// What a request's decision leaves for its response.
+#[derive(Default)]
+pub(super) struct Outcome {
+    version: Option<VersionId>,
+    set_cookie: Option<String>,
+    pin_cookie: Option<String>,
+    /// For a guarded rule: the guard and the version's index in its book, and when the request
+    /// started (only for guards with `slow_ms`).
+    guarded: Option<(usize, usize, Option<i64>)>,
+}
 
 thread_local! {
-    /// Requests this VM holds for their body.
-    static HELD: RefCell<Vec<Held>> = const { RefCell::new(Vec::new()) };
+    /// Requests this VM holds for their body: context id, since when (Unix ns), their plan.
+    static HELD: RefCell<Vec<(u32, i64, Rc<Active>)>> = const { RefCell::new(Vec::new()) };
+    /// Held requests the tick decided without their body, for their streams to pick up.
+    static DECIDED: RefCell<Vec<(u32, Outcome)>> = const { RefCell::new(Vec::new()) };
     /// Whether Envoy delivers bodies after a Pause in the headers: unknown, yes (a held
     /// request got a body callback), no (one waited in vain).
     static BODIES_AFTER_PAUSE: Cell<Option<bool>> = const { Cell::new(None) };
@@ -64,17 +62,33 @@ thread_local! {
 
 impl Stream {
     pub(super) fn new(context_id: u32, active: Option<Rc<Active>>) -> Self {
-        let state = StreamState {
-            context_id,
-            active,
-            version: None,
-            set_cookie: None,
-            pin_cookie: None,
-            guarded: None,
-            awaiting_body: false,
-            body_size: 0,
-        };
-        Stream { context_id, state: Rc::new(RefCell::new(state)) }
+        Stream { context_id, active, out: Outcome::default(), awaiting_body: false, body_size: 0 }
+    }
+
+    fn max_body(&self) -> usize {
+        self.active.as_ref().and_then(|a| a.plan.body.as_ref()).map_or(0, |b| b.max_bytes)
+    }
+
+    fn decide(&mut self, body: Option<usize>) {
+        self.awaiting_body = false;
+        held::release(self.context_id);
+        if let Some(active) = &self.active {
+            self.out = decide_request(active, self.context_id, body);
+        }
+    }
+
+    /// A held request the tick had to decide (no body callback came): its outcome.
+    fn picked_up(&mut self) {
+        if !self.awaiting_body {
+            return;
+        }
+        let id = self.context_id;
+        if let Some(o) =
+            DECIDED.with_borrow_mut(|d| d.iter().position(|(i, _)| *i == id).map(|i| d.swap_remove(i).1))
+        {
+            self.awaiting_body = false;
+            self.out = o;
+        }
     }
 }
 
@@ -91,77 +105,73 @@ impl Context for Stream {}
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        let state = self.state.borrow();
         // A guarded request that never got response headers leaves the in-flight list.
-        if let (Some(active), Some((g, _, Some(_)))) = (&state.active, state.guarded) {
+        if let (Some(active), Some((g, _, Some(_)))) = (&self.active, self.out.guarded) {
             if let Some(link) = active.guards.get(g) {
                 link.book.borrow_mut().forget(self.context_id);
             }
         }
-        if state.awaiting_body {
+        if self.awaiting_body {
             held::release(self.context_id);
+            let id = self.context_id;
+            DECIDED.with_borrow_mut(|d| d.retain(|(i, _)| *i != id));
         }
     }
 }
 
-impl StreamState {
-    fn max_body(&self) -> usize {
-        self.active.as_ref().and_then(|a| a.plan.body.as_ref()).map_or(0, |b| b.max_bytes)
+/// Decides the request `context_id` (the host's current context), writes the routing header
+/// (Envoy then selects the route again), counts, and returns what the response needs. `body`:
+/// the size of a whole JSON body Envoy holds.
+fn decide_request(active: &Active, context_id: u32, body: Option<usize>) -> Outcome {
+    let plan = &active.plan;
+    let d = decide(plan, &WasmHost { active, body });
+    let version = d.version_name(plan);
+    // Replaces every copy the client sent.
+    let _ = hostcalls::set_map_value_bytes(
+        MapType::HttpRequestHeaders,
+        &plan.route_header,
+        Some(version.as_bytes()),
+    );
+    let count = |m: Option<usize>| {
+        if let Some(id) = m.and_then(|m| active.metric_ids.get(m)) {
+            let _ = hostcalls::increment_metric(*id, 1);
+        }
+    };
+    count(Some(d.metric));
+    count(d.override_metric);
+    if let (Some(outcome), Some(spec)) = (d.pin, &plan.pin) {
+        let (kept, issued, ignored) = outcome.counts();
+        count(kept.then_some(spec.kept_metric));
+        count(issued.then_some(spec.issued_metric));
+        count(ignored.then_some(spec.ignored_metric));
     }
-
-    /// Decides, writes the routing header (Envoy then selects the route again), counts, and
-    /// keeps what the response needs. `body`: the size of a whole JSON body Envoy holds.
-    fn decide(&mut self, body: Option<usize>) {
-        let Some(active) = self.active.clone() else { return };
-        self.awaiting_body = false;
-        let plan = &active.plan;
-        let d = decide(plan, &WasmHost { active: &active, body });
-        let version = d.version_name(plan);
-        // Replaces every copy the client sent.
-        let _ = hostcalls::set_map_value_bytes(
-            MapType::HttpRequestHeaders,
-            &plan.route_header,
-            Some(version.as_bytes()),
-        );
-        let count = |m: Option<usize>| {
-            if let Some(id) = m.and_then(|m| active.metric_ids.get(m)) {
-                let _ = hostcalls::increment_metric(*id, 1);
+    // The deciding rule, as filter state for the access log:
+    // %FILTER_STATE(wasm.graysplit_rule:PLAIN)%. The version needs no property of its own
+    // (each costs Envoy ~4k instructions per request): %REQ(x-graysplit-version)% shows the
+    // routing header as set here.
+    let rule = d.rule_name(plan);
+    let _ = hostcalls::set_property(vec!["graysplit_rule"], Some(rule.as_bytes()));
+    match d.bucket {
+        Some(b) => log::debug!("graysplit: version {version} by rule {rule} (bucket {b})"),
+        None => log::debug!("graysplit: version {version} by rule {rule}"),
+    }
+    let mut out = Outcome::default();
+    if let Some(&(g, v)) = d.watch.and_then(|w| active.watch_slots.get(w)) {
+        if let Some(link) = active.guards.get(g) {
+            let mut book = link.book.borrow_mut();
+            let start = book.slow_ms().map(|_| now_ns());
+            if let Some(t) = start {
+                book.start(context_id, v, t);
             }
-        };
-        count(Some(d.metric));
-        count(d.override_metric);
-        if let (Some(outcome), Some(spec)) = (d.pin, &plan.pin) {
-            let (kept, issued, ignored) = outcome.counts();
-            count(kept.then_some(spec.kept_metric));
-            count(issued.then_some(spec.issued_metric));
-            count(ignored.then_some(spec.ignored_metric));
-        }
-        // The deciding rule, as filter state for the access log:
-        // %FILTER_STATE(wasm.graysplit_rule:PLAIN)%. The version needs no property of its own
-        // (each costs Envoy ~4k instructions per request): %REQ(x-graysplit-version)% shows
-        // the routing header as set here.
-        let rule = d.rule_name(plan);
-        let _ = hostcalls::set_property(vec!["graysplit_rule"], Some(rule.as_bytes()));
-        match d.bucket {
-            Some(b) => log::debug!("graysplit: version {version} by rule {rule} (bucket {b})"),
-            None => log::debug!("graysplit: version {version} by rule {rule}"),
-        }
-        if let Some(&(g, v)) = d.watch.and_then(|w| active.watch_slots.get(w)) {
-            if let Some(link) = active.guards.get(g) {
-                let mut book = link.book.borrow_mut();
-                let start = book.slow_ms().map(|_| now_ns());
-                if let Some(t) = start {
-                    book.start(self.context_id, v, t);
-                }
-                self.guarded = Some((g, v, start));
-            }
-        }
-        if plan.response_header.is_some() || d.set_cookie.is_some() || d.pin_cookie.is_some() {
-            self.version = Some(d.version);
-            self.set_cookie = d.set_cookie;
-            self.pin_cookie = d.pin_cookie;
+            out.guarded = Some((g, v, start));
         }
     }
+    if plan.response_header.is_some() || d.set_cookie.is_some() || d.pin_cookie.is_some() {
+        out.version = Some(d.version);
+        out.set_cookie = d.set_cookie;
+        out.pin_cookie = d.pin_cookie;
+    }
+    out
 }
 
 // The host's status on header and property writes is not checked: a request has nothing to fall
@@ -169,8 +179,7 @@ impl StreamState {
 // the statuses it does not expect.
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let mut s = self.state.borrow_mut();
-        let Some(active) = s.active.clone() else {
+        let Some(active) = self.active.clone() else {
             // Unreachable in practice (Envoy does not run a plugin whose configure failed),
             // but never let a client-sent routing header through.
             let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, config::DEFAULT_ROUTE_HEADER);
@@ -182,59 +191,57 @@ impl HttpContext for Stream {
         {
             // Hold the request (its headers too: the routing header is set once the body
             // says) until the body ends or max_bytes arrived.
-            s.awaiting_body = true;
-            held::hold(self.context_id, &self.state);
+            self.awaiting_body = true;
+            held::hold(self.context_id, active);
             return Action::Pause;
         }
-        s.decide(None);
+        self.out = decide_request(&active, self.context_id, None);
         Action::Continue
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let mut s = self.state.borrow_mut();
-        if !s.awaiting_body {
+        self.picked_up();
+        if !self.awaiting_body {
             return Action::Continue;
         }
         BODIES_AFTER_PAUSE.set(Some(true));
-        s.body_size = body_size;
-        let max = s.max_body();
+        self.body_size = body_size;
+        let max = self.max_body();
         if !end_of_stream && body_size <= max {
             // Keep buffering: at most max_bytes plus one chunk. (HTTP/1.1 ends a body with an
             // empty callback, so a body of exactly max_bytes is still read whole.)
             return Action::Pause;
         }
         // The whole body within max_bytes, or none (longer: the decision goes on without it).
-        held::release(self.context_id);
         let whole = end_of_stream && body_size <= max;
-        s.decide(whole.then_some(body_size));
+        self.decide(whole.then_some(body_size));
         Action::Continue
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         // The body ended with trailers: decide with what is held.
-        let mut s = self.state.borrow_mut();
-        if s.awaiting_body {
-            held::release(self.context_id);
-            let (size, max) = (s.body_size, s.max_body());
-            s.decide((size <= max).then_some(size));
+        self.picked_up();
+        if self.awaiting_body {
+            let (size, max) = (self.body_size, self.max_body());
+            self.decide((size <= max).then_some(size));
         }
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let mut s = self.state.borrow_mut();
-        let Some(active) = s.active.clone() else { return Action::Continue };
-        if let Some((g, v, start)) = s.guarded.take() {
-            count_response(&active, self.context_id, g, v, start);
+        self.picked_up();
+        let Some(active) = &self.active else { return Action::Continue };
+        if let Some((g, v, start)) = self.out.guarded.take() {
+            count_response(active, self.context_id, g, v, start);
         }
-        let Some(version) = s.version else { return Action::Continue };
+        let Some(version) = self.out.version else { return Action::Continue };
         if let Some(name) = &active.plan.response_header {
             if let Some(v) = active.plan.versions.get(version) {
                 let _ =
                     hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(v.as_bytes()));
             }
         }
-        for cookie in [s.set_cookie.take(), s.pin_cookie.take()].into_iter().flatten() {
+        for cookie in [self.out.set_cookie.take(), self.out.pin_cookie.take()].into_iter().flatten() {
             let _ =
                 hostcalls::add_map_value_bytes(MapType::HttpResponseHeaders, "set-cookie", cookie.as_bytes());
         }
@@ -265,8 +272,8 @@ fn count_response(active: &Active, context_id: u32, g: usize, v: usize, start: O
 pub(super) mod held {
     use super::*;
 
-    pub(super) fn hold(context_id: u32, state: &Rc<RefCell<StreamState>>) {
-        HELD.with_borrow_mut(|h| h.push((context_id, now_ns(), Rc::downgrade(state))));
+    pub(super) fn hold(context_id: u32, active: Rc<Active>) {
+        HELD.with_borrow_mut(|h| h.push((context_id, now_ns(), active)));
     }
 
     pub(super) fn release(context_id: u32) {
@@ -290,10 +297,10 @@ pub(super) mod held {
                 "graysplit: request bodies are not delivered to the filter: set allow_on_headers_stop_iteration: true in the Wasm filter's config (envoy.extensions.wasm.v3.PluginConfig); until then body conditions and body identities see no body"
             );
         }
-        for (id, _, state) in HELD.with_borrow_mut(std::mem::take) {
-            let Some(state) = state.upgrade() else { continue };
+        for (id, _, active) in HELD.with_borrow_mut(std::mem::take) {
             if hostcalls::set_effective_context(id).is_ok() {
-                state.borrow_mut().decide(None);
+                let out = decide_request(&active, id, None);
+                DECIDED.with_borrow_mut(|d| d.push((id, out)));
                 let _ = hostcalls::resume_http_request();
             }
         }

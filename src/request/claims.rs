@@ -25,44 +25,83 @@ pub enum Claim {
 
 /// The top-level claims of one verified payload, in no particular order.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Claims(pub Vec<(String, Claim)>);
+pub struct Claims(Vec<(String, Lazy)>);
 
-/// `envoy.config.core.v3.Metadata`, as much of it as graysplit reads: `filter_metadata`
-/// (field 1, `map<string, google.protobuf.Struct>`); `typed_filter_metadata` (2) is skipped.
+/// A claim's value: its `google.protobuf.Value` bytes, decoded when asked for, or decoded.
+#[derive(Debug, Clone, PartialEq)]
+enum Lazy {
+    Bytes(Vec<u8>),
+    Decoded(Claim),
+}
+
+// The protobuf messages, as little of them as graysplit reads, each value kept as its bytes
+// until it is needed: a map field is, on the wire, a repeated entry message (key = 1, value =
+// 2), so `Metadata.filter_metadata` (map<string, Struct>) and `Struct.fields`
+// (map<string, Value>) read as lists of entries without building their maps.
+
+/// `envoy.config.core.v3.Metadata`: `filter_metadata` (1); `typed_filter_metadata` (2) skipped.
 #[derive(Clone, PartialEq, prost::Message)]
 struct Metadata {
-    #[prost(btree_map = "string, message", tag = "1")]
-    filter_metadata: std::collections::BTreeMap<String, prost_types::Struct>,
+    #[prost(message, repeated, tag = "1")]
+    filter_metadata: Vec<Entry>,
+}
+
+/// An entry of a `map<string, ...>`, its value not decoded.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Entry {
+    #[prost(string, tag = "1")]
+    key: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+/// `google.protobuf.Struct`, its values not decoded.
+#[derive(Clone, PartialEq, prost::Message)]
+struct LazyStruct {
+    #[prost(message, repeated, tag = "1")]
+    fields: Vec<Entry>,
+}
+
+/// `google.protobuf.Value` as a struct value (`struct_value`, 5), the rest skipped.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StructValue {
+    #[prost(bytes = "vec", optional, tag = "5")]
+    struct_value: Option<Vec<u8>>,
 }
 
 impl Claims {
     /// The claims in a serialized `envoy.config.core.v3.Metadata`: the struct under key `key`
     /// of the filter `filter`'s metadata. `None` when there is none (or the bytes are not one).
+    /// Each claim's value stays undecoded until [`Claims::get`] asks for it.
     pub fn from_metadata(bytes: &[u8], filter: &str, key: &str) -> Option<Claims> {
-        let mut md = Metadata::decode(bytes).ok()?;
-        let mut ns = md.filter_metadata.remove(filter)?;
-        match ns.fields.remove(key)?.kind? {
-            Kind::StructValue(s) => Some(Claims::from_struct(s)),
-            _ => None,
-        }
-    }
-
-    fn from_struct(s: prost_types::Struct) -> Claims {
-        Claims(s.fields.into_iter().map(|(k, v)| (k, Claim::from_value(v.kind))).collect())
+        let md = Metadata::decode(bytes).ok()?;
+        // Last wins, as protobuf reads a repeated map key.
+        let ns = md.filter_metadata.into_iter().rev().find(|e| e.key == filter)?;
+        let ns = LazyStruct::decode(ns.value.as_slice()).ok()?;
+        let payload = ns.fields.into_iter().rev().find(|e| e.key == key)?;
+        let inner = StructValue::decode(payload.value.as_slice()).ok()?.struct_value?;
+        let claims = LazyStruct::decode(inner.as_slice()).ok()?;
+        Some(Claims(claims.fields.into_iter().map(|e| (e.key, Lazy::Bytes(e.value))).collect()))
     }
 
     /// A serialized `google.protobuf.Struct`; `None` when it is not one.
     pub fn decode(bytes: &[u8]) -> Option<Claims> {
-        Some(Claims::from_struct(prost_types::Struct::decode(bytes).ok()?))
+        let s = LazyStruct::decode(bytes).ok()?;
+        Some(Claims(s.fields.into_iter().map(|e| (e.key, Lazy::Bytes(e.value))).collect()))
     }
 
     /// Claims from JSON (the operator CLI's `--claim`, tests).
     pub fn from_json(pairs: impl IntoIterator<Item = (String, serde_json::Value)>) -> Claims {
-        Claims(pairs.into_iter().map(|(k, v)| (k, Claim::from_json(&v))).collect())
+        Claims(pairs.into_iter().map(|(k, v)| (k, Lazy::Decoded(Claim::from_json(&v)))).collect())
     }
 
-    pub fn get(&self, name: &str) -> Option<&Claim> {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    /// Claim `name`, decoded now (the last of a repeated name, as protobuf reads a map).
+    pub fn get(&self, name: &str) -> Option<Claim> {
+        let (_, v) = self.0.iter().rev().find(|(k, _)| k == name)?;
+        Some(match v {
+            Lazy::Decoded(c) => c.clone(),
+            Lazy::Bytes(b) => Claim::from_value(prost_types::Value::decode(b.as_slice()).ok()?.kind),
+        })
     }
 }
 
@@ -188,7 +227,13 @@ mod tests {
         jwt.insert("payload".to_string(), v(Kind::StructValue(claims)));
         let mut other = BTreeMap::new();
         other.insert("department".to_string(), v(Kind::StringValue("sales".into())));
-        let md = Metadata {
+        /// The whole message, the way Envoy serializes it (prost's own map encoding).
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct FullMetadata {
+            #[prost(btree_map = "string, message", tag = "1")]
+            filter_metadata: BTreeMap<String, Struct>,
+        }
+        let md = FullMetadata {
             filter_metadata: [
                 ("envoy.filters.http.jwt_authn".to_string(), Struct { fields: jwt }),
                 ("envoy.lb".to_string(), Struct { fields: other }),
@@ -199,7 +244,7 @@ mod tests {
         let c = Claims::from_metadata(&md, "envoy.filters.http.jwt_authn", "payload").unwrap();
         assert_eq!(
             c.get("department"),
-            Some(&Claim::Str(b"legal".to_vec())),
+            Some(Claim::Str(b"legal".to_vec())),
             "jwt_authn's, not another filter's"
         );
         assert_eq!(
@@ -225,9 +270,13 @@ mod tests {
         ));
         real.extend(hex("1200"));
         let c = Claims::from_metadata(&real, "envoy.filters.http.jwt_authn", "payload").unwrap();
-        assert_eq!(c.get("sub").and_then(Claim::identity), Some(&b"alice"[..]));
-        assert_eq!(c.get("department"), Some(&Claim::Str(b"legal".to_vec())));
-        assert_eq!(c.get("exp").and_then(Claim::identity), Some(&b"1796121778"[..]), "a number claim's text");
+        assert_eq!(c.get("sub").as_ref().and_then(Claim::identity), Some(&b"alice"[..]));
+        assert_eq!(c.get("department"), Some(Claim::Str(b"legal".to_vec())));
+        assert_eq!(
+            c.get("exp").as_ref().and_then(Claim::identity),
+            Some(&b"1796121778"[..]),
+            "a number claim's text"
+        );
     }
 
     fn hex(s: &str) -> Vec<u8> {
@@ -248,7 +297,7 @@ mod tests {
         assert_eq!(number_text(0.25), "0.25");
         assert_eq!(
             Claims::from_json([("n".into(), serde_json::json!(42))]).get("n"),
-            Some(&Claim::Text("42".into()))
+            Some(Claim::Text("42".into()))
         );
     }
 }

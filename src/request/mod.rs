@@ -53,8 +53,9 @@ pub trait Host {
 pub struct Facts<'a, H: Host> {
     pub(crate) plan: &'a Plan,
     pub(crate) host: &'a H,
-    /// Headers read one by one, per slot.
-    headers: Vec<Option<Option<Vec<u8>>>>,
+    /// Headers read one by one, per slot (a plan that reads them so has at most
+    /// [`crate::config::PER_HEADER_SLOTS`]: no allocation for the cache itself).
+    headers: [Option<Option<Vec<u8>>>; crate::config::PER_HEADER_SLOTS],
     /// The whole header map: read at once when the plan reads many headers (one host call
     /// instead of many, see `Plan::read_whole_map`), or when a cookie is not in the first
     /// `cookie` header.
@@ -70,7 +71,7 @@ impl<'a, H: Host> Facts<'a, H> {
         Facts {
             plan,
             host,
-            headers: Vec::new(),
+            headers: Default::default(),
             map: None,
             source: None,
             now: None,
@@ -138,8 +139,8 @@ impl<'a, H: Host> Facts<'a, H> {
         *self.now.get_or_insert_with(|| host.now_unix_nanos())
     }
 
-    /// Verified claim `name`, read (with all the claims) on first need.
-    pub fn claim(&mut self, name: &str) -> Option<&Claim> {
+    /// Verified claim `name`, the claims read on first need (each decoded when asked for).
+    pub fn claim(&mut self, name: &str) -> Option<Claim> {
         let (plan, host) = (self.plan, self.host);
         let claims = self.claims.get_or_insert_with(|| host.claims(plan.claims_key.as_deref()?));
         claims.as_ref()?.get(name)
@@ -155,14 +156,11 @@ impl<'a, H: Host> Facts<'a, H> {
 
 /// The first value of the header in `slot`, read with its own host call and kept in `cache`.
 fn one_header<'c, H: Host>(
-    cache: &'c mut Vec<Option<Option<Vec<u8>>>>,
+    cache: &'c mut [Option<Option<Vec<u8>>>],
     plan: &Plan,
     host: &H,
     slot: HeaderSlot,
 ) -> Option<&'c [u8]> {
-    if cache.is_empty() {
-        cache.resize(plan.headers.len(), None);
-    }
     let cached = cache.get_mut(slot)?;
     if cached.is_none() {
         *cached = Some(host.header(plan.headers.get(slot)?));
