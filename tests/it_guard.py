@@ -40,6 +40,16 @@ def tripped(envoy, version: str) -> bool:
     return stat(envoy, "guard_tripped", version) == 1
 
 
+def fail_until_tripped(envoy, apps, gray: list[str]) -> None:
+    """The gray app answers 503 to 40 gray requests, the guard trips, the app is fixed again."""
+    apps["v2"].status = 503
+    with envoy.conn() as c:
+        for u in (gray * 2)[:40]:
+            c.get("/", [("x-user-id", u)])
+    wait_until(lambda: tripped(envoy, "v2"), 10, "the trip")
+    apps["v2"].status = 200
+
+
 @pytest.fixture
 def apps():
     a = Apps(["v1", "v2", "v3"])
@@ -168,12 +178,7 @@ def it_a_trip_holds_across_pushes_until_attempt_re_arms_it(start_envoy, apps):
     config = guarded()
     envoy = start_envoy(config, ecds=True, upstreams=apps.ports)
     gray = sorted(gray_users(50))
-    apps["v2"].status = 503
-    with envoy.conn() as c:
-        for u in (gray * 2)[:40]:
-            c.get("/", [("x-user-id", u)])
-    wait_until(lambda: tripped(envoy, "v2"), 10, "the trip")
-    apps["v2"].status = 200          # fixed, but the trip holds
+    fail_until_tripped(envoy, apps, gray)    # fixed now, but the trip holds
 
     def push(cfg) -> None:
         before = envoy.counter(harness.ECDS_STAT + "update_success")
@@ -222,12 +227,7 @@ def it_the_tester_override_still_reaches_a_tripped_version(start_envoy, apps):
     config = {**guarded(), "override": {"header": "x-gray-release", "trusted_cidrs": ["127.0.0.1/32"]}}
     envoy = start_envoy(config, upstreams=apps.ports)
     gray = sorted(gray_users(50))
-    apps["v2"].status = 503
-    with envoy.conn() as c:
-        for u in (gray * 2)[:40]:
-            c.get("/", [("x-user-id", u)])
-    wait_until(lambda: tripped(envoy, "v2"), 10, "the trip")
-    apps["v2"].status = 200
+    fail_until_tripped(envoy, apps, gray)
     assert envoy.get("/", [("x-user-id", gray[0])]).header("x-app-version") == "v1"
     r = envoy.get("/", [("x-user-id", gray[0]), ("x-gray-release", "v2")])
     assert r.header("x-app-version") == "v2", r
