@@ -3,6 +3,7 @@
 //! previous plugin (DESIGN.md "Behaviour on bad input"). Plans with a guard or a schedule also
 //! tick: guards flush their counts, gauges follow the clock.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -62,6 +63,39 @@ pub(super) struct Root {
 
 impl Context for Root {}
 
+thread_local! {
+    /// The gauges of this VM's live configs: (name, a host id for it, how many configs define
+    /// it). A gauge no live config defines any more (its rule or version gone) is set to 0, so
+    /// a `graysplit_guard_tripped` of a removed rule does not stay 1 on a dashboard.
+    static GAUGES: RefCell<Vec<(String, u32, usize)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn gauges_in_use(plan: &Plan, ids: &[u32], delta: isize) {
+    GAUGES.with_borrow_mut(|live| {
+        for (name, id) in plan.gauges.iter().zip(ids) {
+            match live.iter_mut().find(|(n, _, _)| n == name) {
+                Some(entry) => entry.2 = entry.2.saturating_add_signed(delta),
+                None if delta > 0 => live.push((name.clone(), *id, 1)),
+                None => {}
+            }
+        }
+        live.retain(|(_, id, users)| {
+            if *users == 0 {
+                let _ = hostcalls::record_metric(*id, 0);
+            }
+            *users > 0
+        });
+    });
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        if let Some(active) = &self.active {
+            gauges_in_use(&active.plan, &active.gauge_ids, -1);
+        }
+    }
+}
+
 impl RootContext for Root {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
         super::refresh_log_level();
@@ -70,11 +104,16 @@ impl RootContext for Root {
 
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         super::refresh_log_level();
+        held::reset();
         let raw = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
             .ok()
             .flatten()
             .unwrap_or_default();
         let Some(active) = configure(&raw) else { return false };
+        gauges_in_use(&active.plan, &active.gauge_ids, 1);
+        if let Some(old) = self.active.take() {
+            gauges_in_use(&old.plan, &old.gauge_ids, -1);
+        }
         let ticks = !active.plan.guards.is_empty()
             || !active.plan.split_gauges.is_empty()
             || active.plan.body.is_some();
@@ -93,9 +132,7 @@ impl RootContext for Root {
             link.book.borrow_mut().flush(now);
         }
         active.record_gauges(now);
-        if active.plan.body.is_some() {
-            held::check(now);
-        }
+        held::check(now);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -141,7 +178,13 @@ fn configure(raw: &[u8]) -> Option<Active> {
     };
     let metric_ids = define(MetricType::Counter, &plan.metrics)?;
     let gauge_ids = define(MetricType::Gauge, &plan.gauges)?;
-    let guards = match guards::books(&plan, &metric_ids) {
+    // The plugin's name keys its guards' shared data (other plugins on the proxy share it).
+    let plugin = hostcalls::get_property(vec!["plugin_name"])
+        .ok()
+        .flatten()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let guards = match guards::books(&plugin, &plan, &metric_ids) {
         Ok(g) => g,
         Err(e) => {
             log::error!("graysplit: invalid config: $: the guards' shared data is not available: {e}");

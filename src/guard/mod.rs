@@ -5,15 +5,20 @@
 //! value, and what a worker does with it ([`sync`] when a config is applied, [`flush`] on each
 //! tick, the trip condition [`trips`]). The glue (src/filter/guards.rs) makes the host calls.
 
+pub mod tally;
 pub mod window;
 
+pub use tally::Tally;
 pub use window::Window;
 
 use crate::config::Guard;
 
-/// The shared-data key of the guard of rule `rule`.
-pub fn key(rule: &str) -> String {
-    format!("graysplit/guard/{rule}")
+/// The shared-data key of the guard of rule `rule` of the plugin named `plugin` (the Wasm
+/// filter config's `name`; Istio's `<namespace>.<WasmPlugin>`): shared data is one store per VM
+/// id, which every plugin on a proxy shares by default, so two plugins' rules of the same name
+/// must not meet there.
+pub fn key(plugin: &str, rule: &str) -> String {
+    format!("graysplit/guard/{plugin}/{rule}")
 }
 
 /// A trip: when, and what the window held when it tripped.
