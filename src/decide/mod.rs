@@ -258,7 +258,7 @@ fn split_decision<H: Host>(plan: &Plan, rule: &Rule, split: &Split, cx: &mut Ctx
     let checked = cx
         .facts
         .cookie(spec.cookie.as_bytes())
-        .map(|value| pin::verify(value, &spec.keys, &rule.name, salt, &user, now_s));
+        .map(|value| pin::verify(value, &spec.keys, &rule.name, salt, &user, now_s, spec.idle_s));
     let verdict = checked.map(|r| {
         r.and_then(|p| {
             usable(plan, split, &p.version, now, cx).map(|o| (o, p.expires_s)).ok_or(Refused::Unavailable)

@@ -76,7 +76,9 @@ pub fn sign(key: &[u8], rule: &str, version: &str, expires_s: i64, salt: &[u8], 
 }
 
 /// Checks a pin cookie's value for `rule` (whose salt is `salt`) and `user` against `keys`
-/// (the signing key and the previous ones), at `now_s`. The MAC is compared in constant time.
+/// (the signing key and the previous ones), at `now_s`, for sessions of `idle_s`: a pin that
+/// expires later than `idle_s` from now (one issued under a longer `idle_s`) does not hold. The
+/// MAC is compared in constant time.
 pub fn verify(
     value: &[u8],
     keys: &[Box<[u8]>],
@@ -84,6 +86,7 @@ pub fn verify(
     salt: &[u8],
     user: &[u8],
     now_s: i64,
+    idle_s: u32,
 ) -> Result<Pin, Refused> {
     let text = std::str::from_utf8(value).map_err(|_| Refused::Malformed)?;
     let mut parts = text.splitn(5, ':');
@@ -93,6 +96,9 @@ pub fn verify(
         return Err(Refused::Malformed);
     };
     let expires_s: i64 = expires.parse().map_err(|_| Refused::Malformed)?;
+    if expires != expires_s.to_string() {
+        return Err(Refused::Malformed); // one spelling only: `+2000` or `02000` is not a pin
+    }
     let tag = hex(tag).ok_or(Refused::Malformed)?;
     if r != rule {
         return Err(Refused::OtherRule);
@@ -103,7 +109,7 @@ pub fn verify(
     if !verified {
         return Err(Refused::BadSignature);
     }
-    if expires_s <= now_s {
+    if expires_s <= now_s || expires_s > now_s.saturating_add(i64::from(idle_s)) {
         return Err(Refused::Expired);
     }
     Ok(Pin { rule: r.to_string(), version: version.to_string(), expires_s })
@@ -133,7 +139,7 @@ mod tests {
     fn a_pin_verifies_for_its_rule_user_and_salt_only() {
         let pin = sign(KEY, "ramp", "v2.1", 2000, b"release-2.1", b"alice");
         assert!(pin.starts_with("1:ramp:v2.1:2000:") && pin.len() == "1:ramp:v2.1:2000:".len() + 64, "{pin}");
-        let ok = verify(pin.as_bytes(), &keys(&[KEY]), "ramp", b"release-2.1", b"alice", 1999);
+        let ok = verify(pin.as_bytes(), &keys(&[KEY]), "ramp", b"release-2.1", b"alice", 1999, 9000);
         assert_eq!(ok, Ok(Pin { rule: "ramp".into(), version: "v2.1".into(), expires_s: 2000 }));
         let cases: &[(&[u8], &str, &[u8], &[u8], i64, Refused, &str)] = &[
             (
@@ -160,9 +166,18 @@ mod tests {
             (b"garbage", "ramp", b"release-2.1", b"alice", 0, Refused::Malformed, "not a pin"),
             (b"\xff\xfe", "ramp", b"release-2.1", b"alice", 0, Refused::Malformed, "not UTF-8"),
             (b"2:ramp:v2.1:2000:", "ramp", b"release-2.1", b"alice", 0, Refused::Malformed, "another format"),
+            (
+                b"1:ramp:v2.1:02000:00",
+                "ramp",
+                b"release-2.1",
+                b"alice",
+                0,
+                Refused::Malformed,
+                "one spelling of the expiry",
+            ),
         ];
         for (value, rule, salt, user, now, want, why) in cases {
-            assert_eq!(verify(value, &keys(&[KEY]), rule, salt, user, *now), Err(*want), "{why}");
+            assert_eq!(verify(value, &keys(&[KEY]), rule, salt, user, *now, 9000), Err(*want), "{why}");
         }
     }
 
@@ -171,14 +186,14 @@ mod tests {
         let pin = sign(KEY, "ramp", "v2.0", 2000, b"s", b"alice");
         for forged in [pin.replace(":v2.0:", ":v2.1:"), pin.replace(":2000:", ":9000:")] {
             assert_eq!(
-                verify(forged.as_bytes(), &keys(&[KEY]), "ramp", b"s", b"alice", 0),
+                verify(forged.as_bytes(), &keys(&[KEY]), "ramp", b"s", b"alice", 0, 9000),
                 Err(Refused::BadSignature),
                 "{forged}"
             );
         }
         let other_key = sign(b"someone else's key, 32 chars long", "ramp", "v2.1", 2000, b"s", b"alice");
         assert_eq!(
-            verify(other_key.as_bytes(), &keys(&[KEY]), "ramp", b"s", b"alice", 0),
+            verify(other_key.as_bytes(), &keys(&[KEY]), "ramp", b"s", b"alice", 0, 9000),
             Err(Refused::BadSignature)
         );
     }
@@ -186,10 +201,21 @@ mod tests {
     #[test]
     fn previous_keys_still_verify_for_rotation() {
         let old = sign(OLD, "ramp", "v2.1", 2000, b"s", b"alice");
-        assert!(verify(old.as_bytes(), &keys(&[KEY, OLD]), "ramp", b"s", b"alice", 0).is_ok());
+        assert!(verify(old.as_bytes(), &keys(&[KEY, OLD]), "ramp", b"s", b"alice", 0, 9000).is_ok());
         assert_eq!(
-            verify(old.as_bytes(), &keys(&[KEY]), "ramp", b"s", b"alice", 0),
+            verify(old.as_bytes(), &keys(&[KEY]), "ramp", b"s", b"alice", 0, 9000),
             Err(Refused::BadSignature)
+        );
+    }
+
+    #[test]
+    fn a_pin_longer_than_idle_s_from_now_does_not_hold() {
+        let pin = sign(KEY, "ramp", "v2.1", 10_000, b"s", b"alice");
+        assert!(verify(pin.as_bytes(), &keys(&[KEY]), "ramp", b"s", b"alice", 9_000, 1800).is_ok());
+        assert_eq!(
+            verify(pin.as_bytes(), &keys(&[KEY]), "ramp", b"s", b"alice", 0, 1800),
+            Err(Refused::Expired),
+            "issued under a longer idle_s: lowering idle_s shortens every session at once"
         );
     }
 }

@@ -47,7 +47,17 @@ pub fn identity(v: &Value) -> Option<Cow<'_, [u8]>> {
 fn scalar(v: &Value) -> Option<Cow<'_, [u8]>> {
     match v {
         Value::String(s) => Some(Cow::Borrowed(s.as_bytes())),
-        Value::Number(n) => Some(Cow::Owned(n.to_string().into_bytes())),
+        // Integers exactly as written; other numbers as claims are (`1.0` is `1`, `1e3` is
+        // `1000`): one text per value, whichever way it came.
+        Value::Number(n) => Some(Cow::Owned(
+            match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                (Some(i), _, _) => i.to_string(),
+                (_, Some(u), _) => u.to_string(),
+                (_, _, Some(f)) => crate::config::error::fmt_num(f),
+                _ => n.to_string(),
+            }
+            .into_bytes(),
+        )),
         Value::Bool(b) => Some(Cow::Borrowed(if *b { b"true" } else { b"false" })),
         Value::Null | Value::Array(_) | Value::Object(_) => None,
     }
@@ -91,6 +101,11 @@ mod tests {
         assert!(matches(at("/model"), &StringMatch::OneOf(vec!["qwen2.5-72b".as_bytes().into()].into())));
         assert!(matches(at("/n"), &exact("3")) && matches(at("/stream"), &exact("true")));
         assert!(matches(at("/temp"), &exact("0.5")));
+        let numbers = parse(br#"{"f": 1.0, "e": 1e3, "big": 12345678901234567890}"#).unwrap();
+        let id = |p: &str| identity(numbers.pointer(p).unwrap()).map(|c| c.into_owned());
+        assert_eq!(id("/f"), Some(b"1".to_vec()), "as claims are");
+        assert_eq!(id("/e"), Some(b"1000".to_vec()));
+        assert_eq!(id("/big"), Some(b"12345678901234567890".to_vec()), "exact");
         assert!(matches(at("/metadata/conversation_id"), &exact("c1")));
         assert!(matches(at("/messages/0/role"), &exact("user")));
         assert!(matches(at("/metadata"), &StringMatch::Present(true)));
