@@ -68,9 +68,10 @@ impl Host for WasmHost<'_> {
         if getrandom::fill(buf).is_ok() {
             return;
         }
-        // No random source (a host that refuses WASI random_get): distinct ids from a hash of
-        // a per-VM counter and the clock. Not std's RandomState, whose keys come from the same
-        // random_get and which panics without it.
+        // No random source (a host that refuses WASI random_get; Envoy has one): distinct ids
+        // from a hash of a per-VM counter and the clock. Not std's RandomState, whose keys come
+        // from the same random_get and which panics without it. Such ids are guessable, which
+        // a sticky id may be (it only picks a bucket); nothing secret is derived from them.
         let n = MINTED.get().wrapping_add(1);
         MINTED.set(n);
         for (i, chunk) in buf.chunks_mut(8).enumerate() {

@@ -7,10 +7,12 @@
 //! as "stop here, go on delivering the body" only when the Wasm filter's config sets
 //! `allow_on_headers_stop_iteration: true`; otherwise it stops the whole stream and never calls
 //! `on_http_request_body` (proxy-wasm-cpp-host turns the Pause into StopAllIterationAndWatermark).
-//! So each VM watches the requests it holds ([`mod@held`]): when none of them has seen a body
-//! callback a second after it was held, the setting is missing; the VM says so once (an error
-//! line), decides those requests without their bodies, resumes them, and from then on decides
-//! at the headers. Nothing stalls.
+//! So nothing is held on trust ([`mod@held`]): a held request whose body makes no progress for a
+//! second (no body callback: that setting is missing, or the client is slow, or its JSON
+//! stream never ends) is decided without its body and resumed from the root context's tick.
+//! After three held requests in a row that never got a body callback at all, the VM takes the
+//! setting to be missing: it says so once (an error line) and decides at the headers until the
+//! next config is applied. Nothing stalls.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -25,9 +27,11 @@ use crate::config::{self, VersionId};
 use crate::decide::decide;
 use crate::request::body;
 
-/// How long a held request may wait for its first body callback before this VM concludes that
-/// Envoy will not deliver bodies to it (no `allow_on_headers_stop_iteration`).
-const FIRST_BODY_WAIT_NS: i64 = 1_000_000_000;
+/// How long a held request's body may make no progress before it is decided without it.
+const NO_PROGRESS_NS: i64 = 1_000_000_000;
+/// Held requests in a row without a single body callback after which this VM concludes that
+/// Envoy does not deliver bodies to it (no `allow_on_headers_stop_iteration`).
+const MISSES_TO_GIVE_UP: u32 = 3;
 
 pub(super) struct Stream {
     context_id: u32,
@@ -50,14 +54,25 @@ pub(super) struct Outcome {
     guarded: Option<(usize, usize, Option<i64>)>,
 }
 
+/// A request held for its body.
+struct Held {
+    context_id: u32,
+    /// When it was held, or when its body last made progress (Unix ns).
+    progress_ns: i64,
+    /// Whether a body callback came at all.
+    got_body: bool,
+    active: Rc<Active>,
+}
+
 thread_local! {
-    /// Requests this VM holds for their body: context id, since when (Unix ns), their plan.
-    static HELD: RefCell<Vec<(u32, i64, Rc<Active>)>> = const { RefCell::new(Vec::new()) };
+    /// Requests this VM holds for their body.
+    static HELD: RefCell<Vec<Held>> = const { RefCell::new(Vec::new()) };
     /// Held requests the tick decided without their body, for their streams to pick up.
     static DECIDED: RefCell<Vec<(u32, Outcome)>> = const { RefCell::new(Vec::new()) };
-    /// Whether Envoy delivers bodies after a Pause in the headers: unknown, yes (a held
-    /// request got a body callback), no (one waited in vain).
-    static BODIES_AFTER_PAUSE: Cell<Option<bool>> = const { Cell::new(None) };
+    /// Held requests in a row that never got a body callback.
+    static MISSES: Cell<u32> = const { Cell::new(0) };
+    /// This VM takes Envoy not to deliver bodies after a Pause (until the next config).
+    static NO_BODIES: Cell<bool> = const { Cell::new(false) };
 }
 
 impl Stream {
@@ -113,8 +128,17 @@ impl Drop for Stream {
         }
         if self.awaiting_body {
             held::release(self.context_id);
+            // Decided by the tick but never picked up (the client went away): its guard must
+            // not wait for a response that will not come.
             let id = self.context_id;
-            DECIDED.with_borrow_mut(|d| d.retain(|(i, _)| *i != id));
+            let left =
+                DECIDED.with_borrow_mut(|d| d.iter().position(|(i, _)| *i == id).map(|i| d.swap_remove(i).1));
+            if let (Some(active), Some(Outcome { guarded: Some((g, _, Some(_))), .. })) = (&self.active, left)
+            {
+                if let Some(link) = active.guards.get(g) {
+                    link.book.borrow_mut().forget(id);
+                }
+            }
         }
     }
 }
@@ -185,10 +209,7 @@ impl HttpContext for Stream {
             let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, config::DEFAULT_ROUTE_HEADER);
             return Action::Continue;
         };
-        if active.plan.body.is_some()
-            && BODIES_AFTER_PAUSE.get() != Some(false)
-            && json_body_follows(end_of_stream)
-        {
+        if active.plan.body.is_some() && !NO_BODIES.get() && json_body_follows(end_of_stream) {
             // Hold the request (its headers too: the routing header is set once the body
             // says) until the body ends or max_bytes arrived.
             self.awaiting_body = true;
@@ -204,7 +225,7 @@ impl HttpContext for Stream {
         if !self.awaiting_body {
             return Action::Continue;
         }
-        BODIES_AFTER_PAUSE.set(Some(true));
+        held::progress(self.context_id);
         self.body_size = body_size;
         let max = self.max_body();
         if !end_of_stream && body_size <= max {
@@ -273,36 +294,56 @@ pub(super) mod held {
     use super::*;
 
     pub(super) fn hold(context_id: u32, active: Rc<Active>) {
-        HELD.with_borrow_mut(|h| h.push((context_id, now_ns(), active)));
+        let progress_ns = now_ns();
+        HELD.with_borrow_mut(|h| h.push(Held { context_id, progress_ns, got_body: false, active }));
+    }
+
+    /// A body callback for a held request: Envoy delivers bodies, and this one moves.
+    pub(super) fn progress(context_id: u32) {
+        MISSES.set(0);
+        let now = now_ns();
+        HELD.with_borrow_mut(|h| {
+            if let Some(e) = h.iter_mut().find(|e| e.context_id == context_id) {
+                e.progress_ns = now;
+                e.got_body = true;
+            }
+        });
     }
 
     pub(super) fn release(context_id: u32) {
-        HELD.with_borrow_mut(|h| h.retain(|(id, _, _)| *id != context_id));
+        HELD.with_borrow_mut(|h| h.retain(|e| e.context_id != context_id));
     }
 
-    /// On a tick: while no held request of this VM has ever got a body callback, one held for
-    /// longer than [`FIRST_BODY_WAIT_NS`] shows that Envoy will not deliver bodies after a Pause.
-    /// Then every held request is decided without its body and resumed, and later ones are
-    /// decided at their headers.
+    /// A config was applied: try holding again.
+    pub(in crate::filter) fn reset() {
+        MISSES.set(0);
+        NO_BODIES.set(false);
+    }
+
+    /// On a tick: every held request whose body made no progress for [`NO_PROGRESS_NS`] is
+    /// decided without its body and resumed; after [`MISSES_TO_GIVE_UP`] in a row that got no
+    /// body callback at all, this VM stops holding requests (and says why).
     pub(in crate::filter) fn check(now: i64) {
-        if BODIES_AFTER_PAUSE.get() == Some(true) {
-            return;
-        }
-        let stuck = HELD.with_borrow(|h| h.iter().any(|(_, since, _)| now - since > FIRST_BODY_WAIT_NS));
-        if !stuck {
-            return;
-        }
-        if BODIES_AFTER_PAUSE.replace(Some(false)).is_none() {
-            log::error!(
-                "graysplit: request bodies are not delivered to the filter: set allow_on_headers_stop_iteration: true in the Wasm filter's config (envoy.extensions.wasm.v3.PluginConfig); until then body conditions and body identities see no body"
-            );
-        }
-        for (id, _, active) in HELD.with_borrow_mut(std::mem::take) {
-            if hostcalls::set_effective_context(id).is_ok() {
-                let out = decide_request(&active, id, None);
-                DECIDED.with_borrow_mut(|d| d.push((id, out)));
+        let stale: Vec<Held> = HELD.with_borrow_mut(|h| {
+            let (stale, keep) =
+                std::mem::take(h).into_iter().partition(|e| now - e.progress_ns > NO_PROGRESS_NS);
+            *h = keep;
+            stale
+        });
+        for e in stale {
+            if !e.got_body {
+                MISSES.set(MISSES.get() + 1);
+            }
+            if hostcalls::set_effective_context(e.context_id).is_ok() {
+                let out = decide_request(&e.active, e.context_id, None);
+                DECIDED.with_borrow_mut(|d| d.push((e.context_id, out)));
                 let _ = hostcalls::resume_http_request();
             }
+        }
+        if MISSES.get() >= MISSES_TO_GIVE_UP && !NO_BODIES.replace(true) {
+            log::error!(
+                "graysplit: request bodies are not delivered to the filter: set allow_on_headers_stop_iteration: true in the Wasm filter's config (envoy.extensions.wasm.v3.PluginConfig); until a config is applied again, body conditions and body identities see no body"
+            );
         }
     }
 }
