@@ -789,21 +789,20 @@ def marked(config: dict, gen: int) -> dict:
 
 def open_on_every_worker(envoy: "Envoy", conns: int, max_conns: int = 32) -> list[Conn]:
     """At least `conns` keep-alive connections, more until every Envoy worker holds one (the
-    kernel spreads them): a check on every connection is then a check on every worker."""
+    kernel spreads them): a check on every connection is then a check on every worker. Each
+    new connection answers one request first, so the worker that took it counts it."""
     out: list[Conn] = []
+    deadline = time.monotonic() + 20
     while True:
-        out.append(Conn(envoy.port))
+        c = Conn(envoy.port)
+        out.append(c)
+        c.get("/", [("x-user-id", "worker-probe")])
         if len(out) >= conns:
-            def all_workers() -> bool:
-                per = worker_connections(envoy)
-                return (sum(per.values()) >= len(out)
-                        and len(per) == envoy.concurrency and min(per.values()) > 0)
-            try:
-                wait_until(all_workers, 2.0, "connections on every worker", interval=0.01)
+            per = worker_connections(envoy)
+            if len(per) == envoy.concurrency and min(per.values()) > 0:
                 return out
-            except AssertionError:
-                if len(out) >= max_conns:
-                    raise
+            if len(out) >= max_conns or time.monotonic() > deadline:
+                raise AssertionError(f"{len(out)} connections did not reach every worker: {per}")
 
 
 @dataclass
@@ -923,6 +922,22 @@ def switch_latencies(samples: Sequence["Sample"], t_cross: float, gray: str = "v
         out.append(min(after) - t_cross)
     return out
 
+
+
+def push_everywhere(envoy: "Envoy", config: dict, gen: int,
+                    headers: Sequence[Header] = (("x-user-id", "push-probe"),)) -> None:
+    """Pushes `config` through ECDS marked as generation `gen` (its responses carry
+    x-graysplit-gen-<gen>), and waits until a connection on every worker is answered under it:
+    a pushed config reaches each worker separately (DESIGN.md "Tests")."""
+    write_ecds(envoy.ecds_path, marked(config, gen))
+    conns = open_on_every_worker(envoy, envoy.concurrency)
+    try:
+        for i, c in enumerate(conns):
+            wait_until(lambda c=c: c.get("/", list(headers)).header(f"{GEN_HEADER_PREFIX}{gen}"),
+                       10, f"connection {i} to serve config generation {gen}")
+    finally:
+        for c in conns:
+            c.close()
 
 
 class LoadGen:

@@ -47,7 +47,21 @@ def fail_until_tripped(envoy, apps, gray: list[str]) -> None:
         for u in (gray * 2)[:40]:
             c.get("/", [("x-user-id", u)])
     wait_until(lambda: tripped(envoy, "v2"), 10, "the trip")
+    stable_everywhere(envoy, gray[0])
     apps["v2"].status = 200
+
+
+def stable_everywhere(envoy, user: str) -> None:
+    """Waits until a connection on every worker routes `user` to v1: the VM that tripped sets
+    the gauge, the others follow at their next tick."""
+    conns = harness.open_on_every_worker(envoy, envoy.concurrency)
+    try:
+        for i, c in enumerate(conns):
+            wait_until(lambda c=c: c.get("/", [("x-user-id", user)]).header("x-app-version") == "v1",
+                       5, f"connection {i} on stable after the trip")
+    finally:
+        for c in conns:
+            c.close()
 
 
 @pytest.fixture
@@ -133,9 +147,16 @@ def it_a_version_that_hangs_trips_before_any_response(start_envoy, apps):
         hung.append(c)
     try:
         wait_until(lambda: tripped(envoy, "v2"), 15, "the guard to trip v2 on hung requests")
-        time.sleep(2 * 0.5 + 0.2)   # two ticks: the other worker has learned it too
-        for u in gray[20:30]:       # fresh connections, whichever worker takes them
-            assert envoy.version("/", [("x-user-id", u)]) == "v1"
+
+        def all_on_stable() -> bool:
+            # Fresh connections, whichever worker takes them (each learns of the trip within
+            # two ticks); one still routing to the hung v2 times out and is asked again.
+            for u in gray[20:30]:
+                with Conn(envoy.port, timeout=2) as c:
+                    if c.get("/", [("x-user-id", u)]).text != "v1":
+                        return False
+            return True
+        wait_until(all_on_stable, 15, "every worker to route the gray users to v1")
         assert stat(envoy, "guard_responses_total", "v2", ".result.error") >= 10
     finally:
         for c in hung:
@@ -180,23 +201,20 @@ def it_a_trip_holds_across_pushes_until_attempt_re_arms_it(start_envoy, apps):
     gray = sorted(gray_users(50))
     fail_until_tripped(envoy, apps, gray)    # fixed now, but the trip holds
 
+    gens = iter(range(2, 100))
+
     def push(cfg) -> None:
-        before = envoy.counter(harness.ECDS_STAT + "update_success")
-        harness.write_ecds(envoy.ecds_path, cfg)
-        wait_until(lambda: envoy.counter(harness.ECDS_STAT + "update_success") > before, 10,
-                   "Envoy to apply the push")
+        harness.push_everywhere(envoy, cfg, next(gens), headers=[("x-user-id", gray[0])])
 
     def served(users) -> set[str]:
         with harness.Pool(envoy.port, 4) as pool:
             return {r.header("x-app-version") for r in pool.run([("/", [("x-user-id", u)]) for u in users])}
 
-    push(config)                                          # the same config again
-    time.sleep(1.0)
+    push(config)                                          # the same guard again
     assert served(gray[:40]) == {"v1"} and tripped(envoy, "v2")
     other = {**config, "rules": [{"name": "pilot", "when": {"headers": [
         {"name": "x-pilot", "exact": "1"}]}, "version": "v3"}, *config["rules"]]}
     push(other)                                           # other rules changed
-    time.sleep(1.0)
     assert served(gray[:40]) == {"v1"} and tripped(envoy, "v2")
     rearmed = guarded(guard={**GUARD, "attempt": 2})
     push(rearmed)                                         # re-armed: from an empty window
@@ -248,4 +266,18 @@ def it_counts_envoy_local_replies_as_errors(start_envoy, apps):
             if tripped(envoy, "v2"):
                 break
     wait_until(lambda: tripped(envoy, "v2"), 10, "the trip on Envoy's own 503s")
-    assert envoy.get("/", [("x-user-id", gray[0])]).header("x-app-version") == "v1"
+    stable_everywhere(envoy, gray[0])
+
+
+def it_a_push_that_adds_a_version_under_the_same_guard_watches_it_too(start_envoy, apps):
+    envoy = start_envoy(guarded(), ecds=True, upstreams=apps.ports)
+    on_v3 = sorted(u for u in USERS if 2500 <= bucket(SALT, u) < 5000)
+    wider = guarded(split=(("v2", 25), ("v3", 25)))
+    harness.push_everywhere(envoy, wider, 2, headers=[("x-user-id", on_v3[0])])
+    apps["v3"].status = 503
+    with envoy.conn() as c:
+        for u in (on_v3 * 3)[:40]:
+            c.get("/", [("x-user-id", u)])
+    wait_until(lambda: tripped(envoy, "v3"), 10, "the guard to trip the version the push added")
+    assert not tripped(envoy, "v2")
+    assert stat(envoy, "guard_responses_total", "v3", ".result.error") > 0
