@@ -27,8 +27,11 @@ use crate::config::{self, VersionId};
 use crate::decide::decide;
 use crate::request::body;
 
-/// How long a held request's body may make no progress before it is decided without it.
-const NO_PROGRESS_NS: i64 = 1_000_000_000;
+/// Ticks a held request's body may make no progress for before it is decided without it: the
+/// third tick after the last progress, 1 to 1.5 s later at 500 ms a tick (later, never sooner,
+/// when ticks run late). Counted in ticks, so a body callback reads no clock.
+const IDLE_TICKS: u32 = 3;
+const TICK_NS: i64 = super::guards::TICK_MS as i64 * 1_000_000;
 /// Held requests in a row without a single body callback after which this VM concludes that
 /// Envoy does not deliver bodies to it (no `allow_on_headers_stop_iteration`).
 const MISSES_TO_GIVE_UP: u32 = 3;
@@ -57,8 +60,8 @@ pub(super) struct Outcome {
 /// A request held for its body.
 struct Held {
     context_id: u32,
-    /// When it was held, or when its body last made progress (Unix ns).
-    progress_ns: i64,
+    /// Ticks since it was held or its body last made progress.
+    idle_ticks: u32,
     /// Whether a body callback came at all.
     got_body: bool,
     active: Rc<Active>,
@@ -73,6 +76,9 @@ thread_local! {
     static MISSES: Cell<u32> = const { Cell::new(0) };
     /// This VM takes Envoy not to deliver bodies after a Pause (until the next config).
     static NO_BODIES: Cell<bool> = const { Cell::new(false) };
+    /// When this VM's held requests were last checked (Unix ns): each root context with a
+    /// tick calls the check, and the requests count one tick however many roots there are.
+    static LAST_CHECK_NS: Cell<i64> = const { Cell::new(0) };
 }
 
 impl Stream {
@@ -294,17 +300,15 @@ pub(super) mod held {
     use super::*;
 
     pub(super) fn hold(context_id: u32, active: Rc<Active>) {
-        let progress_ns = now_ns();
-        HELD.with_borrow_mut(|h| h.push(Held { context_id, progress_ns, got_body: false, active }));
+        HELD.with_borrow_mut(|h| h.push(Held { context_id, idle_ticks: 0, got_body: false, active }));
     }
 
     /// A body callback for a held request: Envoy delivers bodies, and this one moves.
     pub(super) fn progress(context_id: u32) {
         MISSES.set(0);
-        let now = now_ns();
         HELD.with_borrow_mut(|h| {
             if let Some(e) = h.iter_mut().find(|e| e.context_id == context_id) {
-                e.progress_ns = now;
+                e.idle_ticks = 0;
                 e.got_body = true;
             }
         });
@@ -320,13 +324,22 @@ pub(super) mod held {
         NO_BODIES.set(false);
     }
 
-    /// On a tick: every held request whose body made no progress for [`NO_PROGRESS_NS`] is
+    /// On a tick: every held request whose body made no progress for [`IDLE_TICKS`] ticks is
     /// decided without its body and resumed; after [`MISSES_TO_GIVE_UP`] in a row that got no
     /// body callback at all, this VM stops holding requests (and says why).
     pub(in crate::filter) fn check(now: i64) {
+        if now - LAST_CHECK_NS.get() < TICK_NS / 2 {
+            return; // another root context of this VM checked at this tick
+        }
+        LAST_CHECK_NS.set(now);
         let stale: Vec<Held> = HELD.with_borrow_mut(|h| {
-            let (stale, keep) =
-                std::mem::take(h).into_iter().partition(|e| now - e.progress_ns > NO_PROGRESS_NS);
+            if h.is_empty() {
+                return Vec::new();
+            }
+            for e in h.iter_mut() {
+                e.idle_ticks += 1;
+            }
+            let (stale, keep) = std::mem::take(h).into_iter().partition(|e| e.idle_ticks >= IDLE_TICKS);
             *h = keep;
             stale
         });
