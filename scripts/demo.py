@@ -99,18 +99,16 @@ def release_runs_itself(admin: str, clients: list[Client], ecds: Path, rule: dic
     """6) a schedule steps by the clock, no push; 7) the gray app fails, the guard trips."""
     t0 = time.time() + 0.5
     steps = [(t0 + 2.0, 20), (t0 + 4.0, 60)]
-    iso = lambda t: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{round(t * 1000) % 1000:03d}Z"
     guard = {"max_error_percent": 10, "min_requests": 50, "window_s": 10}
     scheduled = {**rule, "split": [{"version": gray, "schedule": [
-        {"at": iso(t), "percent": p} for t, p in steps]}], "guard": guard}
-    text, config = run.read_plugin_config()
+        {"at": run.rfc3339_ms(t), "percent": p} for t, p in steps]}], "guard": guard}
+    _, config = run.read_plugin_config()
     config["rules"] = [scheduled if r["name"] == rule["name"] else r for r in config["rules"]]
     print(f"\n6) the release runs itself: push once a schedule (+2 s: 20%, +4 s: 60%) with a guard "
           f"(trip above {guard['max_error_percent']}% errors of at least {guard['min_requests']} "
           f"responses in {guard['window_s']} s)")
-    counts = run.ecds_counts(admin)
-    run.write_atomic(ecds, run.ecds_document(json.dumps(config), version_info="3"))
-    print(f"   Envoy {'applied' if run.wait_ecds_outcome(admin, counts) else 'did NOT apply'} it; "
+    applied = run.push_config(admin, ecds, json.dumps(config), version_info="3")
+    print(f"   Envoy {'applied' if applied else 'did NOT apply'} it; "
           f"from now on, no push")
     gauge = f"wasmcustom.graysplit_split_basis_points.rule.{rule['name']}.version.{gray}"
     previous: dict[str, str] = {}
@@ -250,10 +248,8 @@ def main() -> int:
         predicted_after = {u: run.split_version(ramped_rule, stable, u)[1] for u in USERS}
         probe = next((u for u in USERS if predicted_after[u] == gray and predicted[u] == stable), None)
         print(f"\n3) live ramp to {RAMP_TO}%: rewrite the ECDS file (write + rename)")
-        counts = run.ecds_counts(admin)
         pushed = time.monotonic()
-        run.write_atomic(ecds, run.ecds_document(json.dumps(ramped), version_info="2"))
-        accepted = run.wait_ecds_outcome(admin, counts)
+        accepted = run.push_config(admin, ecds, json.dumps(ramped), version_info="2")
         print(f"   Envoy {'applied' if accepted else 'did NOT apply'} it  {check(bool(accepted), 'ECDS update not applied')}")
         if accepted and probe:
             deadline = time.monotonic() + 10

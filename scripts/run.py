@@ -324,6 +324,19 @@ def wait_ecds_outcome(admin: str, before: tuple[int, int], timeout_s: float = 10
     return None
 
 
+def push_config(admin: str, ecds: Path, plugin_config: str, version_info: str) -> bool | None:
+    """Writes `plugin_config` as the ECDS file and waits for Envoy's verdict (wait_ecds_outcome)."""
+    before = ecds_counts(admin)
+    write_atomic(ecds, ecds_document(plugin_config, version_info=version_info))
+    return wait_ecds_outcome(admin, before)
+
+
+def rfc3339_ms(t: float) -> str:
+    """A Unix time as RFC 3339 UTC to the millisecond (rounded to the nearest one)."""
+    ms = round(t * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         # Like Envoy: SO_REUSEADDR, so a recent run's TIME_WAIT connections don't count as busy.

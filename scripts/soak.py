@@ -80,7 +80,6 @@ def guard_phase(trips: int, users: list[str], conns: int) -> tuple[list[float], 
     failures: list[str] = []
     requests = 0
     gray = {u for u in users if harness.bucket("soak-guard", u) < 5000}
-    tripped = "wasmcustom.graysplit_guard_tripped.rule.ramp.version.v2"
     envoy.start()
     try:
         envoy.wait_ready()
@@ -89,13 +88,13 @@ def guard_phase(trips: int, users: list[str], conns: int) -> tuple[list[float], 
                 if attempt > 1:
                     apps["v2"].status = 200
                     harness.write_ecds(ecds, guarded(attempt))
-                    harness.wait_until(lambda: envoy.counter(tripped) == 0, 15, f"attempt {attempt} to re-arm")
+                    harness.wait_until(lambda: not harness.tripped(envoy, "v2"), 15, f"attempt {attempt} to re-arm")
                 t = time.time()
                 load.wait_for(200, f"healthy gray traffic (attempt {attempt})",
                               where=lambda s: s.sent > t + 0.5 and s.version == "v2" and s.status == 200)
                 apps["v2"].status = 503
                 t_fail = time.time()
-                harness.wait_until(lambda: envoy.counter(tripped) == 1, 15, f"trip {attempt}")
+                harness.wait_until(lambda: harness.tripped(envoy, "v2"), 15, f"trip {attempt}")
                 t_trip = time.time()
                 load.wait_for(20, "traffic after the trip", where=lambda s: s.sent > t_trip + 2)
                 window = [s for s in load.snapshot() if s.sent > t_fail - GUARD["window_s"]]

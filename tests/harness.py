@@ -16,7 +16,9 @@
 
 from __future__ import annotations
 
+import collections
 import copy
+import itertools
 import json
 import os
 import socket
@@ -132,7 +134,7 @@ def bootstrap(config: dict | str | None, *, access_log: Path, ecds_path: Path | 
               versions: Iterable[str] = (), ipv6: bool = False, strip_route_header: bool = True,
               scheme: str | None = None, route_header: str | None = None,
               upstreams: dict[str, int] | None = None, route_timeout_s: float | None = None,
-              before_filters: Sequence[dict] = (), buffer_limit: int | None = None) -> dict:
+              before_filters: Sequence[dict] = ()) -> dict:
     """Fill in envoy/test-bootstrap.yaml.
 
     config:  the plugin JSON (dict, or a raw string) for an inline filter; None with ecds_path
@@ -143,7 +145,6 @@ def bootstrap(config: dict | str | None, *, access_log: Path, ecds_path: Path | 
              route goes to a cluster of it instead of answering itself (route_timeout_s: the
              route's timeout, Envoy's default 15 s when None).
     before_filters: HTTP filters to run before graysplit (e.g. tokens.jwt_authn_filter()).
-    buffer_limit: the listener's per_connection_buffer_limit_bytes (Envoy's default 1 MiB).
     """
     doc = yaml.safe_load(BOOTSTRAP_TEMPLATE.read_text())
     parsed = config if isinstance(config, dict) else None
@@ -202,8 +203,6 @@ def bootstrap(config: dict | str | None, *, access_log: Path, ecds_path: Path | 
     gray = next(f for f in filters if f["name"] == FILTER_NAME)
     at = filters.index(gray)
     filters[at:at] = [copy.deepcopy(f) for f in before_filters]
-    if buffer_limit is not None:
-        listener["per_connection_buffer_limit_bytes"] = buffer_limit
     if ecds_path is not None:
         gray.pop("typed_config")
         gray["config_discovery"] = {
@@ -415,6 +414,54 @@ class Pool:
         for i, c in enumerate(self.conns):
             wait_until(lambda c=c: check(c.get(path, headers)), timeout,
                        f"connection {i} to see {what}")
+
+
+def h2_requests(port: int, requests: Sequence[tuple[str, str, Sequence[Header], bytes | None]]
+                ) -> list[Resp]:
+    """Sends every request (method, path, headers, body or None) as its own stream on ONE
+    HTTP/2 connection, all before reading any response (a body in DATA frames of 1000 bytes),
+    and returns the responses in request order."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        conn.initiate_connection()
+        ids = []
+        for method, path, headers, body in requests:
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, [(":method", method), (":scheme", "http"), (":authority", "graysplit.test"),
+                                    (":path", path), *headers], end_stream=body is None)
+            if body is not None:
+                for i in range(0, len(body), 1000):     # several DATA frames
+                    conn.send_data(sid, body[i:i + 1000])
+                conn.end_stream(sid)
+            ids.append(sid)
+        sock.sendall(conn.data_to_send())
+        got: dict[int, dict] = {sid: {"headers": [], "body": b"", "done": False} for sid in ids}
+        while not all(s["done"] for s in got.values()):
+            data = sock.recv(65536)
+            assert data, "Envoy closed the connection"
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    got[ev.stream_id]["headers"] = list(ev.headers)
+                elif isinstance(ev, h2.events.DataReceived):
+                    got[ev.stream_id]["body"] += ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    got[ev.stream_id]["done"] = True
+                elif isinstance(ev, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                    raise AssertionError(f"HTTP/2 error: {ev}")
+            sock.sendall(conn.data_to_send())
+        out = []
+        for sid in ids:
+            headers = got[sid]["headers"]
+            status = int(dict(headers)[":status"])
+            out.append(Resp(status, [(k, v) for k, v in headers if not k.startswith(":")], got[sid]["body"]))
+        return out
+    finally:
+        sock.close()
 
 
 # --------------------------------------------------------------------------- Envoy process
@@ -816,7 +863,6 @@ class Sample:
     got: float
     status: int
     version: str
-    headers: list[tuple[str, str]]
 
 
 class Traffic:
@@ -825,12 +871,9 @@ class Traffic:
     (schedules stepping, guards tripping) while requests flow."""
 
     def __init__(self, envoy: "Envoy", users: Sequence[str], *, conns: int = 4,
-                 headers: Sequence[Header] = (), pause_s: float = 0.0,
                  max_seconds: float = 120.0):
         self.envoy = envoy
         self.users = list(users)
-        self.headers = list(headers)
-        self.pause_s = pause_s
         self.deadline = time.monotonic() + max_seconds
         self.conns = open_on_every_worker(envoy, conns)
         self.lock = threading.Lock()
@@ -863,18 +906,21 @@ class Traffic:
             k += 1
             sent = time.time()
             try:
-                r = conn.get("/", [("x-user-id", user), *self.headers])
+                r = conn.get("/", [("x-user-id", user)])
             except (OSError, ConnectionError, ValueError, IndexError) as exc:
                 with self.lock:
                     self.errors.append(f"conn {i} user {user}: {exc!r}")
                 conn.close()
-                conn = self.conns[i] = Conn(self.envoy.port)
+                try:
+                    conn = self.conns[i] = Conn(self.envoy.port)
+                except OSError as exc2:
+                    with self.lock:
+                        self.errors.append(f"conn {i}: reconnect failed: {exc2!r}")
+                    return
                 continue
             version = r.header("x-app-version") or r.text
             with self.lock:
-                self.samples.append(Sample(i, user, sent, time.time(), r.status, version, r.headers))
-            if self.pause_s:
-                time.sleep(self.pause_s)
+                self.samples.append(Sample(i, user, sent, time.time(), r.status, version))
 
     def snapshot(self) -> list[Sample]:
         with self.lock:
@@ -885,8 +931,10 @@ class Traffic:
         """Waits until `n` samples matching `where` came in on every connection; returns all."""
         def enough():
             snap = self.snapshot()
-            per = [sum(1 for s in snap if s.conn == c and where(s)) for c in range(len(self.conns))]
-            return snap if min(per) >= n else None
+            per = collections.Counter(s.conn for s in snap if where(s))
+            if self.errors and not any(t.is_alive() for t in self.threads):
+                raise AssertionError(f"{what}: the traffic stopped: {self.errors[-1]}")
+            return snap if all(per[c] >= n for c in range(len(self.conns))) else None
         return wait_until(enough, timeout, what)
 
 
@@ -924,20 +972,45 @@ def switch_latencies(samples: Sequence["Sample"], t_cross: float, gray: str = "v
 
 
 
-def push_everywhere(envoy: "Envoy", config: dict, gen: int,
-                    headers: Sequence[Header] = (("x-user-id", "push-probe"),)) -> None:
-    """Pushes `config` through ECDS marked as generation `gen` (its responses carry
-    x-graysplit-gen-<gen>), and waits until a connection on every worker is answered under it:
-    a pushed config reaches each worker separately (DESIGN.md "Tests")."""
-    write_ecds(envoy.ecds_path, marked(config, gen))
+def wait_on_every_worker(envoy: "Envoy", headers: Sequence[Header], check: Callable[[Resp], object],
+                         what: str, timeout: float = 10.0) -> None:
+    """Waits until `check` holds for the response to `headers` on a connection on every worker
+    (a pushed config, a trip: each worker learns of it separately)."""
     conns = open_on_every_worker(envoy, envoy.concurrency)
     try:
         for i, c in enumerate(conns):
-            wait_until(lambda c=c: c.get("/", list(headers)).header(f"{GEN_HEADER_PREFIX}{gen}"),
-                       10, f"connection {i} to serve config generation {gen}")
+            wait_until(lambda c=c: check(c.get("/", list(headers))), timeout, f"connection {i}: {what}")
     finally:
         for c in conns:
             c.close()
+
+
+_push_gens = itertools.count(10_000)   # above the generations tests number themselves
+
+
+def push_everywhere(envoy: "Envoy", config: dict, gen: int | None = None,
+                    headers: Sequence[Header] = (("x-user-id", "push-probe"),)) -> int:
+    """Pushes `config` through ECDS marked as generation `gen` (its responses carry
+    x-graysplit-gen-<gen>; by default a new number), and waits until a connection on every
+    worker is answered under it: a pushed config reaches each worker separately (DESIGN.md
+    "Tests"). Returns the generation."""
+    gen = next(_push_gens) if gen is None else gen
+    write_ecds(envoy.ecds_path, marked(config, gen))
+    wait_on_every_worker(envoy, headers, lambda r: r.header(f"{GEN_HEADER_PREFIX}{gen}"),
+                         f"serves config generation {gen}")
+    return gen
+
+
+# --------------------------------------------------------------------------- guards
+
+def graysplit_stat(envoy: "Envoy", family: str, version: str, suffix: str = "",
+                   rule: str = "ramp") -> int:
+    """A per-rule, per-version graysplit metric (`wasmcustom.graysplit_<family>...`)."""
+    return envoy.counter(f"wasmcustom.graysplit_{family}.rule.{rule}.version.{version}{suffix}")
+
+
+def tripped(envoy: "Envoy", version: str, rule: str = "ramp") -> bool:
+    return graysplit_stat(envoy, "guard_tripped", version, rule=rule) == 1
 
 
 class LoadGen:

@@ -10,12 +10,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import socket
 import time
 
-import h2.config
-import h2.connection
-import h2.events
 import httpx2 as httpx  # what openai 3 is built on
 import openai
 import pytest
@@ -158,46 +154,15 @@ def it_the_body_decides_when_it_can_and_always_arrives_intact(envoy, case):
     assert r.header("x-body-sha256") == hashlib.sha256(body).hexdigest(), f"{case}: the body changed"
 
 
-def h2_post(port: int, body: bytes, headers: list[tuple[str, str]]) -> tuple[dict, bytes]:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    try:
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
-        conn.initiate_connection()
-        sid = conn.get_next_available_stream_id()
-        conn.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":authority", "graysplit.test"),
-                                (":path", "/v1/chat/completions"), *headers])
-        for i in range(0, len(body), 1000):     # several DATA frames
-            conn.send_data(sid, body[i:i + 1000])
-        conn.end_stream(sid)
-        sock.sendall(conn.data_to_send())
-        resp, data, done = {}, b"", False
-        while not done:
-            chunk = sock.recv(65536)
-            assert chunk, "Envoy closed the connection"
-            for ev in conn.receive_data(chunk):
-                if isinstance(ev, h2.events.ResponseReceived):
-                    resp = dict(ev.headers)
-                elif isinstance(ev, h2.events.DataReceived):
-                    data += ev.data
-                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-                elif isinstance(ev, h2.events.StreamEnded):
-                    done = True
-                elif isinstance(ev, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
-                    raise AssertionError(f"HTTP/2 error: {ev}")
-            sock.sendall(conn.data_to_send())
-        return resp, data
-    finally:
-        sock.close()
-
-
 @pytest.mark.parametrize("size,by_body", [(2000, True), (MAX + 500, False)])
 def it_reads_bodies_over_http2(envoy, size, by_body):
     body_user, header_user = pair()
     body = chat(body_user, size)
-    headers, _ = h2_post(envoy.port, body, [("content-type", "application/json"), ("x-user-id", header_user)])
-    assert headers[":status"] == "200", headers
-    assert headers["x-app-version"] == version_for(body_user if by_body else header_user)
-    assert headers["x-body-sha256"] == hashlib.sha256(body).hexdigest()
+    [r] = harness.h2_requests(envoy.port, [("POST", "/v1/chat/completions", [
+        ("content-type", "application/json"), ("x-user-id", header_user)], body)])
+    assert r.status == 200, r
+    assert r.header("x-app-version") == version_for(body_user if by_body else header_user)
+    assert r.header("x-body-sha256") == hashlib.sha256(body).hexdigest()
 
 
 def it_a_plan_without_body_rules_holds_nothing(start_envoy, apps):
@@ -246,10 +211,9 @@ def it_a_body_that_makes_no_progress_is_decided_without_it(envoy):
     body_user, header_user = pair()
     body = chat(body_user, 1024)
     with Conn(envoy.port, timeout=30) as c:
-        head = [b"POST /v1/chat/completions HTTP/1.1", b"host: graysplit.test",
-                b"content-type: application/json", f"content-length: {len(body)}".encode(),
-                f"x-user-id: {header_user}".encode()]
-        c.sock.sendall(b"\r\n".join(head) + b"\r\n\r\n")
+        req = harness.encode_request("POST", "/v1/chat/completions",
+                                     [*JSON, ("x-user-id", header_user)], body=body)
+        c.sock.sendall(req[:-len(body)])    # the headers
         time.sleep(2.0)
         c.sock.sendall(body)
         r = c._read_response("POST")

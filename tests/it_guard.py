@@ -32,12 +32,8 @@ def guarded(split=(("v2", 50),), guard=GUARD, **rule) -> dict:
                            "split": [{"version": v, "percent": p} for v, p in split], **rule}])
 
 
-def stat(envoy, family: str, version: str, suffix: str = "", rule: str = "ramp") -> int:
-    return envoy.counter(f"wasmcustom.graysplit_{family}.rule.{rule}.version.{version}{suffix}")
-
-
-def tripped(envoy, version: str) -> bool:
-    return stat(envoy, "guard_tripped", version) == 1
+stat = harness.graysplit_stat
+tripped = harness.tripped
 
 
 def fail_until_tripped(envoy, apps, gray: list[str]) -> None:
@@ -47,21 +43,15 @@ def fail_until_tripped(envoy, apps, gray: list[str]) -> None:
         for u in (gray * 2)[:40]:
             c.get("/", [("x-user-id", u)])
     wait_until(lambda: tripped(envoy, "v2"), 10, "the trip")
-    stable_everywhere(envoy, gray[0])
+    stable_everywhere(envoy, [("x-user-id", gray[0])])
     apps["v2"].status = 200
 
 
-def stable_everywhere(envoy, user: str) -> None:
-    """Waits until a connection on every worker routes `user` to v1: the VM that tripped sets
-    the gauge, the others follow at their next tick."""
-    conns = harness.open_on_every_worker(envoy, envoy.concurrency)
-    try:
-        for i, c in enumerate(conns):
-            wait_until(lambda c=c: c.get("/", [("x-user-id", user)]).header("x-app-version") == "v1",
-                       5, f"connection {i} on stable after the trip")
-    finally:
-        for c in conns:
-            c.close()
+def stable_everywhere(envoy, headers) -> None:
+    """Waits until a connection on every worker routes the request to v1: the VM that tripped
+    sets the gauge, the others follow at their next tick."""
+    harness.wait_on_every_worker(envoy, headers, lambda r: r.header("x-app-version") == "v1",
+                                 "on stable after the trip", timeout=5)
 
 
 @pytest.fixture
@@ -201,10 +191,8 @@ def it_a_trip_holds_across_pushes_until_attempt_re_arms_it(start_envoy, apps):
     gray = sorted(gray_users(50))
     fail_until_tripped(envoy, apps, gray)    # fixed now, but the trip holds
 
-    gens = iter(range(2, 100))
-
     def push(cfg) -> None:
-        harness.push_everywhere(envoy, cfg, next(gens), headers=[("x-user-id", gray[0])])
+        harness.push_everywhere(envoy, cfg, headers=[("x-user-id", gray[0])])
 
     def served(users) -> set[str]:
         with harness.Pool(envoy.port, 4) as pool:
@@ -266,14 +254,14 @@ def it_counts_envoy_local_replies_as_errors(start_envoy, apps):
             if tripped(envoy, "v2"):
                 break
     wait_until(lambda: tripped(envoy, "v2"), 10, "the trip on Envoy's own 503s")
-    stable_everywhere(envoy, gray[0])
+    stable_everywhere(envoy, [("x-user-id", gray[0])])
 
 
 def it_a_push_that_adds_a_version_under_the_same_guard_watches_it_too(start_envoy, apps):
     envoy = start_envoy(guarded(), ecds=True, upstreams=apps.ports)
     on_v3 = sorted(u for u in USERS if 2500 <= bucket(SALT, u) < 5000)
     wider = guarded(split=(("v2", 25), ("v3", 25)))
-    harness.push_everywhere(envoy, wider, 2, headers=[("x-user-id", on_v3[0])])
+    harness.push_everywhere(envoy, wider, headers=[("x-user-id", on_v3[0])])
     apps["v3"].status = 503
     with envoy.conn() as c:
         for u in (on_v3 * 3)[:40]:

@@ -22,6 +22,7 @@ import json
 import re
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 import yaml
@@ -242,35 +243,26 @@ def istiod_jwt_authn(ra: dict) -> dict:
     }
 
 
-def it_the_gateway_s_legal_pilot_is_a_verified_claim_behind_istio_s_jwt_authn(tmp_path):
+def it_the_gateway_s_legal_pilot_is_a_verified_claim_behind_istio_s_jwt_authn(istio_envoy):
     gw, ra = _gateway(), AUTHNS[0]
     cfg = gw["spec"]["pluginConfig"]
     issuer = ra["spec"]["jwtRules"][0]["issuer"]
     audience = ra["spec"]["jwtRules"][0]["audiences"][0]
-    ecds = tmp_path / "ecds.yaml"
-    harness.write_istio_ecds(ecds, gw, "1")
-    doc = harness.istio_bootstrap(gw, ecds_path=ecds, access_log=tmp_path / "access.log",
-                                  routes=vs_envoy_routes(SERVICES[0]),
-                                  before_filters=[istiod_jwt_authn(ra)])
-    envoy = Envoy(tmp_path, doc, concurrency=1).launch()
-    try:
-        ramp = next(r for r in cfg["rules"] if "split" in r)
-        stable_user = user_in(ramp["salt"], round(ramp["split"][0]["percent"] * 100), 10000)
+    envoy = istio_envoy(gw, before_filters=[istiod_jwt_authn(ra)])
+    ramp = next(r for r in cfg["rules"] if "split" in r)
+    stable_user = user_in(ramp["salt"], round(ramp["split"][0]["percent"] * 100), 10000)
 
-        def tok(**claims):
-            return tokens.token({"iss": issuer, "aud": audience, **claims})
+    def tok(expired=False, **claims):
+        return tokens.token({"iss": issuer, "aud": audience, **claims}, expired=expired)
 
-        legal = [("authorization", f"Bearer {tok(sub=stable_user, department='legal')}")]
-        assert envoy.version("/", legal) == subset_for("v2.1"), "a verified legal claim: the pilot"
-        sales = [("authorization", f"Bearer {tok(sub=stable_user, department='sales')}")]
-        assert envoy.version("/", sales) == subset_for(cfg["stable"])
-        spoof = [("x-department", "legal"), ("department", "legal"), ("x-user-id", stable_user)]
-        assert envoy.version("/", spoof) == subset_for(cfg["stable"]), "headers are no claims"
-        expired = tokens.token({"iss": issuer, "aud": audience, "sub": stable_user,
-                                "department": "legal"}, expired=True)
-        assert envoy.get("/", [("authorization", f"Bearer {expired}")]).status == 401
-    finally:
-        envoy.stop()
+    legal = [("authorization", f"Bearer {tok(sub=stable_user, department='legal')}")]
+    assert envoy.version("/", legal) == subset_for("v2.1"), "a verified legal claim: the pilot"
+    sales = [("authorization", f"Bearer {tok(sub=stable_user, department='sales')}")]
+    assert envoy.version("/", sales) == subset_for(cfg["stable"])
+    spoof = [("x-department", "legal"), ("department", "legal"), ("x-user-id", stable_user)]
+    assert envoy.version("/", spoof) == subset_for(cfg["stable"]), "headers are no claims"
+    expired = tok(expired=True, sub=stable_user, department="legal")
+    assert envoy.get("/", [("authorization", f"Bearer {expired}")]).status == 401
 
 
 def it_istio_dir_has_the_resources_a_release_needs():
@@ -615,14 +607,15 @@ def trusted(cfg: dict, source: str) -> bool:
     return any(ipaddress.ip_address(source) in ipaddress.ip_network(c) for c in cidrs)
 
 
-def start_istio_envoy(tmp_path: Path, plugin: dict, plugin_config: dict | None = None) -> Envoy:
+def start_istio_envoy(tmp_path: Path, plugin: dict, plugin_config: dict | None = None,
+                      before_filters: Sequence[dict] = ()) -> Envoy:
     if not harness.WASM.exists():
         pytest.fail(f"{harness.WASM} is missing: run `make build` first", pytrace=False)
     tmp_path.mkdir(parents=True, exist_ok=True)
     ecds = tmp_path / "ecds.yaml"
     harness.write_istio_ecds(ecds, plugin, "1", plugin_config)
     doc = harness.istio_bootstrap(plugin, ecds_path=ecds, access_log=tmp_path / "access.log",
-                                  routes=vs_envoy_routes(SERVICES[0]))
+                                  routes=vs_envoy_routes(SERVICES[0]), before_filters=before_filters)
     return Envoy(tmp_path, doc, concurrency=1).launch()
 
 
@@ -630,8 +623,8 @@ def start_istio_envoy(tmp_path: Path, plugin: dict, plugin_config: dict | None =
 def istio_envoy(tmp_path):
     started: list[Envoy] = []
 
-    def start(plugin, plugin_config=None):
-        e = start_istio_envoy(tmp_path / f"istio{len(started)}", plugin, plugin_config)
+    def start(plugin, plugin_config=None, before_filters=()):
+        e = start_istio_envoy(tmp_path / f"istio{len(started)}", plugin, plugin_config, before_filters)
         started.append(e)
         return e
 

@@ -45,12 +45,7 @@ class Session:
         return r.text, issued
 
 
-_gen = iter(range(2, 10_000))
-
-
-def push(envoy, cfg) -> None:
-    """Push `cfg` and wait until every worker serves it."""
-    harness.push_everywhere(envoy, cfg, next(_gen))
+push = harness.push_everywhere   # waits until every worker serves the pushed config
 
 
 def pins(envoy, result: str) -> int:
@@ -135,12 +130,11 @@ def it_a_tripped_guard_ignores_pins_to_its_version(start_envoy):
         with Conn(envoy.port) as c:
             for i in range(30):
                 c.get("/", [("x-user-id", harness.user_in(SALT, 0, 1000, prefix=f"t{i}-"))])
-        wait_until(lambda: envoy.counter("wasmcustom.graysplit_guard_tripped.rule.ramp.version.v2") == 1, 10, "the trip")
+        wait_until(lambda: harness.tripped(envoy, "v2"), 10, "the trip")
         apps["v2"].status = 200
-        # Every worker learns of the trip within two ticks; each new connection may land on
-        # either, so ask until the answer holds on a run of them.
-        wait_until(lambda: all(envoy.get("/", [("x-user-id", gray), ("cookie", f"gp={s.pin}")])
-                               .header("x-app-version") == "v1" for _ in range(6)), 10,
-                   "a pin to the tripped version to be ignored on every worker")
+        # Every worker learns of the trip within two ticks.
+        harness.wait_on_every_worker(envoy, [("x-user-id", gray), ("cookie", f"gp={s.pin}")],
+                                     lambda r: r.header("x-app-version") == "v1",
+                                     "a pin to the tripped version is ignored")
     finally:
         apps.close()

@@ -19,10 +19,7 @@ def ms_now() -> float:
     return round(time.time() * 1000) / 1000
 
 
-def iso(t: float) -> str:
-    """A Unix time (whole milliseconds) as RFC 3339 UTC with milliseconds."""
-    ms = round(t * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+iso = harness.run.rfc3339_ms
 
 
 def schedule_rule(steps: list[tuple[float, float]], **rule) -> dict:
@@ -36,7 +33,7 @@ def percent_at(steps: list[tuple[float, float]], t: float) -> float:
 
 
 def gauge(envoy) -> int:
-    return envoy.counter("wasmcustom.graysplit_split_basis_points.rule.ramp.version.v2")
+    return harness.graysplit_stat(envoy, "split_basis_points", "v2")
 
 
 def it_a_schedule_steps_by_the_clock_on_every_worker_with_no_push(start_envoy):
@@ -46,7 +43,7 @@ def it_a_schedule_steps_by_the_clock_on_every_worker_with_no_push(start_envoy):
     pushes = envoy.counter(harness.ECDS_STAT + "update_success")
     t0 = ms_now()
     steps = [(t0 + 2.0, 10), (t0 + 3.5, 40), (t0 + 5.0, 100)]
-    harness.push_everywhere(envoy, plugin_config([schedule_rule(steps)]), 1)
+    harness.push_everywhere(envoy, plugin_config([schedule_rule(steps)]))
     before_steps = time.time() < steps[0][0]
     seen_gauges: list[str] = []
     with Traffic(envoy, USERS, conns=4) as load:
@@ -108,8 +105,7 @@ def it_a_later_step_does_not_bring_back_a_tripped_version(start_envoy):
         envoy = start_envoy(plugin_config([rule]), upstreams=apps.ports)
         apps["v2"].status = 503
         with Traffic(envoy, USERS, conns=4) as load:
-            wait_until(lambda: envoy.counter(
-                "wasmcustom.graysplit_guard_tripped.rule.ramp.version.v2") == 1, 15, "the trip")
+            wait_until(lambda: harness.tripped(envoy, "v2"), 15, "the trip")
             # After the 100% step, and after every worker learned of the trip (two ticks).
             after = max(steps[1][0], time.time() + 1.0) + 0.2
             load.wait_for(10, "traffic after the 100% step", where=lambda s: s.sent > after)

@@ -53,8 +53,6 @@ class App:
         self.routing_header = routing_header
         self.status = 200
         self.delay_s = 0.0
-        self.requests = 0
-        self.lock = threading.Lock()
         app = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -64,10 +62,7 @@ class App:
                 pass
 
             def handle_one(self) -> None:
-                body = read_body(self)
-                with app.lock:
-                    app.requests += 1
-                app.respond(self, body)
+                app.respond(self, read_body(self))
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = handle_one
 
