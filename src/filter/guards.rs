@@ -12,6 +12,7 @@ use std::rc::{Rc, Weak};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
 
+use super::root::now_ns;
 use crate::config::error::fmt_num;
 use crate::config::{Guard, Plan};
 use crate::guard::{self, RuleState, Tally};
@@ -30,11 +31,12 @@ pub(super) struct Book {
     rule: String,
     stable: String,
     tally: Tally,
-    /// The shared value as last read or written, and each version's trip from it.
-    state: RuleState,
+    /// Per version (as the tally's): whether it tripped, from the shared value as last read or
+    /// written.
     tripped: Vec<bool>,
     /// The host's ids of `graysplit_guard_responses_total...result.ok` / `.error` and of
-    /// `graysplit_guard_trips_total` (None for stable), per version.
+    /// `graysplit_guard_trips_total` (None for stable), per version (as the tally's; a version
+    /// a newer config dropped keeps its ids).
     ok_ids: Vec<u32>,
     error_ids: Vec<u32>,
     trips_ids: Vec<Option<u32>>,
@@ -52,9 +54,9 @@ pub(super) struct Link {
 }
 
 /// The books of `plan`'s guards, one per guarded rule, after bringing the shared values in line
-/// with them. A book this VM already has for the same plugin, rule and guard is reused, its
-/// versions, stable and metrics taken from `plan` (a push may add a version to the split or
-/// promote a new stable under the same guard). `Err` when the host refused a shared-data call
+/// with them. A book this VM already has for the same plugin, rule and guard (its fingerprint:
+/// wherever the rule moved in the list) is reused, its versions, stable and metrics taken from
+/// `plan` (a push may add a version to the split or promote a new stable under the same guard). `Err` when the host refused a shared-data call
 /// (the config is then refused too).
 pub(super) fn books(plugin: &str, plan: &Plan, metric_ids: &[u32]) -> Result<Vec<Link>, String> {
     let mut out = Vec::with_capacity(plan.guards.len());
@@ -66,7 +68,7 @@ pub(super) fn books(plugin: &str, plan: &Plan, metric_ids: &[u32]) -> Result<Vec
             books.retain(|b| b.strong_count() > 0);
             books.iter().filter_map(Weak::upgrade).find(|b| {
                 let b = b.borrow();
-                b.key == key && b.guard == *g
+                b.key == key && b.guard.fingerprint == g.fingerprint
             })
         });
         let book = match existing {
@@ -78,7 +80,6 @@ pub(super) fn books(plugin: &str, plan: &Plan, metric_ids: &[u32]) -> Result<Vec
                     rule: rule.clone(),
                     stable: String::new(),
                     tally: Tally::default(),
-                    state: RuleState::new(&g.fingerprint),
                     tripped: Vec::new(),
                     ok_ids: Vec::new(),
                     error_ids: Vec::new(),
@@ -88,7 +89,7 @@ pub(super) fn books(plugin: &str, plan: &Plan, metric_ids: &[u32]) -> Result<Vec
                 book
             }
         };
-        book.borrow_mut().adopt(plan, gi, metric_ids, state);
+        book.borrow_mut().adopt(plan, gi, metric_ids, &state);
         out.push(Link { book });
     }
     Ok(out)
@@ -113,21 +114,31 @@ fn sync_shared(key: &str, g: &Guard) -> Result<RuleState, String> {
 }
 
 impl Book {
-    /// Takes the versions, stable and metric ids of guard `gi` of `plan`, and the shared value.
-    fn adopt(&mut self, plan: &Plan, gi: usize, metric_ids: &[u32], state: RuleState) {
-        let watches: Vec<_> = plan.watches.iter().filter(|w| w.guard == gi).collect();
-        let id = |m: usize| metric_ids.get(m).copied().unwrap_or(0);
+    /// Takes guard `gi` of `plan` (its rule may have moved), its versions, stable and metric
+    /// ids, and the shared value.
+    fn adopt(&mut self, plan: &Plan, gi: usize, metric_ids: &[u32], state: &RuleState) {
+        let Some(g) = plan.guards.get(gi) else { return };
+        self.guard = g.clone();
         self.stable = plan.version_name(0).to_string();
-        self.tally.rebuild(watches.iter().map(|w| plan.version_name(w.version).to_string()).collect());
-        self.ok_ids = watches.iter().map(|w| id(w.ok_metric)).collect();
-        self.error_ids = watches.iter().map(|w| id(w.error_metric)).collect();
-        self.trips_ids = watches.iter().map(|w| w.trips_metric.map(id)).collect();
+        let watches = plan.watches.iter().filter(|w| w.guard == gi);
+        self.tally.add_versions(watches.clone().map(|w| plan.version_name(w.version)));
+        let n = self.tally.versions().len();
+        self.ok_ids.resize(n, 0);
+        self.error_ids.resize(n, 0);
+        self.trips_ids.resize(n, None);
+        let id = |m: usize| metric_ids.get(m).copied().unwrap_or(0);
+        for w in watches {
+            let Some(i) = self.tally.index(plan.version_name(w.version)) else { continue };
+            let slots = (self.ok_ids.get_mut(i), self.error_ids.get_mut(i), self.trips_ids.get_mut(i));
+            if let (Some(ok), Some(error), Some(trips)) = slots {
+                (*ok, *error, *trips) = (id(w.ok_metric), id(w.error_metric), w.trips_metric.map(id));
+            }
+        }
         self.set_state(state);
     }
 
-    fn set_state(&mut self, state: RuleState) {
+    fn set_state(&mut self, state: &RuleState) {
         self.tripped = self.tally.versions().iter().map(|v| *v != self.stable && state.tripped(v)).collect();
-        self.state = state;
     }
 
     /// The index of version `name` among this book's versions.
@@ -139,16 +150,21 @@ impl Book {
         self.tripped.get(version).copied().unwrap_or(false)
     }
 
-    pub(super) fn slow_ms(&self) -> Option<u32> {
-        self.guard.slow_ms
+    /// A guarded request of `version` was decided: with `slow_ms`, it waits for its response
+    /// headers from now on.
+    pub(super) fn start(&mut self, context_id: u32, version: usize) {
+        if self.guard.slow_ms.is_some() {
+            self.tally.start(context_id, version, now_ns());
+        }
     }
 
-    pub(super) fn count(&mut self, context_id: u32, version: usize, error: bool) {
-        self.tally.count(context_id, version, error);
-    }
-
-    pub(super) fn start(&mut self, context_id: u32, version: usize, now_ns: i64) {
-        self.tally.start(context_id, version, now_ns);
+    /// Its response headers came with `status`: an error when the status is one of the guard's
+    /// `statuses` (Envoy's own local replies included), or when they came later than `slow_ms`.
+    pub(super) fn count_response(&mut self, context_id: u32, version: usize, status: Option<u16>) {
+        let error = status.is_some_and(|s| self.guard.statuses.is_error(s));
+        let slow_ns = self.guard.slow_ms.map(|ms| i64::from(ms) * 1_000_000);
+        let now = if slow_ns.is_some() { now_ns() } else { 0 };
+        self.tally.count(context_id, version, error, now, slow_ns);
     }
 
     pub(super) fn forget(&mut self, context_id: u32) {
@@ -159,20 +175,25 @@ impl Book {
     /// says, and refreshes what this VM knows of the others' trips.
     pub(super) fn flush(&mut self, now_ns: i64) {
         self.tally.count_overdue(now_ns, self.guard.slow_ms);
-        let idle = self.tally.is_empty();
+        if self.tally.is_empty() {
+            // Nothing to add: only learn the others' trips.
+            if let Ok((Some(bytes), _)) = hostcalls::get_shared_data(&self.key) {
+                if let Some(s) = RuleState::decode(&bytes).filter(|s| s.fingerprint == self.guard.fingerprint)
+                {
+                    self.set_state(&s);
+                }
+            }
+            return;
+        }
         let taken = self.tally.take();
-        let counted: Vec<(&str, u32, u32)> = taken.iter().map(|(v, t, e)| (v.as_str(), *t, *e)).collect();
         for _ in 0..CAS_TRIES {
             let Ok((bytes, cas)) = hostcalls::get_shared_data(&self.key) else { break };
-            let shared = bytes.as_deref().and_then(RuleState::decode);
-            if idle {
-                // Nothing to add: only learn the others' trips.
-                if let Some(s) = shared.filter(|s| s.fingerprint == self.guard.fingerprint) {
-                    self.set_state(s);
-                }
-                return;
-            }
-            let base = shared.unwrap_or_else(|| RuleState::new(&self.guard.fingerprint));
+            let base = bytes
+                .as_deref()
+                .and_then(RuleState::decode)
+                .unwrap_or_else(|| RuleState::new(&self.guard.fingerprint));
+            let counted: Vec<(&str, u32, u32)> =
+                self.tally.versions().iter().zip(&taken).map(|(v, (t, e))| (v.as_str(), *t, *e)).collect();
             let Some((next, trips)) = guard::flush(&base, &self.guard, &self.stable, &counted, now_ns) else {
                 // Another guard owns the value now (a newer config re-armed it): these counts
                 // were the old guard's.
@@ -180,8 +201,8 @@ impl Book {
             };
             match hostcalls::set_shared_data(&self.key, Some(&next.encode()), cas) {
                 Ok(()) => {
-                    self.set_state(next);
-                    for (i, (_, t, e)) in taken.iter().enumerate() {
+                    self.set_state(&next);
+                    for (i, (t, e)) in taken.iter().enumerate() {
                         add(self.ok_ids.get(i), t - e);
                         add(self.error_ids.get(i), *e);
                     }

@@ -22,7 +22,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
 use super::host::WasmHost;
-use super::root::{now_ns, Active};
+use super::root::Active;
 use crate::config::{self, VersionId};
 use crate::decide::decide;
 use crate::request::body;
@@ -52,9 +52,8 @@ pub(super) struct Outcome {
     version: Option<VersionId>,
     set_cookie: Option<String>,
     pin_cookie: Option<String>,
-    /// For a guarded rule: the guard and the version's index in its book, and when the request
-    /// started (only for guards with `slow_ms`).
-    guarded: Option<(usize, usize, Option<i64>)>,
+    /// For a guarded rule: the guard and the version's index in its book.
+    guarded: Option<(usize, usize)>,
 }
 
 /// A request held for its body.
@@ -103,14 +102,28 @@ impl Stream {
         if !self.awaiting_body {
             return;
         }
-        let id = self.context_id;
-        if let Some(o) =
-            DECIDED.with_borrow_mut(|d| d.iter().position(|(i, _)| *i == id).map(|i| d.swap_remove(i).1))
-        {
+        if let Some(o) = take_decided(self.context_id) {
             self.awaiting_body = false;
             self.out = o;
         }
     }
+
+    /// A guarded request that will get no response headers leaves its guard's in-flight list.
+    fn forget(&self, guarded: Option<(usize, usize)>) {
+        if let (Some(active), Some((g, _))) = (&self.active, guarded) {
+            if let Some(link) = active.guards.get(g) {
+                link.book.borrow_mut().forget(self.context_id);
+            }
+        }
+    }
+}
+
+/// The outcome the tick decided for held request `context_id`, if it did.
+fn take_decided(context_id: u32) -> Option<Outcome> {
+    DECIDED.with_borrow_mut(|d| {
+        let i = d.iter().position(|(id, _)| *id == context_id)?;
+        Some(d.swap_remove(i).1)
+    })
 }
 
 /// Whether the request has a JSON body graysplit may read (DESIGN.md "JSON request bodies"):
@@ -127,24 +140,12 @@ impl Context for Stream {}
 impl Drop for Stream {
     fn drop(&mut self) {
         // A guarded request that never got response headers leaves the in-flight list.
-        if let (Some(active), Some((g, _, Some(_)))) = (&self.active, self.out.guarded) {
-            if let Some(link) = active.guards.get(g) {
-                link.book.borrow_mut().forget(self.context_id);
-            }
-        }
+        self.forget(self.out.guarded);
         if self.awaiting_body {
             held::release(self.context_id);
             // Decided by the tick but never picked up (the client went away): its guard must
-            // not wait for a response that will not come.
-            let id = self.context_id;
-            let left =
-                DECIDED.with_borrow_mut(|d| d.iter().position(|(i, _)| *i == id).map(|i| d.swap_remove(i).1));
-            if let (Some(active), Some(Outcome { guarded: Some((g, _, Some(_))), .. })) = (&self.active, left)
-            {
-                if let Some(link) = active.guards.get(g) {
-                    link.book.borrow_mut().forget(id);
-                }
-            }
+            // not wait for a response that will not come either.
+            self.forget(take_decided(self.context_id).and_then(|o| o.guarded));
         }
     }
 }
@@ -188,12 +189,8 @@ fn decide_request(active: &Active, context_id: u32, body: Option<usize>) -> Outc
     let mut out = Outcome::default();
     if let Some(&(g, v)) = d.watch.and_then(|w| active.watch_slots.get(w)) {
         if let Some(link) = active.guards.get(g) {
-            let mut book = link.book.borrow_mut();
-            let start = book.slow_ms().map(|_| now_ns());
-            if let Some(t) = start {
-                book.start(context_id, v, t);
-            }
-            out.guarded = Some((g, v, start));
+            link.book.borrow_mut().start(context_id, v);
+            out.guarded = Some((g, v));
         }
     }
     if plan.response_header.is_some() || d.set_cookie.is_some() || d.pin_cookie.is_some() {
@@ -258,8 +255,8 @@ impl HttpContext for Stream {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.picked_up();
         let Some(active) = &self.active else { return Action::Continue };
-        if let Some((g, v, start)) = self.out.guarded.take() {
-            count_response(active, self.context_id, g, v, start);
+        if let Some((g, v)) = self.out.guarded.take() {
+            count_response(active, self.context_id, g, v);
         }
         let Some(version) = self.out.version else { return Action::Continue };
         if let Some(name) = &active.plan.response_header {
@@ -276,23 +273,14 @@ impl HttpContext for Stream {
     }
 }
 
-/// Counts a guarded rule's response for its guard: an error when its status is one of the
-/// guard's `statuses` (Envoy's own local replies included: they pass here too), or when its
-/// headers came later than `slow_ms` after the request's.
-fn count_response(active: &Active, context_id: u32, g: usize, v: usize, start: Option<i64>) {
+/// Counts a guarded rule's response for its guard (Envoy's own local replies pass here too).
+fn count_response(active: &Active, context_id: u32, g: usize, v: usize) {
     let Some(link) = active.guards.get(g) else { return };
     let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
         .ok()
         .flatten()
         .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
-    let mut book = link.book.borrow_mut();
-    let slow = match (start, book.slow_ms()) {
-        (Some(t), Some(ms)) => now_ns() - t > i64::from(ms) * 1_000_000,
-        _ => false,
-    };
-    let error =
-        slow || status.is_some_and(|s| active.plan.guards.get(g).is_some_and(|gd| gd.statuses.is_error(s)));
-    book.count(context_id, v, error);
+    link.book.borrow_mut().count_response(context_id, v, status);
 }
 
 /// The requests this VM holds for their bodies, watched from the root context's tick.

@@ -209,7 +209,10 @@ pub fn flush(
     let now_s = now_ns.div_euclid(1_000_000_000);
     let mut next = state.clone();
     for (name, total, errors) in pending {
-        if let Some(v) = next.version_mut(name).filter(|_| *total > 0) {
+        if *total == 0 {
+            continue;
+        }
+        if let Some(v) = next.version_mut(name) {
             v.window.add(now_s, guard.window_s, *total, *errors);
         }
     }

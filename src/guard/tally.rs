@@ -12,7 +12,8 @@ struct Inflight {
     counted: bool,
 }
 
-/// Counts per version (by index into `versions`) since the last flush.
+/// Counts per version (by index into `versions`) since the last flush. A version keeps its index
+/// for the tally's life: requests decided under an older config count by the indices it had.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tally {
     versions: Vec<String>,
@@ -28,26 +29,15 @@ impl Tally {
         Tally { versions, pending, inflight: Vec::new() }
     }
 
-    /// The versions a new config gives the rule: what was counted for a version still there
-    /// is kept (by name), the rest dropped; waiting requests follow their version.
-    pub fn rebuild(&mut self, versions: Vec<String>) {
-        let index = |name: &str| versions.iter().position(|v| v == name);
-        let mut pending = vec![(0, 0); versions.len()];
-        for (old, counts) in self.versions.iter().zip(&self.pending) {
-            if let Some(p) = index(old).and_then(|i| pending.get_mut(i)) {
-                *p = *counts;
+    /// The versions a new config gives the rule, added after the ones it has: none moves or
+    /// goes (requests decided under the old config still count by the old indices).
+    pub fn add_versions<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+        for name in names {
+            if self.index(name).is_none() {
+                self.versions.push(name.to_string());
+                self.pending.push((0, 0));
             }
         }
-        let old = std::mem::take(&mut self.versions);
-        self.inflight.retain_mut(|r| match old.get(r.version).and_then(|n| index(n)) {
-            Some(i) => {
-                r.version = i;
-                true
-            }
-            None => false,
-        });
-        self.versions = versions;
-        self.pending = pending;
     }
 
     pub fn versions(&self) -> &[String] {
@@ -69,13 +59,16 @@ impl Tally {
         Some(self.inflight.swap_remove(i))
     }
 
-    /// A response to a request this rule decided for `version`: counted, unless it was already
-    /// counted as slow while it waited.
-    pub fn count(&mut self, context_id: u32, version: usize, error: bool) {
-        if self.take_inflight(context_id).is_some_and(|r| r.counted) {
-            return;
-        }
-        self.add(version, 1, u32::from(error));
+    /// A response at `now_ns` to a request this rule decided for `version`: counted, an error
+    /// when `error` or when it came more than `slow_ns` after the request started, unless it
+    /// was already counted as slow while it waited.
+    pub fn count(&mut self, context_id: u32, version: usize, error: bool, now_ns: i64, slow_ns: Option<i64>) {
+        let slow = match self.take_inflight(context_id) {
+            Some(r) if r.counted => return,
+            Some(r) => slow_ns.is_some_and(|limit| now_ns - r.start_ns > limit),
+            None => false,
+        };
+        self.add(version, 1, u32::from(error || slow));
     }
 
     /// A request that ended without response headers (reset, client gone).
@@ -112,19 +105,17 @@ impl Tally {
         self.pending.iter().all(|(t, _)| *t == 0)
     }
 
-    /// What was counted, by version name, and zero again.
-    pub fn take(&mut self) -> Vec<(String, u32, u32)> {
-        let taken = self.versions.iter().zip(&self.pending).map(|(v, (t, e))| (v.clone(), *t, *e)).collect();
-        self.pending.iter_mut().for_each(|p| *p = (0, 0));
-        taken
+    /// What was counted, (responses, errors) per version (as [`Tally::versions`]), and zero
+    /// again.
+    pub fn take(&mut self) -> Vec<(u32, u32)> {
+        let zero = vec![(0, 0); self.pending.len()];
+        std::mem::replace(&mut self.pending, zero)
     }
 
     /// Counts a flush could not write: kept for the next one.
-    pub fn put_back(&mut self, taken: &[(String, u32, u32)]) {
-        for (name, t, e) in taken {
-            if let Some(i) = self.index(name) {
-                self.add(i, *t, *e);
-            }
+    pub fn put_back(&mut self, taken: &[(u32, u32)]) {
+        for (i, (t, e)) in taken.iter().enumerate() {
+            self.add(i, *t, *e);
         }
     }
 }
@@ -142,14 +133,14 @@ mod tests {
     fn responses_count_per_version_and_a_flush_takes_them() {
         let mut t = tally();
         assert!(t.is_empty());
-        t.count(1, 1, true);
-        t.count(2, 1, false);
-        t.count(3, 0, false);
-        t.count(4, 9, true); // no such version: nothing
-        assert_eq!(t.take(), [("v1".into(), 1, 0), ("v2".into(), 2, 1)]);
+        t.count(1, 1, true, 0, None);
+        t.count(2, 1, false, 0, None);
+        t.count(3, 0, false, 0, None);
+        t.count(4, 9, true, 0, None); // no such version: nothing
+        assert_eq!(t.take(), [(1, 0), (2, 1)]);
         assert!(t.is_empty(), "taken");
-        t.put_back(&[("v2".into(), 5, 5), ("gone".into(), 1, 1)]);
-        assert_eq!(t.take(), [("v1".into(), 0, 0), ("v2".into(), 5, 5)], "a failed write's counts come back");
+        t.put_back(&[(0, 0), (5, 5), (1, 1)]);
+        assert_eq!(t.take(), [(0, 0), (5, 5)], "a failed write's counts come back");
     }
 
     #[test]
@@ -161,31 +152,32 @@ mod tests {
         assert!(t.is_empty(), "not late yet");
         t.count_overdue(150_000_000, Some(100));
         t.count_overdue(300_000_000, Some(100));
-        assert_eq!(t.take(), [("v1".into(), 0, 0), ("v2".into(), 2, 2)], "each once");
-        t.count(7, 1, false);
+        assert_eq!(t.take(), [(0, 0), (2, 2)], "each once");
+        t.count(7, 1, false, 400_000_000, Some(100_000_000));
         assert!(t.is_empty(), "its late response is not counted again");
         t.forget(8);
-        t.count(8, 1, false);
-        assert_eq!(t.take()[1], ("v2".into(), 1, 0), "once forgotten, a response counts as any other");
+        t.count(8, 1, false, 400_000_000, Some(100_000_000));
+        assert_eq!(t.take()[1], (1, 0), "once forgotten, a response counts as any other");
+        t.start(9, 0, 0);
+        t.count(9, 0, false, 150_000_000, Some(100_000_000));
+        t.start(10, 0, 0);
+        t.count(10, 0, false, 50_000_000, Some(100_000_000));
+        assert_eq!(t.take()[0], (2, 1), "a response later than slow_ms is an error");
         t.count_overdue(i64::MAX, None);
         assert!(t.is_empty(), "without slow_ms nothing is late");
     }
 
     #[test]
-    fn a_new_set_of_versions_keeps_what_it_still_has() {
+    fn a_new_config_s_versions_come_after_and_old_indices_still_count() {
         let mut t = tally();
-        t.count(1, 1, true);
-        t.count(2, 0, false);
+        t.count(1, 1, true, 0, None);
         t.start(3, 1, 0);
-        t.rebuild(vec!["v1".into(), "v3".into(), "v2".into()]);
-        assert_eq!(t.index("v3"), Some(1));
-        t.count(4, 1, true); // v3, new
-        assert_eq!(t.take(), [("v1".into(), 1, 0), ("v3".into(), 1, 1), ("v2".into(), 1, 1)]);
+        t.add_versions(["v3", "v2", "v1"]);
+        assert_eq!(t.versions(), ["v1", "v2", "v3"], "none moves");
+        t.count(4, 2, true, 0, None); // v3, new
+        t.count(5, 1, false, 0, None); // v2, decided under the old config
+        assert_eq!(t.take(), [(0, 0), (2, 1), (1, 1)]);
         t.count_overdue(i64::MAX, Some(1));
-        assert_eq!(t.take()[2], ("v2".into(), 1, 1), "the waiting request follows v2 to its new index");
-        t.rebuild(vec!["v1".into()]);
-        assert_eq!(t.versions(), ["v1"]);
-        t.count(3, 0, false);
-        assert_eq!(t.take(), [("v1".into(), 1, 0)]);
+        assert_eq!(t.take()[1], (1, 1), "the waiting request still counts for v2");
     }
 }

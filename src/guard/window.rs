@@ -29,13 +29,9 @@ impl Window {
         let width = bucket_width(window_s);
         let start = now_s - now_s.rem_euclid(width);
         match self.buckets.last_mut() {
-            Some(b) if b.start_s == start => {
-                b.total = b.total.saturating_add(total);
-                b.errors = b.errors.saturating_add(errors);
-            }
-            // A bucket from a later second than `now_s` (another worker's clock read a moment
-            // later): count into it rather than break the order.
-            Some(b) if b.start_s > start => {
+            // The current bucket, or one from a later second than `now_s` (another worker's
+            // clock read a moment later): count into it rather than break the order.
+            Some(b) if b.start_s >= start => {
                 b.total = b.total.saturating_add(total);
                 b.errors = b.errors.saturating_add(errors);
             }
