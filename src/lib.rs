@@ -11,11 +11,14 @@
 //!   bucketing contract.
 //! - [`request`]: how a request is read: the [`request::Host`] trait the glue implements (and a
 //!   map-backed fake for tests and the CLI), cookies, query strings, CIDRs.
+//! - [`body`]: JSON request bodies: which to read, the fields a plan's pointers name (no
+//!   whole-document tree), and the watchdog deciding whether Envoy delivers bodies at all.
 //! - [`guard`]: what a rule's guard knows (a sliding window of each version's responses, its
 //!   trips), shared by the worker VMs through the proxy's shared data, and the trip condition.
 //!
 //! Everything but [`filter`] is pure: it never calls the host and is unit-tested on the host.
 
+pub mod body;
 pub mod config;
 pub mod decide;
 pub mod guard;

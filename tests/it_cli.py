@@ -286,7 +286,7 @@ def it_explain_takes_claims_a_body_and_a_pin(api, tmp_path):
     body.write_text(json.dumps({"model": "qwen2.5-72b"}))
     assert fields(cli("explain", api, "--body", body).stdout)["rule"] == "qwen"
     out = cli("explain", api, "--claim", "sub=alice").stdout
-    pin = re.search(r"Set-Cookie: gp=(\S+);", out).group(1)
+    pin = re.search(r"Set-Cookie: gp\.[a-z0-9_-]+=(\S+);", out).group(1)
     kept = cli("explain", api, "--claim", "sub=alice", "--pin", pin).stdout
     assert "pin:     kept" in kept, kept
     other = cli("explain", api, "--claim", "sub=bob", "--pin", pin).stdout

@@ -39,7 +39,7 @@ REQUEST facts (all optional, repeatable where it makes sense):
   --claim NAME=VALUE     a verified JWT claim (repeatable; VALUE as JSON when it is: 42,
                          true, [\"a\",\"b\"]; else a string)
   --body FILE            the JSON request body (as if held in full within body.max_bytes)
-  --pin VALUE            the session pin cookie's value the request carries
+  --pin [NAME=]VALUE     a session pin cookie the request carries (bare: for every split rule)
   --plugin NAME          which WasmPlugin of a YAML file
 ";
 
@@ -370,7 +370,13 @@ fn build_request(o: &Opts, plan: &Plan, user: Option<&str>) -> StaticRequest {
         r.claims = Some(Claims::from_json(claims));
     }
     if let (Some(pin), Some(spec)) = (&o.pin, &plan.pin) {
-        cookies.push(format!("{}={pin}", spec.cookie));
+        if pin.contains('=') {
+            cookies.push(pin.clone());
+        } else if pin.starts_with("1:") {
+            cookies.push(format!("{}={pin}", spec.cookie)); // a v2-format pin: one cookie for all
+        } else {
+            cookies.extend(plan.pin_cookie_names().map(|name| format!("{name}={pin}")));
+        }
     }
     if !cookies.is_empty() {
         r.headers.push(("cookie".into(), cookies.join("; ").into_bytes()));
@@ -450,7 +456,7 @@ fn explain(args: &[String]) -> Result<ExitCode, String> {
             }
         };
         println!("pin:     {what}");
-        if let Some(c) = &d.pin_cookie {
+        for c in &d.pin_cookies {
             println!("         Set-Cookie: {c}");
         }
     }
@@ -526,7 +532,10 @@ fn refused(why: Refused) -> &'static str {
         Refused::OtherRule => "a pin of another rule",
         Refused::BadSignature => "its signature does not verify for this user, rule and salt",
         Refused::Expired => "expired: the session idled out",
-        Refused::Unavailable => "the rule cannot give its version now (percent 0, tripped, or gone)",
+        Refused::SessionOver => "its session began more than session_pin.max_s ago",
+        Refused::Unavailable => {
+            "the rule cannot give its version now (stable at 100 %, percent 0, tripped, or gone)"
+        }
     }
 }
 

@@ -289,7 +289,7 @@ pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
             return Err(ConfigError::new(
                 "body.max_bytes",
                 format!(
-                    "must be between {} and {} (Envoy's default buffer limit), got {n}",
+                    "must be between {} and {} bytes, got {n} (Envoy's default 1 MiB buffer less 64 KiB: holding more could answer 413)",
                     MAX_BYTES.start(),
                     MAX_BYTES.end()
                 ),
@@ -302,6 +302,35 @@ pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
         Some(Obj(p)) => Some(compile_pin(&mut b, p, sticky.as_ref())?),
         None => None,
     };
+    let pin = pin.map(|mut spec| {
+        // Each split rule's pin is a cookie of its own: `<cookie>.<rule>` (a rule name is a
+        // cookie-name token). The longest such cookie: name, `=`, `2:<version>:<began>:<expires>:`
+        // (times of at most 10 digits until 2286) and 64 hex digits.
+        let mut longest_total = 0;
+        for r in &mut rules {
+            let Action::Split(split) = &mut r.action else { continue };
+            let name = format!("{}.{}", spec.cookie, r.name);
+            let longest_version =
+                split.entries.iter().map(|e| b.versions.get(e.version).map_or(0, String::len));
+            let version =
+                longest_version.chain([b.versions.first().map_or(0, String::len)]).max().unwrap_or(0);
+            longest_total += name.len() + 1 + 2 + version + 1 + 10 + 1 + 10 + 1 + 64;
+            split.pin_cookie = Some(name.into());
+        }
+        spec.tight = longest_total > PIN_COOKIES_MAX;
+        spec
+    });
+    let mut body_fields = crate::body::Pointers::default();
+    for src in &identity {
+        if let IdSource::Body(p) = src {
+            body_fields.add(p);
+        }
+    }
+    for c in rules.iter().flat_map(|r| &r.when) {
+        if let Cond::Body(p, _) = c {
+            body_fields.add(p);
+        }
+    }
 
     // The sticky cookie and the session pin are cookies too.
     let read =
@@ -330,12 +359,18 @@ pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
         method_slot,
         claims_key: reads_claims.then_some(claims_key),
         body: reads_body.then_some(BodySpec { max_bytes }),
+        body_fields,
         pin,
     })
 }
 
-const MAX_BYTES: std::ops::RangeInclusive<u64> = 1024..=1_048_576;
+const MAX_BYTES: std::ops::RangeInclusive<u64> = 1024..=983_040;
+/// `session_pin.max_s`: at most 30 days; the least is `idle_s`.
+const MAX_S_MAX: u64 = 2_592_000;
+const MAX_S_DEFAULT: u64 = 86_400;
 const IDLE_S: std::ops::RangeInclusive<u64> = 10..=604_800;
+/// The most all pin cookies may be together (name=value), what a browser keeps of one cookie.
+pub const PIN_COOKIES_MAX: usize = 4096;
 /// The least a pin key may be: 32 characters (256 bits of a random printable key).
 const MIN_KEY_LEN: usize = 32;
 
@@ -354,6 +389,16 @@ fn compile_pin(b: &mut Builder, p: RawPin, sticky: Option<&Sticky>) -> Result<Pi
             format!("must be between {} and {} seconds, got {}", IDLE_S.start(), IDLE_S.end(), p.idle_s),
         ));
     }
+    let max_s = match p.max_s {
+        Some(m) if !(p.idle_s..=MAX_S_MAX).contains(&m) => {
+            return Err(ConfigError::new(
+                "session_pin.max_s",
+                format!("must be between {} (idle_s) and {MAX_S_MAX} seconds, got {m}", p.idle_s),
+            ))
+        }
+        Some(m) => m,
+        None => MAX_S_DEFAULT.max(p.idle_s),
+    };
     let key = |path: &str, k: String| -> Result<Box<[u8]>, ConfigError> {
         let n = k.chars().count();
         if n < MIN_KEY_LEN {
@@ -373,11 +418,13 @@ fn compile_pin(b: &mut Builder, p: RawPin, sticky: Option<&Sticky>) -> Result<Pi
     Ok(PinSpec {
         cookie,
         idle_s: p.idle_s as u32,
+        max_s: max_s as u32,
         keys,
         kept_metric,
         issued_metric,
         ignored_metric,
         scheme_slot: b.slot(":scheme"),
+        tight: false,
     })
 }
 
@@ -549,6 +596,7 @@ fn compile_split(
         stable_metric: 0,
         scheduled,
         guard: None,
+        pin_cookie: None,
         stable_watch: None,
     })
 }

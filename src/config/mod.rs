@@ -9,6 +9,7 @@ pub mod raw;
 pub mod time;
 mod validate;
 
+pub use compile::PIN_COOKIES_MAX;
 pub use error::ConfigError;
 pub use plan::*;
 
@@ -442,8 +443,16 @@ mod tests {
             (r#"{"stable": "v1", "claims": {"metadata_key": ""}}"#, "claims.metadata_key: must not be empty"),
             (r#"{"stable": "v1", "claims": {"key": "x"}}"#, "claims.key: unknown field `key`"),
             (
-                r#"{"stable": "v1", "body": {"max_bytes": 1048577}}"#,
-                "body.max_bytes: must be between 1024 and 1048576 (Envoy's default buffer limit), got 1048577",
+                r#"{"stable": "v1", "body": {"max_bytes": 983041}}"#,
+                "body.max_bytes: must be between 1024 and 983040 bytes, got 983041",
+            ),
+            (
+                r#"{"stable": "v1", "session_pin": {"cookie": "p", "idle_s": 600, "max_s": 599, "key": "0123456789abcdef0123456789abcdef"}}"#,
+                "session_pin.max_s: must be between 600 (idle_s) and 2592000 seconds, got 599",
+            ),
+            (
+                r#"{"stable": "v1", "session_pin": {"cookie": "p", "idle_s": 600, "max_s": 2592001, "key": "0123456789abcdef0123456789abcdef"}}"#,
+                "session_pin.max_s: must be between 600 (idle_s) and 2592000 seconds, got 2592001",
             ),
             (r#"{"stable": "v1", "body": {"max_bytes": 100}}"#, "body.max_bytes: must be between 1024"),
             (

@@ -60,6 +60,8 @@ pub struct Plan {
     pub claims_key: Option<String>,
     /// When the plan reads the body (else no request is ever held for it).
     pub body: Option<BodySpec>,
+    /// Every JSON pointer the plan reads from a body (identity and conditions).
+    pub body_fields: crate::body::Pointers,
     pub pin: Option<PinSpec>,
     /// Lower-case names of the request headers the plan reads (pseudo-headers included).
     pub headers: Vec<String>,
@@ -98,8 +100,12 @@ pub struct BodySpec {
 /// Session pins (DESIGN.md "Session pins").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PinSpec {
+    /// The cookie's base name: each split rule's pin is the cookie `<cookie>.<rule>`; a pin of
+    /// the v2 format is the cookie `<cookie>` itself.
     pub cookie: String,
     pub idle_s: u32,
+    /// The longest a session may last, however active (DESIGN.md "v2 corrections").
+    pub max_s: u32,
     /// The signing key first, then `previous_keys` (they still verify).
     pub keys: Vec<Box<[u8]>>,
     /// `graysplit_pins_total.result.<kept|issued|ignored>`.
@@ -107,6 +113,9 @@ pub struct PinSpec {
     pub issued_metric: MetricId,
     pub ignored_metric: MetricId,
     pub(crate) scheme_slot: HeaderSlot,
+    /// The longest the pin cookies of all split rules can be together passes 4 KiB: issuing one
+    /// first drops the oldest others (else nothing else is read).
+    pub(crate) tight: bool,
 }
 
 #[derive(Debug)]
@@ -168,6 +177,8 @@ pub(crate) struct Split {
     pub guard: Option<GuardId>,
     /// What the guard counts for responses the rule sent to stable.
     pub stable_watch: Option<WatchId>,
+    /// With session pins: this rule's pin cookie, `<session_pin.cookie>.<rule>`.
+    pub pin_cookie: Option<Box<str>>,
 }
 
 /// One `split[]` entry.
@@ -341,6 +352,14 @@ impl Plan {
     /// The name of rule `rule`.
     pub fn rule_name(&self, rule: usize) -> &str {
         self.rules.get(rule).map_or("", |r| r.name.as_str())
+    }
+
+    /// Each split rule's pin cookie name (with session pins).
+    pub fn pin_cookie_names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().filter_map(|r| match &r.action {
+            Action::Split(s) => s.pin_cookie.as_deref(),
+            Action::Fixed { .. } => None,
+        })
     }
 
     /// The name of the override header, if an override is configured.

@@ -61,12 +61,13 @@ pub struct RawBody {
     pub max_bytes: Option<u64>,
 }
 
-/// `session_pin`: `{"cookie", "idle_s", "key", "previous_keys"}`.
+/// `session_pin`: `{"cookie", "idle_s", "max_s", "key", "previous_keys"}`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPin {
     pub cookie: String,
     pub idle_s: u64,
+    pub max_s: Option<u64>,
     pub key: String,
     pub previous_keys: Option<Vec<String>>,
 }

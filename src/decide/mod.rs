@@ -1,24 +1,30 @@
 //! The decision: which version serves this request, and which rule said so.
 //!
 //! Order (DESIGN.md): a valid override first; then the rules in order, the first whose `when`
-//! holds deciding; then `stable`. A pure function of the compiled plan, the request (through
-//! [`Host`]) and the time.
+//! holds deciding ([`rules`]); then `stable`. A split rule's version comes from the user's bucket
+//! ([`split`]) or the session's pin ([`session`], whose signed value is [`pin`]). A pure function
+//! of the compiled plan, the request (through [`Host`]) and the time.
+//!
+//! At a request's headers, a plan that reads bodies asks [`decide_at_headers`] first: it decides
+//! unless a body fact still to come could change the outcome, and then the request is held for
+//! its body (DESIGN.md "v2 corrections": nothing waits that need not).
 
 pub mod bucket;
+pub mod cookie;
 mod identity;
 pub mod matcher;
 pub mod pin;
+mod rules;
+pub mod session;
+mod split;
 
-use pin::Refused;
-
-use bucket::bucket;
 use identity::{user_id, Identity};
+pub use session::PinOutcome;
 
 use crate::config::{
-    Action, Cond, MetricId, Plan, Rule, Split, VersionId, WatchId, METRIC_OVERRIDE_ACCEPTED,
-    METRIC_OVERRIDE_REJECTED,
+    Action, MetricId, Plan, VersionId, WatchId, METRIC_OVERRIDE_ACCEPTED, METRIC_OVERRIDE_REJECTED,
 };
-use crate::request::{body, Facts, Host};
+use crate::request::{Facts, Host, Pending};
 
 /// Who decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,8 +52,9 @@ pub struct Decision {
     pub watch: Option<WatchId>,
     /// With session pins, when a split rule decided with a user id: what became of the pin.
     pub pin: Option<PinOutcome>,
-    /// The pin's `Set-Cookie` value, when one is issued or renewed.
-    pub pin_cookie: Option<String>,
+    /// `Set-Cookie` values for pins: this rule's, issued or renewed, and any pin cookie it
+    /// replaces (a v2-format one, or the oldest others past 4 KiB).
+    pub pin_cookies: Vec<String>,
     /// `Set-Cookie` value to send back, when a sticky-cookie id was minted for this request.
     pub set_cookie: Option<String>,
 }
@@ -66,30 +73,18 @@ impl Decision {
             DecidedBy::Rule(i) => plan.rules.get(i).map_or("", |r| r.name.as_str()),
         }
     }
-}
 
-/// What became of a session pin (DESIGN.md "Session pins"), counted in
-/// `graysplit_pins_total.result.<kept|issued|ignored>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PinOutcome {
-    /// A valid pin kept its version.
-    Kept,
-    /// A valid pin kept its version and is renewed (less than half of `idle_s` was left).
-    Renewed,
-    /// No pin came: one is issued.
-    Issued,
-    /// A pin came and was ignored (the hash decided), and is replaced.
-    Replaced(Refused),
-}
-
-impl PinOutcome {
-    /// The `graysplit_pins_total` results it counts: kept, issued, ignored.
-    pub fn counts(self) -> (bool, bool, bool) {
-        match self {
-            PinOutcome::Kept => (true, false, false),
-            PinOutcome::Renewed => (true, true, false),
-            PinOutcome::Issued => (false, true, false),
-            PinOutcome::Replaced(_) => (false, true, true),
+    fn new(version: VersionId, by: DecidedBy, metric: MetricId, override_metric: Option<MetricId>) -> Self {
+        Decision {
+            version,
+            by,
+            metric,
+            override_metric,
+            bucket: None,
+            watch: None,
+            pin: None,
+            pin_cookies: Vec::new(),
+            set_cookie: None,
         }
     }
 }
@@ -127,26 +122,52 @@ struct Ctx<'a, H: Host> {
     set_cookie: Option<String>,
 }
 
-/// Decides the version for one request.
+/// Decides the version for one request (a body is read in full or absent: never pending).
 pub fn decide<H: Host>(plan: &Plan, host: &H) -> Decision {
     decide_traced(plan, host, &mut ())
 }
 
 /// [`decide`], reporting each step to `trace`.
 pub fn decide_traced<H: Host, T: Tracer>(plan: &Plan, host: &H, trace: &mut T) -> Decision {
-    let mut cx = Ctx { facts: Facts::new(plan, host), identity: Identity::Unresolved, set_cookie: None };
-    let mut d = decide_inner(plan, &mut cx, trace);
+    let mut cx = new_ctx(plan, host);
+    // A host whose body is never pending makes no fact pending; stable would be the answer.
+    let d = decide_inner(plan, &mut cx, trace).unwrap_or_else(|Pending| stable_default(plan, None));
+    finish(plan, cx, d)
+}
+
+/// The decision at the headers when no body fact still to come can change it; `None`: hold the
+/// request for its body and decide with [`decide`] once it is in.
+pub fn decide_at_headers<H: Host>(plan: &Plan, host: &H) -> Option<Decision> {
+    let mut cx = new_ctx(plan, host);
+    let d = decide_inner(plan, &mut cx, &mut ()).ok()?;
+    Some(finish(plan, cx, d))
+}
+
+fn new_ctx<'a, H: Host>(plan: &'a Plan, host: &'a H) -> Ctx<'a, H> {
+    Ctx { facts: Facts::new(plan, host), identity: Identity::Unresolved, set_cookie: None }
+}
+
+fn finish<H: Host>(plan: &Plan, mut cx: Ctx<'_, H>, mut d: Decision) -> Decision {
     if plan.sticky.is_some() {
         // A visitor without an id gets one minted now, whoever decided, so the next request
         // already carries it. (Without a sticky cookie there is nothing to mint, and no reason
-        // to read the id when no rule asked for it.)
-        user_id(plan, &mut cx);
+        // to read the id when no rule asked for it.) A body still to come counts as absent here:
+        // it cannot change who decided.
+        let _ = user_id(plan, &mut cx, true);
     }
     d.set_cookie = cx.set_cookie;
     d
 }
 
-fn decide_inner<H: Host, T: Tracer>(plan: &Plan, cx: &mut Ctx<'_, H>, trace: &mut T) -> Decision {
+fn stable_default(plan: &Plan, override_metric: Option<MetricId>) -> Decision {
+    Decision::new(0, DecidedBy::Default, plan.default_metric, override_metric)
+}
+
+fn decide_inner<H: Host, T: Tracer>(
+    plan: &Plan,
+    cx: &mut Ctx<'_, H>,
+    trace: &mut T,
+) -> Result<Decision, Pending> {
     let mut override_metric = None;
     if let Some(o) = &plan.override_ {
         if let Some(value) = cx.facts.header(o.slot) {
@@ -160,210 +181,27 @@ fn decide_inner<H: Host, T: Tracer>(plan: &Plan, cx: &mut Ctx<'_, H>, trace: &mu
             });
             match version {
                 Some(v) if trusted => {
-                    return Decision {
-                        version: v,
-                        by: DecidedBy::Override,
-                        metric: o.metrics.get(v).copied().unwrap_or(plan.default_metric),
-                        override_metric: Some(METRIC_OVERRIDE_ACCEPTED),
-                        bucket: None,
-                        watch: None,
-                        pin: None,
-                        pin_cookie: None,
-                        set_cookie: None,
-                    };
+                    let metric = o.metrics.get(v).copied().unwrap_or(plan.default_metric);
+                    return Ok(Decision::new(v, DecidedBy::Override, metric, Some(METRIC_OVERRIDE_ACCEPTED)));
                 }
                 _ => override_metric = Some(METRIC_OVERRIDE_REJECTED),
             }
         }
     }
     for (i, rule) in plan.rules.iter().enumerate() {
-        let verdict = rule_verdict(plan, rule, cx);
+        let verdict = rules::verdict(plan, rule, cx)?;
         trace.rule(i, verdict);
         if verdict != RuleVerdict::Decided {
             continue;
         }
-        let (version, metric, bucket, watch, pin, pin_cookie) = match &rule.action {
-            Action::Fixed { version, metric } => (*version, *metric, None, None, None, None),
-            Action::Split(split) => {
-                let o = split_decision(plan, rule, split, cx);
-                (o.version, o.metric, o.bucket, o.watch, o.pin, o.pin_cookie)
-            }
+        let mut d = match &rule.action {
+            Action::Fixed { version, metric } => Decision::new(*version, DecidedBy::Rule(i), *metric, None),
+            Action::Split(s) => split::decide(plan, rule, s, cx)?.into_decision(i),
         };
-        return Decision {
-            version,
-            by: DecidedBy::Rule(i),
-            metric,
-            override_metric,
-            bucket,
-            watch,
-            pin,
-            pin_cookie,
-            set_cookie: None,
-        };
+        d.override_metric = override_metric;
+        return Ok(d);
     }
-    Decision {
-        version: 0,
-        by: DecidedBy::Default,
-        metric: plan.default_metric,
-        override_metric,
-        bucket: None,
-        watch: None,
-        pin: None,
-        pin_cookie: None,
-        set_cookie: None,
-    }
-}
-
-/// What a split rule decided.
-struct SplitOutcome {
-    version: VersionId,
-    metric: MetricId,
-    bucket: Option<u32>,
-    watch: Option<WatchId>,
-    pin: Option<PinOutcome>,
-    pin_cookie: Option<String>,
-}
-
-/// A split: the user's bucket picks the entry whose band (at this time, for a schedule) holds
-/// it; the rest, no user id, and an entry whose guard has tripped, go to stable. With session
-/// pins, a valid pin for a version the rule can still give keeps it instead.
-fn split_decision<H: Host>(plan: &Plan, rule: &Rule, split: &Split, cx: &mut Ctx<'_, H>) -> SplitOutcome {
-    let stable = |bucket| SplitOutcome {
-        version: 0,
-        metric: split.stable_metric,
-        bucket,
-        watch: split.stable_watch,
-        pin: None,
-        pin_cookie: None,
-    };
-    let now = if split.scheduled || plan.pin.is_some() { cx.facts.now() } else { 0 };
-    let Some(user) = user_id(plan, cx) else { return stable(None) };
-    let b = bucket(&split.salt_colon, user);
-    let mut upper = 0;
-    let mut hashed = stable(Some(b));
-    for e in &split.entries {
-        upper += e.share.at(now);
-        if b < upper {
-            // A tripped version's buckets go to stable: a rollback.
-            if !(e.watch.is_some_and(|w| cx.facts.host.tripped(w)) && e.version != 0) {
-                hashed = SplitOutcome { version: e.version, metric: e.metric, watch: e.watch, ..hashed };
-            }
-            break;
-        }
-    }
-    let Some(spec) = &plan.pin else { return hashed };
-    let user = user_id(plan, cx).map(<[u8]>::to_vec).unwrap_or_default();
-    let salt = split.salt_colon.strip_suffix(b":").unwrap_or(&split.salt_colon);
-    let now_s = now.div_euclid(1_000_000_000);
-    let checked = cx
-        .facts
-        .cookie(spec.cookie.as_bytes())
-        .map(|value| pin::verify(value, &spec.keys, &rule.name, salt, &user, now_s, spec.idle_s));
-    let verdict = checked.map(|r| {
-        r.and_then(|p| {
-            usable(plan, split, &p.version, now, cx).map(|o| (o, p.expires_s)).ok_or(Refused::Unavailable)
-        })
-    });
-    let (mut out, outcome, renew) = match verdict {
-        Some(Ok((o, expires_s))) => {
-            let renew = expires_s - now_s < i64::from(spec.idle_s / 2);
-            (
-                SplitOutcome { bucket: Some(b), ..o },
-                if renew { PinOutcome::Renewed } else { PinOutcome::Kept },
-                renew,
-            )
-        }
-        Some(Err(why)) => (hashed, PinOutcome::Replaced(why), true),
-        None => (hashed, PinOutcome::Issued, true),
-    };
-    out.pin = Some(outcome);
-    if renew {
-        let value = pin::sign(
-            spec.keys.first().map_or(&[][..], |k| k),
-            &rule.name,
-            plan.version_name(out.version),
-            now_s + i64::from(spec.idle_s),
-            salt,
-            &user,
-        );
-        let secure = cx.facts.header(spec.scheme_slot) == Some(b"https");
-        out.pin_cookie = Some(format!(
-            "{}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
-            spec.cookie,
-            spec.idle_s,
-            if secure { "; Secure" } else { "" }
-        ));
-    }
-    out
-}
-
-/// The outcome for a pinned version if the rule can still give it now: stable, or an entry
-/// whose current percent is above 0 and whose guard has not tripped.
-fn usable<H: Host>(
-    plan: &Plan,
-    split: &Split,
-    version: &str,
-    now: i64,
-    cx: &Ctx<'_, H>,
-) -> Option<SplitOutcome> {
-    let none = SplitOutcome {
-        version: 0,
-        metric: split.stable_metric,
-        bucket: None,
-        watch: split.stable_watch,
-        pin: None,
-        pin_cookie: None,
-    };
-    if version == plan.version_name(0) {
-        return Some(none);
-    }
-    let e = split.entries.iter().find(|e| plan.version_name(e.version) == version)?;
-    let tripped = e.watch.is_some_and(|w| cx.facts.host.tripped(w));
-    (e.share.at(now) > 0 && !tripped).then_some(SplitOutcome {
-        version: e.version,
-        metric: e.metric,
-        watch: e.watch,
-        ..none
-    })
-}
-
-fn rule_verdict<H: Host>(plan: &Plan, rule: &Rule, cx: &mut Ctx<'_, H>) -> RuleVerdict {
-    if !rule.enabled {
-        return RuleVerdict::Disabled;
-    }
-    if rule.starts_at.is_some() || rule.expires_at.is_some() {
-        let now = cx.facts.now();
-        if rule.starts_at.is_some_and(|s| now < s) {
-            return RuleVerdict::NotStarted;
-        }
-        if rule.expires_at.is_some_and(|e| now >= e) {
-            return RuleVerdict::Expired;
-        }
-    }
-    match rule.when.iter().position(|c| !cond_holds(plan, c, cx)) {
-        Some(failed) => RuleVerdict::ConditionFailed(failed),
-        None => RuleVerdict::Decided,
-    }
-}
-
-fn cond_holds<H: Host>(plan: &Plan, cond: &Cond, cx: &mut Ctx<'_, H>) -> bool {
-    let f = &mut cx.facts;
-    match cond {
-        Cond::Methods(list) => f.method().is_some_and(|m| list.iter().any(|x| &x[..] == m)),
-        Cond::PathPrefix(p) => f.path().starts_with(p),
-        Cond::Header(slot, m) => m.matches(f.header(*slot)),
-        Cond::Cookie(name, m) => m.matches(f.cookie(name)),
-        Cond::Query(name, m) => m.matches(f.query(name).as_deref()),
-        Cond::Sources(cidrs) => f.source().is_some_and(|ip| cidrs.iter().any(|c| c.contains(ip))),
-        Cond::Claim(name, m) => match f.claim(name) {
-            Some(c) => c.matches(m),
-            None => m.matches(None),
-        },
-        Cond::Body(pointer, m) => body::matches(f.body_field(pointer), m),
-        Cond::Users(sorted) => {
-            user_id(plan, cx).is_some_and(|u| sorted.binary_search_by(|x| x[..].cmp(u)).is_ok())
-        }
-    }
+    Ok(stable_default(plan, override_metric))
 }
 
 #[cfg(test)]
@@ -371,6 +209,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, clippy::type_complexity)]
     use super::*;
     use crate::config::parse;
+    use crate::decide::bucket::bucket;
     use crate::request::fake::StaticRequest;
     use pin::Refused;
 
@@ -810,9 +649,9 @@ mod tests {
         ))
     }
 
-    /// The pin a response set, as the next request sends it back.
+    /// This rule's pin a response set, as the next request sends it back (`gp.r=...`).
     fn cookie_of(d: &Decision) -> String {
-        let Some(c) = d.pin_cookie.clone() else { panic!("no pin was issued: {d:?}") };
+        let Some(c) = d.pin_cookies.last().cloned() else { panic!("no pin was issued: {d:?}") };
         c.split(';').next().unwrap().to_string()
     }
 
@@ -827,16 +666,18 @@ mod tests {
         let mut r = req("/", &[("u", &user)]);
         let first = decide(&at_10, &r);
         assert_eq!((first.version_name(&at_10), first.pin), ("s", Some(PinOutcome::Issued)));
-        assert!(first
-            .pin_cookie
-            .as_ref()
-            .unwrap()
-            .ends_with("; Path=/; Max-Age=600; HttpOnly; SameSite=Lax"));
+        assert_eq!(first.pin_cookies.len(), 1);
+        assert!(
+            first.pin_cookies[0].starts_with("gp.r=2:s:1796083200:1796083800:"),
+            "{:?}",
+            first.pin_cookies
+        );
+        assert!(first.pin_cookies[0].ends_with("; Path=/; Max-Age=600; HttpOnly; SameSite=Lax"));
         r.headers.push(("cookie".into(), cookie_of(&first).into_bytes()));
         let kept = decide(&at_50, &r);
         assert_eq!(
-            (kept.version_name(&at_50), kept.pin, kept.pin_cookie.as_deref()),
-            ("s", Some(PinOutcome::Kept), None),
+            (kept.version_name(&at_50), kept.pin, kept.pin_cookies.len()),
+            ("s", Some(PinOutcome::Kept), 0),
             "the ramp step waits for the next session"
         );
         r.now = NOW + 301 * 1_000_000_000;
@@ -845,6 +686,10 @@ mod tests {
             (renewed.version_name(&at_50), renewed.pin),
             ("s", Some(PinOutcome::Renewed)),
             "renewed past half of idle_s"
+        );
+        assert!(
+            cookie_of(&renewed).starts_with("gp.r=2:s:1796083200:1796084101:"),
+            "the session keeps its start"
         );
         r.now = NOW + 601 * 1_000_000_000;
         let expired = decide(&at_50, &r);
@@ -856,7 +701,164 @@ mod tests {
     }
 
     #[test]
-    fn a_pin_of_another_user_a_forged_one_and_rollbacks_are_ignored() {
+    fn a_pin_to_stable_is_void_at_100_percent() {
+        let user =
+            (0..).map(|i| format!("user-{i}")).find(|u| bucket(b"rel:", u.as_bytes()) >= 1000).unwrap();
+        let issued = decide(&pinned(10, ""), &req("/", &[("u", &user)]));
+        assert_eq!(issued.version_name(&pinned(10, "")), "s");
+        let r = req("/", &[("u", &user), ("cookie", &cookie_of(&issued))]);
+        assert_eq!(decide(&pinned(99, ""), &r).pin, Some(PinOutcome::Kept), "stable still has users at 99 %");
+        let at_100 = pinned(100, "");
+        let d = decide(&at_100, &r);
+        assert_eq!((d.version_name(&at_100), d.pin), ("g", Some(PinOutcome::Replaced(Refused::Unavailable))));
+    }
+
+    #[test]
+    fn max_s_ends_an_active_session() {
+        let p = plan(
+            r#"{"stable": "s", "identity": {"from": [{"header": "u"}]},
+               "session_pin": {"cookie": "gp", "idle_s": 600, "max_s": 1000, "key": "0123456789abcdef0123456789abcdef"},
+               "rules": [{"name": "r", "salt": "rel", "split": [{"version": "g", "percent": 10}]}]}"#,
+        );
+        let user =
+            (0..).map(|i| format!("user-{i}")).find(|u| bucket(b"rel:", u.as_bytes()) >= 1000).unwrap();
+        let mut r = req("/", &[("u", &user)]);
+        let mut cookie = cookie_of(&decide(&p, &r));
+        // Active every 300 s: renewed, the expiry never past began + max_s.
+        let mut outcomes = Vec::new();
+        for step in 1..=4 {
+            r.now = NOW + step * 301 * 1_000_000_000;
+            r.headers.retain(|(k, _)| k != "cookie");
+            r.headers.push(("cookie".into(), cookie.clone().into_bytes()));
+            let d = decide(&p, &r);
+            outcomes.push(d.pin);
+            if let Some(c) = d.pin_cookies.last() {
+                let pair = cookie_of(&d);
+                let fields: Vec<&str> = pair.splitn(5, ':').collect();
+                let began = if d.pin == Some(PinOutcome::Renewed) {
+                    NOW / 1_000_000_000
+                } else {
+                    r.now / 1_000_000_000
+                };
+                assert_eq!(
+                    fields[2],
+                    began.to_string(),
+                    "a renewal keeps the session's start, a new session starts now: {c}"
+                );
+                let end = fields[2].parse::<i64>().unwrap() + 1000;
+                assert!(fields[3].parse::<i64>().unwrap() <= end, "never past began + max_s: {c}");
+                cookie = cookie_of(&d);
+            }
+        }
+        assert_eq!(
+            outcomes,
+            vec![
+                Some(PinOutcome::Renewed),
+                Some(PinOutcome::Renewed),
+                Some(PinOutcome::Kept),
+                Some(PinOutcome::Replaced(Refused::SessionOver)),
+            ],
+            "renewed to 901 s, then to 1000 s (max_s), then kept to its end, then the session is over"
+        );
+    }
+
+    #[test]
+    fn two_split_rules_keep_independent_pins() {
+        let p = plan(&format!(
+            r#"{{"stable": "s", "identity": {{"from": [{{"header": "u"}}]}}, {PIN}, "rules": [
+               {{"name": "a", "when": {{"path_prefix": "/a"}}, "split": [{{"version": "g", "percent": 50}}]}},
+               {{"name": "b", "split": [{{"version": "h", "percent": 50}}]}}]}}"#
+        ));
+        assert!(!p.pin.as_ref().unwrap().tight);
+        let a = decide(&p, &req("/a", &[("u", "alice")]));
+        let b = decide(&p, &req("/b", &[("u", "alice")]));
+        assert!(cookie_of(&a).starts_with("gp.a=") && cookie_of(&b).starts_with("gp.b="));
+        let jar = format!("{}; {}", cookie_of(&a), cookie_of(&b));
+        let again_a = decide(&p, &req("/a", &[("u", "alice"), ("cookie", &jar)]));
+        let again_b = decide(&p, &req("/b", &[("u", "alice"), ("cookie", &jar)]));
+        assert_eq!((again_a.pin, again_b.pin), (Some(PinOutcome::Kept), Some(PinOutcome::Kept)));
+        assert!(
+            again_a.pin_cookies.is_empty() && again_b.pin_cookies.is_empty(),
+            "neither touches the other"
+        );
+    }
+
+    #[test]
+    fn past_4_kib_of_pin_cookies_the_oldest_others_go_first() {
+        let rules: Vec<String> = (0..30)
+            .map(|i| {
+                format!(
+                    r#"{{"name": "rule-with-a-long-name-to-fill-the-jar-{i:02}", "when": {{"path_prefix": "/{i:02}"}},
+                         "split": [{{"version": "version-with-a-long-name-{i:02}", "percent": 50}}]}}"#
+                )
+            })
+            .collect();
+        let p = plan(&format!(
+            r#"{{"stable": "s", "identity": {{"from": [{{"header": "u"}}]}}, {PIN}, "rules": [{}]}}"#,
+            rules.join(",")
+        ));
+        assert!(p.pin.as_ref().unwrap().tight);
+        let mut jar: Vec<String> = Vec::new();
+        for i in 0..30 {
+            let mut r = req(&format!("/{i:02}"), &[("u", "alice")]);
+            r.now = NOW + i * 1_000_000_000;
+            if !jar.is_empty() {
+                r.headers.push(("cookie".into(), jar.join("; ").into_bytes()));
+            }
+            let d = decide(&p, &r);
+            for c in &d.pin_cookies {
+                let pair = c.split(';').next().unwrap();
+                let name = pair.split('=').next().unwrap().to_string();
+                jar.retain(|x| !x.starts_with(&format!("{name}=")));
+                if !c.contains("Max-Age=0") {
+                    jar.push(pair.to_string());
+                }
+            }
+            let total: usize = jar.iter().map(String::len).sum();
+            assert!(total <= 4096, "{total} bytes of pin cookies after rule {i}");
+        }
+        assert!(jar.len() < 30, "some were dropped");
+        assert!(
+            jar.last().unwrap().starts_with("gp.rule-with-a-long-name-to-fill-the-jar-29="),
+            "the newest stays"
+        );
+        assert!(
+            !jar.iter().any(|c| c.starts_with("gp.rule-with-a-long-name-to-fill-the-jar-00=")),
+            "the oldest went"
+        );
+    }
+
+    #[test]
+    fn a_v2_format_pin_holds_and_moves_to_todays_cookie() {
+        let p = pinned(10, "");
+        let user =
+            (0..).map(|i| format!("user-{i}")).find(|u| bucket(b"rel:", u.as_bytes()) >= 1000).unwrap();
+        let key = b"0123456789abcdef0123456789abcdef";
+        let expires = NOW / 1_000_000_000 + 500;
+        let old = pin::sign_v2_format(key, "r", "g", expires, b"rel", user.as_bytes());
+        let d = decide(&p, &req("/", &[("u", &user), ("cookie", &format!("gp={old}"))]));
+        assert_eq!(
+            (d.version_name(&p), d.pin),
+            ("g", Some(PinOutcome::Renewed)),
+            "kept although the hash says stable"
+        );
+        assert_eq!(d.pin_cookies[0], "gp=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax", "the old cookie goes");
+        assert!(
+            cookie_of(&d).starts_with(&format!("gp.r=2:g:{}:{expires}:", expires - 600)),
+            "a session that began idle_s before its expiry: {:?}",
+            d.pin_cookies
+        );
+        let other_rule = pin::sign_v2_format(key, "x", "g", expires, b"rel", user.as_bytes());
+        let d = decide(&p, &req("/", &[("u", &user), ("cookie", &format!("gp={other_rule}"))]));
+        assert_eq!(
+            (d.pin, d.pin_cookies.len()),
+            (Some(PinOutcome::Issued), 1),
+            "another rule's old pin is left alone"
+        );
+    }
+
+    #[test]
+    fn a_pin_of_another_user_a_forged_one_a_respelled_one_and_rollbacks_are_ignored() {
         let gray_user =
             (0..).map(|i| format!("user-{i}")).find(|u| bucket(b"rel:", u.as_bytes()) < 1000).unwrap();
         let at_10 = pinned(10, "");
@@ -875,8 +877,11 @@ mod tests {
             ("s".into(), Some(PinOutcome::Replaced(Refused::BadSignature))),
             "another user's pin"
         );
-        let forged = pin.replace(":g:", ":s:");
+        let forged = pin.replace("=2:g:", "=2:s:");
         assert_eq!(back(&at_10, &gray_user, &forged).1, Some(PinOutcome::Replaced(Refused::BadSignature)));
+        let (head, mac) = pin.rsplit_once(':').unwrap();
+        let upper = format!("{head}:{}", mac.to_uppercase());
+        assert_eq!(back(&at_10, &gray_user, &upper).1, Some(PinOutcome::Replaced(Refused::Malformed)));
         // Rollbacks: percent 0, the version gone, a tripped guard.
         assert_eq!(
             back(&pinned(0, ""), &gray_user, &pin),
@@ -916,9 +921,41 @@ mod tests {
             (&[][..], "no user id"),
         ] {
             let d = decide(&p, &req("/", headers));
-            assert_eq!((d.pin, d.pin_cookie), (None, None), "{why}");
+            assert_eq!((d.pin, d.pin_cookies.len()), (None, 0), "{why}");
         }
         let https = decide(&p, &req("/", &[("u", "a"), (":scheme", "https")]));
-        assert!(https.pin_cookie.unwrap().ends_with("; Secure"));
+        assert!(https.pin_cookies[0].ends_with("; Secure"));
+    }
+
+    #[test]
+    fn a_request_waits_for_its_body_only_when_the_body_can_change_the_decision() {
+        let p = plan(
+            r#"{"stable": "v1", "identity": {"from": [{"header": "x-user-id"}, {"body": "/user"}]},
+               "override": {"header": "x-o", "trusted_cidrs": ["127.0.0.1/32"]}, "rules": [
+               {"name": "legal", "when": {"headers": [{"name": "x-department", "exact": "legal"}]}, "version": "v2"},
+               {"name": "qwen", "when": {"path_prefix": "/v1/", "body": [{"pointer": "/model", "exact": "qwen"}]}, "version": "v3"},
+               {"name": "ramp", "split": [{"version": "v2", "percent": 50}]}]}"#,
+        );
+        let at_headers = |path: &str, headers: &[(&str, &str)]| {
+            let mut r = req(path, headers);
+            r.body_pending = true;
+            crate::decide::decide_at_headers(&p, &r).map(|d| d.rule_name(&p).to_string())
+        };
+        assert_eq!(at_headers("/v1/chat", &[("x-o", "v2")]), Some("override".into()), "the override decided");
+        assert_eq!(
+            at_headers("/v1/chat", &[("x-department", "legal")]),
+            Some("legal".into()),
+            "an earlier rule"
+        );
+        assert_eq!(at_headers("/v1/chat", &[]), None, "the body rule may match: wait");
+        assert_eq!(
+            at_headers("/other", &[("x-user-id", "u1")]),
+            Some("ramp".into()),
+            "its other condition fails, the id is a header"
+        );
+        assert_eq!(at_headers("/other", &[]), None, "the split's id may come from the body");
+        let mut r = req("/v1/chat", &[]);
+        r.body = Some(br#"{"model": "qwen", "user": "u"}"#.to_vec());
+        assert_eq!(decide(&p, &r).rule_name(&p), "qwen", "decided once the body is in");
     }
 }

@@ -42,12 +42,6 @@ pub(super) struct Book {
     trips_ids: Vec<Option<u32>>,
 }
 
-thread_local! {
-    /// Every book of this VM, so a config that keeps a rule's guard keeps its book (its
-    /// counts, its waiting requests) when it replaces the root context that made it.
-    static BOOKS: RefCell<Vec<Weak<RefCell<Book>>>> = const { RefCell::new(Vec::new()) };
-}
-
 /// A shared handle on one rule's book.
 pub(super) struct Link {
     pub book: Rc<RefCell<Book>>,
@@ -58,18 +52,21 @@ pub(super) struct Link {
 /// wherever the rule moved in the list) is reused, its versions, stable and metrics taken from
 /// `plan` (a push may add a version to the split or promote a new stable under the same guard). `Err` when the host refused a shared-data call
 /// (the config is then refused too).
-pub(super) fn books(plugin: &str, plan: &Plan, metric_ids: &[u32]) -> Result<Vec<Link>, String> {
+pub(super) fn books(
+    all: &mut Vec<Weak<RefCell<Book>>>,
+    plugin: &str,
+    plan: &Plan,
+    metric_ids: &[u32],
+) -> Result<Vec<Link>, String> {
     let mut out = Vec::with_capacity(plan.guards.len());
     for (gi, g) in plan.guards.iter().enumerate() {
         let rule = plan.rule_name(g.rule).to_string();
-        let key = guard::key(plugin, &rule);
+        let key = guard::key(plugin, &rule, &g.fingerprint);
         let state = sync_shared(&key, g)?;
-        let existing = BOOKS.with_borrow_mut(|books| {
-            books.retain(|b| b.strong_count() > 0);
-            books.iter().filter_map(Weak::upgrade).find(|b| {
-                let b = b.borrow();
-                b.key == key && b.guard.fingerprint == g.fingerprint
-            })
+        all.retain(|b| b.strong_count() > 0);
+        let existing = all.iter().filter_map(Weak::upgrade).find(|b| {
+            let b = b.borrow();
+            b.key == key && b.guard.fingerprint == g.fingerprint
         });
         let book = match existing {
             Some(b) => b,
@@ -85,7 +82,7 @@ pub(super) fn books(plugin: &str, plan: &Plan, metric_ids: &[u32]) -> Result<Vec
                     error_ids: Vec::new(),
                     trips_ids: Vec::new(),
                 }));
-                BOOKS.with_borrow_mut(|books| books.push(Rc::downgrade(&book)));
+                all.push(Rc::downgrade(&book));
                 book
             }
         };

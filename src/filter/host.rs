@@ -8,10 +8,11 @@ use std::hash::Hasher;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 
+use super::ffi::header_pairs;
 use super::root::{now_ns, Active};
 use crate::config::WatchId;
 use crate::request::claims::Claims;
-use crate::request::Host;
+use crate::request::{HeaderPairs, Host};
 
 /// The filter name under which Envoy's jwt_authn keeps what it verified.
 const JWT_AUTHN: &str = "envoy.filters.http.jwt_authn";
@@ -21,11 +22,10 @@ pub(super) struct WasmHost<'a> {
     pub active: &'a Active,
     /// The size of the whole JSON body Envoy holds for the decision, if it holds one.
     pub body: Option<usize>,
-}
-
-thread_local! {
-    /// Ids minted without a random source, for `fill_random`'s fallback.
-    static MINTED: Cell<u64> = const { Cell::new(0) };
+    /// At the headers of a request that may be held: its JSON body is still to come.
+    pub body_pending: bool,
+    /// The VM's count of ids minted without a random source.
+    pub minted: &'a Cell<u64>,
 }
 
 impl Host for WasmHost<'_> {
@@ -33,10 +33,8 @@ impl Host for WasmHost<'_> {
         hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
     }
 
-    fn header_map(&self) -> Vec<(String, Vec<u8>)> {
-        // Header names are never non-UTF-8 here: Envoy's codecs refuse such requests before
-        // any filter runs (tests/it_header_reads.py), so the SDK's decoding of names holds.
-        hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+    fn header_map(&self) -> HeaderPairs {
+        header_pairs(MapType::HttpRequestHeaders)
     }
 
     fn source_address(&self) -> Option<Vec<u8>> {
@@ -64,6 +62,10 @@ impl Host for WasmHost<'_> {
         hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size).ok().flatten()
     }
 
+    fn body_pending(&self) -> bool {
+        self.body_pending
+    }
+
     fn fill_random(&self, buf: &mut [u8]) {
         if getrandom::fill(buf).is_ok() {
             return;
@@ -72,8 +74,8 @@ impl Host for WasmHost<'_> {
         // from a hash of a per-VM counter and the clock. Not std's RandomState, whose keys come
         // from the same random_get and which panics without it. Such ids are guessable, which
         // a sticky id may be (it only picks a bucket); nothing secret is derived from them.
-        let n = MINTED.get().wrapping_add(1);
-        MINTED.set(n);
+        let n = self.minted.get().wrapping_add(1);
+        self.minted.set(n);
         for (i, chunk) in buf.chunks_mut(8).enumerate() {
             let mut h = std::hash::DefaultHasher::new();
             h.write_u64(n);

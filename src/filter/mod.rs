@@ -3,10 +3,12 @@
 //! ([`host`]). Nothing here decides: the decision is [`crate::decide`] over [`crate::config`]'s
 //! plan, which are pure and tested on the host.
 
+mod ffi;
 mod guards;
 mod host;
 mod http;
 mod root;
+mod vm;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::LogLevel;
@@ -15,7 +17,8 @@ use proxy_wasm::types::LogLevel;
 pub(crate) fn start() {
     // Host calls are not allowed yet in `_initialize`: the level is read in `on_vm_start`.
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(root::Root::default()));
+    // The VM's state, made once and handed to every root context (STYLE.md 16).
+    proxy_wasm::set_root_context(|_| Box::new(root::Root::new(vm::shared())));
 }
 
 /// Filters `log` records at Envoy's level for the `wasm` component, so per-request debug lines

@@ -3,17 +3,20 @@
 //! previous plugin (DESIGN.md "Behaviour on bad input"). Plans with a guard or a schedule also
 //! tick: guards flush their counts, gauges follow the clock.
 
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType, MetricType};
+use proxy_wasm::types::{BufferType, ContextType, MapType, MetricType};
 
+use super::ffi::header_pairs;
 use super::guards::{self, Link, TICK_MS};
-use super::http::{held, Stream};
+use super::http::{decide_without_body, Stream};
+use super::vm::{SharedVm, Vm};
 use crate::config::{self, Plan, WatchId};
+
+const TICK_NS: i64 = TICK_MS as i64 * 1_000_000;
 
 /// A compiled plan and what the host gave for it: counter and gauge ids (same order as
 /// `plan.metrics` and `plan.gauges`) and the books of its guards.
@@ -56,42 +59,40 @@ impl Active {
     }
 }
 
-#[derive(Default)]
 pub(super) struct Root {
+    vm: SharedVm,
     active: Option<Rc<Active>>,
+}
+
+impl Root {
+    pub(super) fn new(vm: SharedVm) -> Self {
+        Root { vm, active: None }
+    }
 }
 
 impl Context for Root {}
 
-thread_local! {
-    /// The gauges of this VM's live configs: (name, a host id for it, how many configs define
-    /// it). A gauge no live config defines any more (its rule or version gone) is set to 0, so
-    /// a `graysplit_guard_tripped` of a removed rule does not stay 1 on a dashboard.
-    static GAUGES: RefCell<Vec<(String, u32, usize)>> = const { RefCell::new(Vec::new()) };
-}
-
-fn gauges_in_use(plan: &Plan, ids: &[u32], delta: isize) {
-    GAUGES.with_borrow_mut(|live| {
-        for (name, id) in plan.gauges.iter().zip(ids) {
-            match live.iter_mut().find(|(n, _, _)| n == name) {
-                Some(entry) => entry.2 = entry.2.saturating_add_signed(delta),
-                None if delta > 0 => live.push((name.clone(), *id, 1)),
-                None => {}
-            }
+fn gauges_in_use(vm: &mut Vm, plan: &Plan, ids: &[u32], delta: isize) {
+    let live = &mut vm.gauges;
+    for (name, id) in plan.gauges.iter().zip(ids) {
+        match live.iter_mut().find(|(n, _, _)| n == name) {
+            Some(entry) => entry.2 = entry.2.saturating_add_signed(delta),
+            None if delta > 0 => live.push((name.clone(), *id, 1)),
+            None => {}
         }
-        live.retain(|(_, id, users)| {
-            if *users == 0 {
-                let _ = hostcalls::record_metric(*id, 0);
-            }
-            *users > 0
-        });
+    }
+    live.retain(|(_, id, users)| {
+        if *users == 0 {
+            let _ = hostcalls::record_metric(*id, 0);
+        }
+        *users > 0
     });
 }
 
 impl Drop for Root {
     fn drop(&mut self) {
         if let Some(active) = &self.active {
-            gauges_in_use(&active.plan, &active.gauge_ids, -1);
+            gauges_in_use(&mut self.vm.borrow_mut(), &active.plan, &active.gauge_ids, -1);
         }
     }
 }
@@ -104,16 +105,19 @@ impl RootContext for Root {
 
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         super::refresh_log_level();
-        held::reset();
         let raw = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
             .ok()
             .flatten()
             .unwrap_or_default();
-        let Some(active) = configure(&raw) else { return false };
-        gauges_in_use(&active.plan, &active.gauge_ids, 1);
+        let mut vm = self.vm.borrow_mut();
+        let Some(active) = configure(&mut vm, &raw) else { return false };
+        // A new config may come with allow_on_headers_stop_iteration: look again.
+        vm.watchdog.reset();
+        gauges_in_use(&mut vm, &active.plan, &active.gauge_ids, 1);
         if let Some(old) = self.active.take() {
-            gauges_in_use(&old.plan, &old.gauge_ids, -1);
+            gauges_in_use(&mut vm, &old.plan, &old.gauge_ids, -1);
         }
+        drop(vm);
         let ticks = !active.plan.guards.is_empty()
             || !active.plan.split_gauges.is_empty()
             || active.plan.body.is_some();
@@ -132,11 +136,13 @@ impl RootContext for Root {
             link.book.borrow_mut().flush(now);
         }
         active.record_gauges(now);
-        held::check(now);
+        if active.plan.body.is_some() {
+            check_held(&self.vm, now);
+        }
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream::new(context_id, self.active.clone())))
+        Some(Box::new(Stream::new(context_id, self.vm.clone(), self.active.clone())))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -153,7 +159,50 @@ pub(super) fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-fn configure(raw: &[u8]) -> Option<Active> {
+/// On a tick: the watchdog's look at the held requests (once per tick however many root
+/// contexts this VM has); those it releases are decided without their body and resumed.
+fn check_held(vm: &SharedVm, now: i64) {
+    let (tick, stuck) = {
+        let mut v = vm.borrow_mut();
+        if now - v.last_check_ns < TICK_NS / 2 {
+            return; // another root context of this VM checked at this tick
+        }
+        v.last_check_ns = now;
+        let tick = v.watchdog.tick(body_bytes);
+        let mut stuck = Vec::with_capacity(tick.decide_without_body.len());
+        for id in &tick.decide_without_body {
+            if let Some(i) = v.held.iter().position(|(h, _)| h == id) {
+                stuck.push(v.held.swap_remove(i));
+            }
+        }
+        (tick, stuck)
+    };
+    if tick.say_not_delivered {
+        log::error!(
+            "graysplit: request bodies are not delivered to the filter: set allow_on_headers_stop_iteration: true in the Wasm filter's config (envoy.extensions.wasm.v3.PluginConfig); Envoy received body bytes for a held request and did not hand them over, so body conditions and body identities see no body for the next 60 s, then graysplit checks again"
+        );
+    }
+    for (id, active) in stuck {
+        if hostcalls::set_effective_context(id).is_ok() {
+            let out = decide_without_body(&active, id, &vm.borrow().minted);
+            vm.borrow_mut().decided.push((id, out));
+            let _ = hostcalls::resume_http_request();
+        }
+    }
+}
+
+/// The body bytes Envoy has received for held request `id`: `request.total_size` (the body
+/// received so far plus the header map's bytes) less the header map's bytes. Evidence no client
+/// controls: a client can send no body, not a body Envoy did not receive.
+fn body_bytes(id: u32) -> Option<u64> {
+    hostcalls::set_effective_context(id).ok()?;
+    let total = hostcalls::get_property(vec!["request", "total_size"]).ok().flatten()?;
+    let total = i64::from_le_bytes(total.get(..8)?.try_into().ok()?);
+    let headers = i64::try_from(header_pairs(MapType::HttpRequestHeaders).byte_size()).ok()?;
+    u64::try_from(total - headers).ok()
+}
+
+fn configure(vm: &mut Vm, raw: &[u8]) -> Option<Active> {
     let plan = match config::parse(raw) {
         Ok(plan) => plan,
         Err(e) => {
@@ -184,7 +233,7 @@ fn configure(raw: &[u8]) -> Option<Active> {
         .flatten()
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
-    let guards = match guards::books(&plugin, &plan, &metric_ids) {
+    let guards = match guards::books(&mut vm.books, &plugin, &plan, &metric_ids) {
         Ok(g) => g,
         Err(e) => {
             log::error!("graysplit: invalid config: $: the guards' shared data is not available: {e}");

@@ -14,11 +14,14 @@ pub use window::Window;
 use crate::config::Guard;
 
 /// The shared-data key of the guard of rule `rule` of the plugin named `plugin` (the Wasm
-/// filter config's `name`; Istio's `<namespace>.<WasmPlugin>`): shared data is one store per VM
-/// id, which every plugin on a proxy shares by default, so two plugins' rules of the same name
-/// must not meet there.
-pub fn key(plugin: &str, rule: &str) -> String {
-    format!("graysplit/guard/{plugin}/{rule}")
+/// filter config's `name`; Istio's `<namespace>.<WasmPlugin>`), whose fields as written are
+/// `fingerprint`: shared data is one store per VM id, which every plugin and every listener on
+/// a proxy shares by default, so two plugins' rules of the same name must not meet there, nor
+/// two listeners' rules of the same name with different guards (DESIGN.md "v2 corrections").
+/// A push that keeps the guard keeps its key (its window and trips); another guard is another
+/// key, an empty window.
+pub fn key(plugin: &str, rule: &str, fingerprint: &str) -> String {
+    format!("graysplit/guard/{plugin}/{rule}/{fingerprint}")
 }
 
 /// A trip: when, and what the window held when it tripped.

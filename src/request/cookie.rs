@@ -29,6 +29,25 @@ where
     None
 }
 
+/// Every (name, value) pair of every `cookie` header value, in order (values unquoted).
+pub fn all<'a, I>(headers: I) -> impl Iterator<Item = (&'a [u8], &'a [u8])>
+where
+    I: IntoIterator<Item = &'a [u8]>,
+{
+    headers.into_iter().flat_map(|h| h.split(|&c| c == b';')).filter_map(|pair| {
+        let eq = pair.iter().position(|&c| c == b'=')?;
+        let (k, v) = pair.split_at(eq);
+        let v = trim(v.get(1..).unwrap_or_default());
+        Some((
+            trim(k),
+            match v {
+                [b'"', inner @ .., b'"'] => inner,
+                _ => v,
+            },
+        ))
+    })
+}
+
 fn trim(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
         s = rest;

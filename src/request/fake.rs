@@ -1,7 +1,7 @@
 //! A request held in memory: the unit tests' fake [`Host`], and what the operator CLI explains.
 
 use super::claims::Claims;
-use super::Host;
+use super::{HeaderPairs, Host};
 use crate::config::WatchId;
 
 /// A request held in memory: the unit tests' fake, and what the operator CLI explains.
@@ -21,6 +21,8 @@ pub struct StaticRequest {
     pub claims: Option<Claims>,
     /// A JSON body held in full (None: no body, not JSON, or too long).
     pub body: Option<Vec<u8>>,
+    /// The body is still to come (the decision at the headers of a request that may be held).
+    pub body_pending: bool,
 }
 
 impl StaticRequest {
@@ -37,6 +39,7 @@ impl StaticRequest {
             tripped: Vec::new(),
             claims: None,
             body: None,
+            body_pending: false,
         }
     }
 }
@@ -45,8 +48,8 @@ impl Host for StaticRequest {
     fn header(&self, name: &str) -> Option<Vec<u8>> {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }
-    fn header_map(&self) -> Vec<(String, Vec<u8>)> {
-        self.headers.clone()
+    fn header_map(&self) -> HeaderPairs {
+        HeaderPairs::parse(HeaderPairs::serialize(self.headers.iter().map(|(k, v)| (k.as_bytes(), &v[..]))))
     }
     fn source_address(&self) -> Option<Vec<u8>> {
         self.source.as_ref().map(|s| s.as_bytes().to_vec())
@@ -65,5 +68,8 @@ impl Host for StaticRequest {
     }
     fn body(&self) -> Option<Vec<u8>> {
         self.body.clone()
+    }
+    fn body_pending(&self) -> bool {
+        self.body_pending
     }
 }

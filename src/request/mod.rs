@@ -2,19 +2,25 @@
 //! proxy-wasm; unit tests use a map-backed fake) and [`Facts`], which fetches each thing the
 //! plan needs at most once per request and only when a rule actually asks for it.
 
-pub mod body;
 pub mod cidr;
 pub mod claims;
 pub mod cookie;
 pub mod fake;
+pub mod pairs;
 pub mod query;
 
 use std::borrow::Cow;
 use std::net::IpAddr;
 
+use crate::body::Field;
 use crate::config::{HeaderSlot, Plan, WatchId};
 use cidr::parse_socket_ip;
 use claims::{Claim, Claims};
+pub use pairs::HeaderPairs;
+
+/// A body fact asked for while the body is still to come: the decision must wait for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending;
 
 /// What the decision needs from the proxy. Everything returns owned bytes because that is
 /// what the proxy-wasm host hands over (values as bytes: never a `String` a client could make
@@ -24,8 +30,8 @@ pub trait Host {
     /// included), `None` when absent.
     fn header(&self, name: &str) -> Option<Vec<u8>>;
     /// The whole request header map, in order, names lower-case (HTTP/1.1 may repeat
-    /// `cookie`). One host call, but it copies every header.
-    fn header_map(&self) -> Vec<(String, Vec<u8>)>;
+    /// `cookie`). One host call and one copy of the map.
+    fn header_map(&self) -> HeaderPairs;
     /// Envoy's downstream remote address, property `source.address` (`ip:port`).
     fn source_address(&self) -> Option<Vec<u8>>;
     /// The current time, Unix nanoseconds.
@@ -47,6 +53,11 @@ pub trait Host {
     fn body(&self) -> Option<Vec<u8>> {
         None
     }
+    /// Whether a JSON body the plan may read is still to come (the glue can hold the request
+    /// for it): then a body fact is [`Pending`] instead of absent.
+    fn body_pending(&self) -> bool {
+        false
+    }
 }
 
 /// Lazily fetched, cached request facts for one decision.
@@ -63,7 +74,8 @@ pub struct Facts<'a, H: Host> {
     source: Option<Option<IpAddr>>,
     now: Option<i64>,
     claims: Option<Option<Claims>>,
-    body: Option<Option<serde_json::Value>>,
+    /// The fields the plan's pointers name, by pointer index (`Some(None)`: no body to read).
+    body: Option<Option<Vec<Option<Field>>>>,
 }
 
 impl<'a, H: Host> Facts<'a, H> {
@@ -105,7 +117,15 @@ impl<'a, H: Host> Facts<'a, H> {
             1
         };
         let map = map.get_or_insert_with(|| HeaderMap::new(plan, host.header_map()));
-        cookie::find(map.values("cookie").skip(skip), name)
+        cookie::find(map.values(b"cookie").skip(skip), name)
+    }
+
+    /// Every cookie of every `cookie` header, in order (reads the whole header map; for the
+    /// rare request that needs them all).
+    pub fn cookies(&mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let Facts { plan, host, map, .. } = self;
+        let map = map.get_or_insert_with(|| HeaderMap::new(plan, host.header_map()));
+        cookie::all(map.values(b"cookie")).map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
     }
 
     /// `:path` before `?`, as received.
@@ -146,11 +166,16 @@ impl<'a, H: Host> Facts<'a, H> {
         claims.as_ref()?.get(name)
     }
 
-    /// The field of the JSON body at `pointer`, the body parsed on first need.
-    pub fn body_field(&mut self, pointer: &str) -> Option<&serde_json::Value> {
-        let host = self.host;
-        let body = self.body.get_or_insert_with(|| host.body().as_deref().and_then(body::parse));
-        body.as_ref()?.pointer(pointer)
+    /// The field of the JSON body at `pointer`; every pointer's field is read on first need, in
+    /// one pass over the body. [`Pending`] while the body is still to come.
+    pub fn body_field(&mut self, pointer: &str) -> Result<Option<&Field>, Pending> {
+        let (plan, host) = (self.plan, self.host);
+        if self.body.is_none() && host.body_pending() {
+            return Err(Pending);
+        }
+        let fields = self.body.get_or_insert_with(|| host.body().and_then(|b| plan.body_fields.extract(&b)));
+        let Some(fields) = fields.as_ref() else { return Ok(None) };
+        Ok(plan.body_fields.index(pointer).and_then(|i| fields.get(i)).and_then(Option::as_ref))
     }
 }
 
@@ -171,16 +196,16 @@ fn one_header<'c, H: Host>(
 /// The whole header map, indexed once for the plan's headers: a header rule finds its value
 /// without a search.
 struct HeaderMap {
-    pairs: Vec<(String, Vec<u8>)>,
+    pairs: HeaderPairs,
     /// Per plan slot, the index in `pairs` of its first value.
     first: Vec<Option<usize>>,
 }
 
 impl HeaderMap {
-    fn new(plan: &Plan, pairs: Vec<(String, Vec<u8>)>) -> Self {
+    fn new(plan: &Plan, pairs: HeaderPairs) -> Self {
         let mut first = vec![None; plan.headers.len()];
         for (i, (name, _)) in pairs.iter().enumerate() {
-            if let Some(slot) = plan.headers.iter().position(|h| h == name) {
+            if let Some(slot) = plan.headers.iter().position(|h| h.as_bytes() == name) {
                 if let Some(f @ None) = first.get_mut(slot) {
                     *f = Some(i);
                 }
@@ -191,12 +216,12 @@ impl HeaderMap {
 
     fn first(&self, slot: HeaderSlot) -> Option<&[u8]> {
         let i = (*self.first.get(slot)?)?;
-        self.pairs.get(i).map(|(_, v)| v.as_slice())
+        self.pairs.get(i).map(|(_, v)| v)
     }
 
     /// Every value of header `name`, in order.
-    fn values<'m>(&'m self, name: &'m str) -> impl Iterator<Item = &'m [u8]> + 'm {
-        self.pairs.iter().filter(move |(k, _)| k == name).map(|(_, v)| v.as_slice())
+    fn values<'m>(&'m self, name: &'m [u8]) -> impl Iterator<Item = &'m [u8]> + 'm {
+        self.pairs.iter().filter(move |(k, _)| *k == name).map(|(_, v)| v)
     }
 }
 
@@ -221,7 +246,7 @@ mod tests {
             self.single_reads.set(self.single_reads.get() + 1);
             self.inner.header(name)
         }
-        fn header_map(&self) -> Vec<(String, Vec<u8>)> {
+        fn header_map(&self) -> HeaderPairs {
             self.full_reads.set(self.full_reads.get() + 1);
             self.inner.header_map()
         }

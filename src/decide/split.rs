@@ -1,0 +1,70 @@
+//! A `split` rule's version: the user's bucket picks the entry whose band (at this time, for a
+//! schedule) holds it; the rest, no user id, and an entry whose guard has tripped go to stable.
+//! With session pins, [`super::session`] may keep the session's version instead.
+
+use super::bucket::bucket;
+use super::identity::user_id;
+use super::session::{self, PinOutcome};
+use super::{Ctx, DecidedBy, Decision};
+use crate::config::{MetricId, Plan, Rule, Split, VersionId, WatchId};
+use crate::request::{Host, Pending};
+
+/// What a split rule decided.
+pub(super) struct SplitOutcome {
+    pub version: VersionId,
+    pub metric: MetricId,
+    pub bucket: Option<u32>,
+    pub watch: Option<WatchId>,
+    pub pin: Option<PinOutcome>,
+    pub pin_cookies: Vec<String>,
+}
+
+impl SplitOutcome {
+    /// Stable, as the rule counts it.
+    pub fn stable(split: &Split, bucket: Option<u32>) -> Self {
+        SplitOutcome {
+            version: 0,
+            metric: split.stable_metric,
+            bucket,
+            watch: split.stable_watch,
+            pin: None,
+            pin_cookies: Vec::new(),
+        }
+    }
+
+    pub fn into_decision(self, rule: usize) -> Decision {
+        let mut d = Decision::new(self.version, DecidedBy::Rule(rule), self.metric, None);
+        d.bucket = self.bucket;
+        d.watch = self.watch;
+        d.pin = self.pin;
+        d.pin_cookies = self.pin_cookies;
+        d
+    }
+}
+
+pub(super) fn decide<H: Host>(
+    plan: &Plan,
+    rule: &Rule,
+    split: &Split,
+    cx: &mut Ctx<'_, H>,
+) -> Result<SplitOutcome, Pending> {
+    let now = if split.scheduled || plan.pin.is_some() { cx.facts.now() } else { 0 };
+    let Some(user) = user_id(plan, cx, false)? else { return Ok(SplitOutcome::stable(split, None)) };
+    let b = bucket(&split.salt_colon, user);
+    let mut upper = 0;
+    let mut hashed = SplitOutcome::stable(split, Some(b));
+    for e in &split.entries {
+        upper += e.share.at(now);
+        if b < upper {
+            // A tripped version's buckets go to stable: a rollback.
+            if !(e.watch.is_some_and(|w| cx.facts.host.tripped(w)) && e.version != 0) {
+                hashed = SplitOutcome { version: e.version, metric: e.metric, watch: e.watch, ..hashed };
+            }
+            break;
+        }
+    }
+    Ok(match &plan.pin {
+        Some(spec) => session::keep(plan, rule, split, spec, hashed, now, cx),
+        None => hashed,
+    })
+}

@@ -1,0 +1,39 @@
+//! The one host call graysplit makes past the SDK: the whole header map as the host's pairs
+//! buffer, read with [`HeaderPairs`] (bytes for names and values). proxy-wasm 0.2.5's
+//! `get_map_bytes` decodes each name with `String::from_utf8(..).unwrap()` and so traps the VM
+//! on a header name that is not UTF-8 (DESIGN.md "v2 corrections"), and copies every header
+//! into a `String` and a `Vec` of its own.
+#![allow(unsafe_code)]
+
+use std::ptr::null_mut;
+
+use proxy_wasm::types::MapType;
+
+use crate::request::HeaderPairs;
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    // The ABI's `proxy_get_header_map_pairs` (proxy-wasm ABI 0.2.1), as the SDK declares it;
+    // the status as a plain integer (0 is Ok).
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+}
+
+/// The header map `map` of the current HTTP context; empty when the host has none to give.
+pub(super) fn header_pairs(map: MapType) -> HeaderPairs {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes the address and size of a buffer it allocated with the module's
+    // `proxy_on_memory_allocate` (the SDK's, a boxed `[u8]` of exactly `size` bytes), which is
+    // ours to own and free: the SDK's own readers take it back the same way.
+    let status = unsafe { proxy_get_header_map_pairs(map, &mut data, &mut size) };
+    if status != 0 || data.is_null() {
+        return HeaderPairs::default();
+    }
+    // SAFETY: see above; `size` bytes at `data`, capacity `size`.
+    let buf = unsafe { Vec::from_raw_parts(data, size, size) };
+    HeaderPairs::parse(buf)
+}
