@@ -389,6 +389,47 @@ def build_wasm(crate: str, dest: Path, features: str = "") -> Path:
     return dest
 
 
+HEAP_WASM = RUN_DIR / "graysplit-heap-stats.wasm"
+HEAP_MAX_BYTES = 983_040   # body.max_bytes' ceiling (DESIGN.md "v2 corrections")
+
+
+def heap_peaks(ports: dict[str, int], cpu: int | None) -> list[tuple[int, int]]:
+    """The Wasm heap one held request takes at its peak (headers to decision), for a 64 KiB body
+    and a body of max_bytes: graysplit built with feature `heap-stats` (a counting allocator and
+    the gauge graysplit_bench_heap_peak_bytes), (k)'s body identity with max_bytes 983040, one
+    request at a time. Returns (body bytes, peak bytes)."""
+    cmd = ["cargo", "build", "--release", "--target", "wasm32-wasip1", "--lib", "--features", "heap-stats",
+           "--target-dir", str(ROOT / "target" / "heap-stats")]
+    print("$ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    HEAP_WASM.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ROOT / "target" / "heap-stats" / "wasm32-wasip1" / "release" / "graysplit.wasm", HEAP_WASM)
+    cfg = config_body()
+    cfg["body"] = {"max_bytes": HEAP_MAX_BYTES}
+    s = Scenario("heap", "graysplit-heap-stats, body identity, max_bytes 983040", wasm(HEAP_WASM, cfg),
+                 expect=expect_split, kind="chat1")
+    start_envoy(s, ports, cpu)
+    out = []
+    try:
+        for size in (64 * 1024, HEAP_MAX_BYTES):
+            user = f"user-{size}"
+            body = chat_body(user, 1)
+            body = body[:-4] + b"x" * (size - len(body)) + body[-4:]
+            assert len(body) == size
+            conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+            conn.request("POST", REQUEST_PATH, body=body, headers={"content-type": "application/json"})
+            r = conn.getresponse()
+            served = r.read().decode().strip()
+            conn.close()
+            if r.status != 200 or served != expect_split(user):
+                raise SystemExit(f"heap: a {size}-byte body got {r.status} {served!r}, want 200 {expect_split(user)}")
+            peak = run.counters(s.admin, "wasmcustom.graysplit_bench_heap_peak_bytes")
+            out.append((size, next(iter(peak.values()), 0)))
+    finally:
+        stop(s.proc)
+    return out
+
+
 def build_noop() -> None:
     build_wasm("probe", NOOP_WASM)
     build_wasm("noop-sdk", NOOP_SDK_WASM)
@@ -876,6 +917,8 @@ def main() -> int:
                     metavar="N", help="also count Envoy instructions per request under valgrind's "
                     "callgrind over N requests per scenario (noise-free; about 30 s per scenario)")
     ap.add_argument("--only", default="abcdefghijklmno", help="scenarios to run, e.g. acf ((a) is always run)")
+    ap.add_argument("--no-heap", dest="heap", action="store_false",
+                    help="skip the peak Wasm heap of one held request (a heap-stats build, about 1 minute)")
     ap.add_argument("--probe", action="store_true",
                     help="instead: price each host call graysplit makes (bench/probe, callgrind; about 6 minutes)")
     args = ap.parse_args()
@@ -929,6 +972,10 @@ def main() -> int:
                 print(f"({s.key}) {instructions[s.key]:,.0f} instructions per request (callgrind)", flush=True)
         for s in scens:  # still routing as intended after the load?
             check_routing(s, sample=200)
+        heap = heap_peaks(ports, envoy_cpu) if args.heap else []
+        for size, peak in heap:
+            print(f"heap: one held request with a {size:,}-byte body peaks at {peak:,} bytes of Wasm heap "
+                  f"({peak / size:.2f} x the body)", flush=True)
         print(f"measured in {time.monotonic() - started:.0f} s\n")
         if not runs:  # --rounds 0: instruction counts only; results.md keeps the last timed run
             a = instructions.get("a", 0) or 1
@@ -936,6 +983,11 @@ def main() -> int:
                 print(f"({k}) {v:,.0f} instructions/rq, {v / a:.3f} x (a)")
             return 0
         text = report(scens, runs, args, run.WASM, pinned, instructions)
+        if heap:
+            text += ("\nPeak Wasm heap of one held request (headers to decision; feature `heap-stats`, "
+                     "(k)'s body identity, `body.max_bytes` 983040; DESIGN's bound: below 2 x max_bytes "
+                     "plus a constant):\n\n| body | peak heap | x body |\n| ---: | ---: | ---: |\n"
+                     + "".join(f"| {size:,} B | {peak:,} B | {peak / size:.2f} |\n" for size, peak in heap))
         if bad:
             text += (f"\n**{len(bad)} runs had errors** (non-2xx, 5xx or socket errors): "
                      + ", ".join(f"({r.key}) round {r.round + 1}: {r.errors}" for r in bad) + "\n")

@@ -1,8 +1,11 @@
-//! The one host call graysplit makes past the SDK: the whole header map as the host's pairs
-//! buffer, read with [`HeaderPairs`] (bytes for names and values). proxy-wasm 0.2.5's
-//! `get_map_bytes` decodes each name with `String::from_utf8(..).unwrap()` and so traps the VM
-//! on a header name that is not UTF-8 (DESIGN.md "v2 corrections"), and copies every header
-//! into a `String` and a `Vec` of its own.
+//! The two host calls graysplit makes past the SDK:
+//! - the whole header map as the host's pairs buffer, read with [`HeaderPairs`] (bytes for names
+//!   and values). proxy-wasm 0.2.5's `get_map_bytes` decodes each name with
+//!   `String::from_utf8(..).unwrap()` and so traps the VM on a header name that is not UTF-8
+//!   (DESIGN.md "v2 corrections"), and copies every header into a `String` and a `Vec` of its own;
+//! - setting a property from a path written once: the SDK's `set_property` builds a `Vec` for
+//!   the path and another for its serialized form on every call, and panics (traps) on a status
+//!   it does not expect.
 #![allow(unsafe_code)]
 
 use std::ptr::null_mut;
@@ -20,6 +23,20 @@ extern "C" {
         return_map_data: *mut *mut u8,
         return_map_size: *mut usize,
     ) -> u32;
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+}
+
+/// Sets property `path` (its parts NUL-separated, as the ABI takes it) to `value`; false when
+/// the host refused.
+pub(super) fn set_property(path: &[u8], value: &[u8]) -> bool {
+    // SAFETY: both slices are valid for their lengths for the duration of the call; the host
+    // copies what it keeps.
+    unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) == 0 }
 }
 
 /// The header map `map` of the current HTTP context; empty when the host has none to give.

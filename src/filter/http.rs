@@ -63,6 +63,8 @@ impl Stream {
             let host = WasmHost { active, body, body_pending: false, minted: &vm.minted };
             self.out = apply(active, self.context_id, decide(&active.plan, &host));
         }
+        #[cfg(feature = "heap-stats")]
+        super::heap::report();
     }
 
     /// A held request the tick had to decide (Envoy does not deliver its body): its outcome.
@@ -141,10 +143,11 @@ pub(super) fn apply(active: &Active, context_id: u32, d: Decision) -> Outcome {
         count(ignored.then_some(spec.ignored_metric));
     }
     // The deciding rule, as filter state for the access log:
-    // %FILTER_STATE(wasm.graysplit_rule:PLAIN)%. The version needs no property of its own:
-    // %REQ(x-graysplit-version)% shows the routing header as set here.
+    // %FILTER_STATE(wasm.graysplit_rule:PLAIN)%, set without the SDK's two allocations per
+    // call. The version needs no property of its own: %REQ(x-graysplit-version)% shows the
+    // routing header as set here.
     let rule = d.rule_name(plan);
-    let _ = hostcalls::set_property(vec!["graysplit_rule"], Some(rule.as_bytes()));
+    let _ = super::ffi::set_property(b"graysplit_rule", rule.as_bytes());
     match d.bucket {
         Some(b) => log::debug!("graysplit: version {version} by rule {rule} (bucket {b})"),
         None => log::debug!("graysplit: version {version} by rule {rule}"),
@@ -182,6 +185,8 @@ impl HttpContext for Stream {
             let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, config::DEFAULT_ROUTE_HEADER);
             return Action::Continue;
         };
+        #[cfg(feature = "heap-stats")]
+        super::heap::mark();
         let vm = self.vm.clone();
         let may_hold = active.plan.body.is_some() && vm.borrow().watchdog.may_hold();
         let pending = may_hold && json_body_follows(end_of_stream);

@@ -5,6 +5,8 @@
 
 mod ffi;
 mod guards;
+#[cfg(feature = "heap-stats")]
+mod heap;
 mod host;
 mod http;
 mod root;

@@ -226,6 +226,8 @@ fn configure(vm: &mut Vm, raw: &[u8]) -> Option<Active> {
         Some(ids)
     };
     let metric_ids = define(MetricType::Counter, &plan.metrics)?;
+    #[cfg(feature = "heap-stats")]
+    super::heap::define();
     let gauge_ids = define(MetricType::Gauge, &plan.gauges)?;
     // The plugin's name keys its guards' shared data (other plugins on the proxy share it).
     let plugin = hostcalls::get_property(vec!["plugin_name"])
