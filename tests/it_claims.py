@@ -79,3 +79,35 @@ def it_without_jwt_authn_claims_are_absent(start_envoy):
     tok = token({"sub": "alice", "department": "legal"})
     r = get(envoy, tok=tok, headers=[("x-user-id", "dave")])
     assert r.text == ("v2" if bucket("claims", "dave") < 5000 else "v1"), "a token nobody verified is nothing"
+
+
+# A plan that reads one claim, with every kind of value the payload can hold, and strings that
+# look like the others when read untyped (Envoy hands a claim read by its property path over as
+# bare bytes: a number as 8, a boolean as 1, a list as pairs, and fails on null; graysplit reads
+# the typed metadata instead, and must read each as the payload says).
+ONE_CLAIM = plugin_config([
+    {"name": "pilot", "when": {"claims": [{"name": "team", "one_of": ["legal", "7", "true", "12345678", "x"]}]},
+     "version": "v3"},
+    {"name": "present", "when": {"claims": [{"name": "team", "present": True}]}, "version": "v2"},
+])
+
+
+@pytest.mark.parametrize("value,want", [
+    ("legal", "v3"),                 # a string
+    (7, "v3"),                       # a number: its JSON text "7"
+    (True, "v3"),                    # a boolean: "true"
+    ("12345678", "v3"),              # an 8-byte string (a double's size untyped)
+    ("x", "v3"),                     # a 1-byte string (a boolean's size untyped)
+    (["eng", "legal"], "v3"),        # a list: any element
+    (["eng"], "v2"),                 # a list no element of which matches: present only
+    (None, "v2"),                    # null: present
+    ("", "v2"),                      # an empty string: present, matches no listed value
+    ({"a": "legal"}, "v2"),          # an object: present only
+    ("sales", "v2"),
+])
+def it_one_claim_reads_as_its_type_says(start_envoy, value, want):
+    envoy = start_envoy(ONE_CLAIM, before_filters=[jwt_authn_filter()])
+    r = get(envoy, tok=token({"sub": "s", "team": value}))
+    assert (r.status, r.text) == (200, want), f"team={value!r}: {r}"
+    assert get(envoy, tok=token({"sub": "s"})).text == "v1", "no such claim: absent"
+    assert get(envoy).text == "v1", "no token: no claims"
