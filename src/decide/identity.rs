@@ -10,7 +10,6 @@ use crate::request::{Host, Pending};
 
 /// The user id: resolved on first need, then kept for the rest of the request.
 pub(super) enum Identity {
-    Unresolved,
     None,
     /// The value of this header slot, already cached in `Facts` (no copy).
     Header(HeaderSlot),
@@ -25,13 +24,14 @@ pub(super) fn user_id<'c, H: Host>(
     cx: &'c mut Ctx<'_, H>,
     pending_is_absent: bool,
 ) -> Result<Option<&'c [u8]>, Pending> {
-    if let Identity::Unresolved = cx.identity {
-        cx.identity = resolve_identity(plan, cx, pending_is_absent)?;
-    }
-    Ok(match &cx.identity {
+    let identity = match cx.identity.take() {
+        Some(known) => known,
+        None => resolve_identity(plan, cx, pending_is_absent)?,
+    };
+    Ok(match cx.identity.insert(identity) {
         Identity::Header(slot) => cx.facts.header(*slot),
         Identity::Owned(v) => Some(v),
-        Identity::None | Identity::Unresolved => None,
+        Identity::None => None,
     })
 }
 

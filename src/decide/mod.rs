@@ -118,7 +118,8 @@ impl Tracer for () {}
 
 struct Ctx<'a, H: Host> {
     facts: Facts<'a, H>,
-    identity: Identity,
+    /// The user id, once resolved.
+    identity: Option<Identity>,
     set_cookie: Option<String>,
 }
 
@@ -144,7 +145,7 @@ pub fn decide_at_headers<H: Host>(plan: &Plan, host: &H) -> Option<Decision> {
 }
 
 fn new_ctx<'a, H: Host>(plan: &'a Plan, host: &'a H) -> Ctx<'a, H> {
-    Ctx { facts: Facts::new(plan, host), identity: Identity::Unresolved, set_cookie: None }
+    Ctx { facts: Facts::new(plan, host), identity: None, set_cookie: None }
 }
 
 fn finish<H: Host>(plan: &Plan, mut cx: Ctx<'_, H>, mut d: Decision) -> Decision {

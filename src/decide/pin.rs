@@ -115,6 +115,21 @@ fn time(field: &str) -> Result<i64, Refused> {
     Ok(n)
 }
 
+/// A pin of format `format`: its three fields after the format, and its MAC (64 lower-case hex
+/// digits).
+fn parts<'v>(value: &'v [u8], format: &str) -> Result<([&'v str; 3], [u8; 32]), Refused> {
+    let text = std::str::from_utf8(value).map_err(|_| Refused::Malformed)?;
+    let mut p = text.splitn(5, ':');
+    let (Some(f), Some(a), Some(b), Some(c), Some(tag)) = (p.next(), p.next(), p.next(), p.next(), p.next())
+    else {
+        return Err(Refused::Malformed);
+    };
+    if f != format {
+        return Err(Refused::Malformed);
+    }
+    Ok(([a, b, c], from_hex::<32>(tag.as_bytes()).ok_or(Refused::Malformed)?))
+}
+
 fn verified(keys: &[Box<[u8]>], fields: &[&[u8]], salt: &[u8], user: &[u8], tag: &[u8; 32]) -> bool {
     // verify_slice compares in constant time.
     keys.iter().any(|k| mac(k, fields, salt, user).is_some_and(|m| m.verify_slice(tag).is_ok()))
@@ -142,15 +157,8 @@ pub fn verify(
     user: &[u8],
     at: Limits,
 ) -> Result<Pin, Refused> {
-    let text = std::str::from_utf8(value).map_err(|_| Refused::Malformed)?;
-    let mut parts = text.splitn(5, ':');
-    let (Some("2"), Some(version), Some(began), Some(expires), Some(tag)) =
-        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(Refused::Malformed);
-    };
+    let ([version, began, expires], tag) = parts(value, "2")?;
     let (began_s, expires_s) = (time(began)?, time(expires)?);
-    let tag = from_hex::<32>(tag.as_bytes()).ok_or(Refused::Malformed)?;
     let fields: [&[u8]; 5] =
         [b"2", rule.as_bytes(), version.as_bytes(), began.as_bytes(), expires.as_bytes()];
     if !verified(keys, &fields, salt, user, &tag) {
@@ -169,15 +177,8 @@ pub fn verify_v2_format(
     user: &[u8],
     at: Limits,
 ) -> Result<Pin, Refused> {
-    let text = std::str::from_utf8(value).map_err(|_| Refused::Malformed)?;
-    let mut parts = text.splitn(5, ':');
-    let (Some("1"), Some(r), Some(version), Some(expires), Some(tag)) =
-        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(Refused::Malformed);
-    };
+    let ([r, version, expires], tag) = parts(value, "1")?;
     let expires_s = time(expires)?;
-    let tag = from_hex::<32>(tag.as_bytes()).ok_or(Refused::Malformed)?;
     if r != rule {
         return Err(Refused::OtherRule);
     }
