@@ -133,10 +133,11 @@ def it_non_utf8_values_in_matched_and_override_headers_get_a_decision(envoy, hea
 
 
 def it_header_names_with_odd_bytes_never_reach_a_panic(envoy, healthy):
-    # This config reads 5 headers, so graysplit reads the whole map, names included (the
-    # proxy-wasm SDK, which graysplit no longer uses, unwrapped them as UTF-8 there). Envoy's
-    # HTTP/1 codec refuses such names before the filter; if it ever let one through, the
-    # request must still get a decision.
+    # This config reads 5 headers, so graysplit reads the whole map, names included. Envoy's
+    # HTTP/1 codec refuses such names from a client before the filter (400); if it ever let one
+    # through, the request must still get a decision. Names like these do reach the filter
+    # when another filter adds them: it_header_reads.py's
+    # it_non_utf8_header_names_and_values_never_trap_the_vm sends them through a Lua filter.
     for name in ("x-\xffodd", "x-\xc3", "\x80"):
         r = envoy.get("/", [(name, "1"), ("x-user-id", "bob")])
         assert r.status == 400 or decided(r) == expect("bob"), r
