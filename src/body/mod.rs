@@ -21,6 +21,24 @@ pub fn is_json_content_type(value: &[u8]) -> bool {
     !kind.is_empty() && (media == b"application/json" || (sub.ends_with(b"+json") && sub.len() > 5))
 }
 
+/// Whether a request body with these headers can be read for the decision (DESIGN.md "JSON
+/// request bodies"): JSON, without `content-encoding`, and not announced longer than
+/// `max_bytes`. A body whose `content-length` already says it is longer can never be read, so it
+/// cannot change the decision and nothing waits for it (and Envoy, which answers 413 when a
+/// filter buffers past its buffer limit, never buffers it for graysplit). A chunked body's
+/// length is known only as it comes.
+pub fn readable(
+    content_type: Option<&[u8]>,
+    content_encoding: Option<&[u8]>,
+    content_length: Option<&[u8]>,
+    max_bytes: usize,
+) -> bool {
+    let too_long = content_length
+        .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > max_bytes as u64);
+    content_type.is_some_and(is_json_content_type) && content_encoding.is_none() && !too_long
+}
+
 /// Whether the field at a pointer (`None`: it resolves to nothing) satisfies `m`: a string is
 /// its decoded UTF-8 bytes, a number or boolean its JSON text; null, an object or an array
 /// matches only `present: true`.
@@ -66,6 +84,24 @@ mod tests {
             "json",
         ] {
             assert!(!is_json_content_type(no.as_bytes()), "{no}");
+        }
+    }
+
+    #[test]
+    fn only_json_unencoded_bodies_within_max_bytes_are_read() {
+        let json = Some(&b"application/json"[..]);
+        let cases: &[(Option<&[u8]>, Option<&[u8]>, Option<&[u8]>, bool, &str)] = &[
+            (json, None, None, true, "chunked: its length comes as it does"),
+            (json, None, Some(b"4096"), true, "exactly max_bytes"),
+            (json, None, Some(b"4097"), false, "announced longer than max_bytes"),
+            (json, None, Some(b"0"), true, "empty"),
+            (json, None, Some(b"x"), true, "a length Envoy would refuse: not known to be too long"),
+            (json, Some(b"gzip"), Some(b"10"), false, "encoded"),
+            (Some(b"text/plain"), None, Some(b"10"), false, "not JSON"),
+            (None, None, Some(b"10"), false, "no content-type"),
+        ];
+        for (ct, ce, cl, want, why) in cases {
+            assert_eq!(readable(*ct, *ce, *cl, 4096), *want, "{why}");
         }
     }
 
