@@ -61,7 +61,7 @@ pub fn identity(v: &Field) -> Option<&[u8]> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::type_complexity)]
     use super::*;
 
     #[test]
