@@ -7,22 +7,29 @@
 //!   in it decides. Only built for the wasm target.
 //! - [`config`]: the raw serde structs of the plugin configuration, their validation, and the
 //!   compiled [`config::Plan`] that request handling reads.
-//! - [`decide`]: the decision (override, rules, stable), its matchers, the user id and the
-//!   bucketing contract.
+//! - [`decide`]: the decision (override, rules, splits, session pins) and the user id.
 //! - [`request`]: how a request is read: the [`request::Host`] trait the glue implements (and a
-//!   map-backed fake for tests and the CLI), cookies, query strings, CIDRs.
+//!   map-backed fake for tests and the CLI), cookies, query strings, header pairs, claims.
 //! - [`body`]: JSON request bodies: which to read, the fields a plan's pointers name (no
 //!   whole-document tree), and the watchdog deciding whether Envoy delivers bodies at all.
 //! - [`guard`]: what a rule's guard knows (a sliding window of each version's responses, its
 //!   trips), shared by the worker VMs through the proxy's shared data, and the trip condition.
 //!
-//! Everything but [`filter`] is pure: it never calls the host and is unit-tested on the host.
+//! - [`matcher`]: value matchers and CIDR ranges; [`bucket`]: the bucketing contract; [`text`]:
+//!   how values are quoted and numbers written.
+//!
+//! Everything but [`filter`] is pure: it never calls the host and is unit-tested on the host. The
+//! pure modules form no cycle: `text` <- `matcher` <- `body` <- `config` <- `request` <-
+//! `decide`, with `bucket` beside them and `guard` on `config`.
 
 pub mod body;
+pub mod bucket;
 pub mod config;
 pub mod decide;
 pub mod guard;
+pub mod matcher;
 pub mod request;
+pub mod text;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

@@ -4,8 +4,8 @@
 //! bytes received, and the JSON path of a bad percent.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+use graysplit::bucket::{bucket, BUCKETS};
 use graysplit::config::{parse, Plan};
-use graysplit::decide::bucket::{bucket, BUCKETS};
 use graysplit::decide::{decide, DecidedBy, Decision};
 use graysplit::request::fake::StaticRequest;
 use proptest::prelude::*;

@@ -5,7 +5,7 @@
 
 use graysplit::config::parse;
 use graysplit::decide::decide;
-use graysplit::decide::bucket::BUCKETS;
+use graysplit::bucket::BUCKETS;
 use graysplit::request::fake::StaticRequest;
 use libfuzzer_sys::fuzz_target;
 

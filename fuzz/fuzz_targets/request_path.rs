@@ -13,7 +13,7 @@
 use std::sync::OnceLock;
 
 use graysplit::config::{parse, Plan};
-use graysplit::decide::bucket::{bucket, BUCKETS};
+use graysplit::bucket::{bucket, BUCKETS};
 use graysplit::decide::{decide, DecidedBy};
 use graysplit::request::fake::StaticRequest;
 use graysplit::request::{cookie, query};

@@ -9,7 +9,7 @@
 #![no_main]
 
 use graysplit::body::{self, Field, Pointers};
-use graysplit::decide::matcher::StringMatch;
+use graysplit::matcher::StringMatch;
 use graysplit::decide::pin::{self, Limits};
 use graysplit::request::claims::Claims;
 use libfuzzer_sys::fuzz_target;
@@ -25,7 +25,7 @@ fn reference(v: &serde_json::Value) -> Field {
             match (n.as_i64(), n.as_u64(), n.as_f64()) {
                 (Some(i), _, _) => i.to_string(),
                 (_, Some(u), _) => u.to_string(),
-                (_, _, Some(f)) => graysplit::config::error::fmt_num(f),
+                (_, _, Some(f)) => graysplit::text::fmt_num(f),
                 _ => n.to_string(),
             }
             .into_bytes(),

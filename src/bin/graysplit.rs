@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use graysplit::bucket::{bucket, BUCKETS};
 use graysplit::config::time::{format_rfc3339, parse_rfc3339};
 use graysplit::config::{self, Plan, Share};
-use graysplit::decide::bucket::{bucket, BUCKETS};
 use graysplit::decide::pin::Refused;
 use graysplit::decide::{decide, decide_traced, DecidedBy, OverrideVerdict, PinOutcome, RuleVerdict, Tracer};
 use graysplit::request::claims::Claims;

@@ -138,7 +138,7 @@ impl<'de> Visitor<'de> for At<'_> {
     }
 
     fn visit_f64<E>(mut self, v: f64) -> Result<(), E> {
-        self.set(Field::Scalar(crate::config::error::fmt_num(v).into_bytes()));
+        self.set(Field::Scalar(crate::text::fmt_num(v).into_bytes()));
         Ok(())
     }
 
@@ -334,7 +334,7 @@ mod tests {
                     match (n.as_i64(), n.as_u64()) {
                         (Some(i), _) => i.to_string(),
                         (_, Some(u)) => u.to_string(),
-                        _ => crate::config::error::fmt_num(n.as_f64().unwrap()),
+                        _ => crate::text::fmt_num(n.as_f64().unwrap()),
                     }
                     .into_bytes(),
                 ),

@@ -8,7 +8,7 @@ pub mod watchdog;
 
 pub use extract::{Field, Pointers};
 
-use crate::decide::matcher::StringMatch;
+use crate::matcher::StringMatch;
 
 /// `content-type` is `application/json` or `<type>/<subtype>+json`, parameters ignored, case
 /// insensitive (`application/json; charset=utf-8`, `application/vnd.api+json`).

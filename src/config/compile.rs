@@ -1,15 +1,16 @@
 //! Validation and compilation: a [`RawConfig`] becomes a [`Plan`] or one [`ConfigError`] that
 //! names the JSON path of the first problem. Nothing of a rejected config is applied.
 
-use super::error::{fmt_num, quote, ConfigError};
+use super::error::{quote, ConfigError};
 use super::plan::*;
 use super::raw::*;
 use super::time::{format_rfc3339, parse_rfc3339};
 use super::validate::*;
 use super::DEFAULT_ROUTE_HEADER;
-use crate::decide::bucket::BUCKETS;
-use crate::decide::matcher::StringMatch;
-use crate::request::cidr::Cidr;
+use crate::bucket::BUCKETS;
+use crate::matcher::cidr::Cidr;
+use crate::matcher::StringMatch;
+use crate::text::fmt_num;
 
 /// Rule names reserved for the metrics of the override and of the no-rule decision.
 pub(super) const RESERVED_RULE_NAMES: [&str; 2] = ["override", "default"];

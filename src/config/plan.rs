@@ -3,9 +3,9 @@
 //! into integer bucket bounds, metric names interned.
 
 use super::error::quote;
-use crate::decide::bucket::BUCKETS;
-use crate::decide::matcher::StringMatch;
-use crate::request::cidr::Cidr;
+use crate::bucket::BUCKETS;
+use crate::matcher::cidr::Cidr;
+use crate::matcher::StringMatch;
 
 /// Index into [`Plan::versions`]; 0 is `stable`.
 pub type VersionId = usize;

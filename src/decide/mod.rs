@@ -9,10 +9,8 @@
 //! unless a body fact still to come could change the outcome, and then the request is held for
 //! its body (DESIGN.md "v2 corrections": nothing waits that need not).
 
-pub mod bucket;
 pub mod cookie;
 mod identity;
-pub mod matcher;
 pub mod pin;
 mod rules;
 pub mod session;
@@ -209,8 +207,8 @@ fn decide_inner<H: Host, T: Tracer>(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, clippy::type_complexity)]
     use super::*;
+    use crate::bucket::bucket;
     use crate::config::parse;
-    use crate::decide::bucket::bucket;
     use crate::request::fake::StaticRequest;
     use pin::Refused;
 

@@ -4,12 +4,12 @@
 //! cookie, so one rule's decision never touches another's pin (but past 4 KiB of pin cookies,
 //! the oldest go first).
 
-use super::bucket::BUCKETS;
 use super::cookie::{expire_cookie, set_cookie};
 use super::identity::user_id;
 use super::pin::{self, Limits, Refused};
 use super::split::SplitOutcome;
 use super::Ctx;
+use crate::bucket::BUCKETS;
 use crate::config::{PinSpec, Plan, Rule, Split, PIN_COOKIES_MAX};
 use crate::request::Host;
 

@@ -2,10 +2,10 @@
 //! schedule) holds it; the rest, no user id, and an entry whose guard has tripped go to stable.
 //! With session pins, [`super::session`] may keep the session's version instead.
 
-use super::bucket::bucket;
 use super::identity::user_id;
 use super::session::{self, PinOutcome};
 use super::{Ctx, DecidedBy, Decision};
+use crate::bucket::bucket;
 use crate::config::{MetricId, Plan, Rule, Split, VersionId, WatchId};
 use crate::request::{Host, Pending};
 

@@ -13,9 +13,9 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
 
 use super::root::now_ns;
-use crate::config::error::fmt_num;
 use crate::config::{Guard, Plan};
 use crate::guard::{self, RuleState, Tally};
+use crate::text::fmt_num;
 
 /// How often every worker flushes its counts and reads the others' trips: a trip reaches every
 /// worker within two ticks of the response that crossed the limit (DESIGN.md asks for 2 s).

@@ -8,7 +8,7 @@
 use prost::Message;
 use prost_types::value::Kind;
 
-use crate::decide::matcher::StringMatch;
+use crate::matcher::StringMatch;
 
 /// One claim, as the matchers and the identity see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -108,7 +108,7 @@ impl Claims {
 /// A JSON number as its text: whole numbers without a fraction (protobuf keeps every number as
 /// a double, so the token's `42` arrives as 42.0 and is `42` again here).
 pub fn number_text(n: f64) -> String {
-    crate::config::error::fmt_num(n)
+    crate::text::fmt_num(n)
 }
 
 impl Claim {

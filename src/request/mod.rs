@@ -2,7 +2,6 @@
 //! proxy-wasm; unit tests use a map-backed fake) and [`Facts`], which fetches each thing the
 //! plan needs at most once per request and only when a rule actually asks for it.
 
-pub mod cidr;
 pub mod claims;
 pub mod cookie;
 pub mod fake;
@@ -14,7 +13,7 @@ use std::net::IpAddr;
 
 use crate::body::Field;
 use crate::config::{HeaderSlot, Plan, WatchId};
-use cidr::parse_socket_ip;
+use crate::matcher::cidr::parse_socket_ip;
 use claims::{Claim, Claims};
 pub use pairs::HeaderPairs;
 

@@ -1,4 +1,8 @@
-//! Value matchers shared by the `headers`, `cookies` and `query` conditions.
+//! What request values are compared with, shared by the config (which compiles them), the request
+//! view and the decision: value matchers ([`StringMatch`]) and address ranges ([`cidr`]). Below
+//! every pure module but [`crate::text`].
+
+pub mod cidr;
 
 /// How one named value (a header, a cookie, a query parameter) is matched.
 /// Values compare exactly, byte for byte, as DESIGN.md requires.

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::config::error::quote;
+use crate::text::quote;
 
 /// An IPv4 or IPv6 range, stored masked so a match is one AND and one compare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

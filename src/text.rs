@@ -1,0 +1,59 @@
+//! How graysplit writes values: quoted for a message or a log line ([`quote`]), and a number as
+//! its text ([`fmt_num`]: config errors, JSON body numbers, claims, guard log lines). The bottom
+//! of the pure modules: it depends on none of them.
+
+/// `s` in double quotes for a message, with `"`, `\`, control characters and the invisible
+/// characters that could hide or reorder text in a log line (zero-width, bidi overrides, line
+/// and paragraph separators, BOM) escaped.
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control()
+                || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}') =>
+            {
+                out.push_str(&format!("\\u{{{:x}}}", u32::from(c)))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A number from the config as a person wrote it: `120`, `10.555`, `-1`, `1e300`: whole numbers
+/// without a fraction, others by serde_json's shortest round-trip formatting (already in the
+/// module; std's float `Display` would add its own ~17 KB).
+pub fn fmt_num(n: f64) -> String {
+    if n.is_finite() && n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 {
+        format!("{}", n as i64)
+    } else {
+        serde_json::Number::from_f64(n).map_or_else(|| "a non-finite number".to_string(), |x| x.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_escapes_what_could_hide_text_in_a_log_line() {
+        assert_eq!(quote("a\"b\\c"), r#""a\"b\\c""#);
+        assert_eq!(quote("x\ny"), r#""x\u{a}y""#);
+        assert_eq!(quote("ab\u{202e}cd"), r#""ab\u{202e}cd""#);
+        assert_eq!(quote("用户"), "\"用户\"");
+    }
+
+    #[test]
+    fn numbers_read_as_written() {
+        assert_eq!(fmt_num(120.0), "120");
+        assert_eq!(fmt_num(10.555), "10.555");
+        assert_eq!(fmt_num(-1.0), "-1");
+        assert_eq!(fmt_num(10.1000000001), "10.1000000001");
+        assert_eq!(fmt_num(1e300), "1e+300");
+        assert_eq!(fmt_num(0.25), "0.25");
+    }
+}
