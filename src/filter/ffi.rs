@@ -3,9 +3,9 @@
 //!   and values). proxy-wasm 0.2.5's `get_map_bytes` decodes each name with
 //!   `String::from_utf8(..).unwrap()` and so traps the VM on a header name that is not UTF-8
 //!   (DESIGN.md "v2 corrections"), and copies every header into a `String` and a `Vec` of its own;
-//! - setting a property from a path written once: the SDK's `set_property` builds a `Vec` for
-//!   the path and another for its serialized form on every call, and panics (traps) on a status
-//!   it does not expect.
+//! - properties by a path written once: the SDK's `get_property` and `set_property` build a
+//!   `Vec` for the path and another for its serialized form on every call, and panic (trap) on a
+//!   status they do not expect.
 #![allow(unsafe_code)]
 
 use std::ptr::null_mut;
@@ -28,6 +28,12 @@ extern "C" {
         path_size: usize,
         value_data: *const u8,
         value_size: usize,
+    ) -> u32;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
     ) -> u32;
 }
 
@@ -53,4 +59,24 @@ pub(super) fn header_pairs(map: MapType) -> HeaderPairs {
     // SAFETY: see above; `size` bytes at `data`, capacity `size`.
     let buf = unsafe { Vec::from_raw_parts(data, size, size) };
     HeaderPairs::parse(buf)
+}
+
+/// The ABI's NotFound status.
+const NOT_FOUND: u32 = 1;
+
+/// Property `path` (parts NUL-separated, written once): `Ok(None)` when the host has no such
+/// property, `Err` with the host's status when it failed the read.
+pub(super) fn get_property(path: &[u8]) -> Result<Option<Vec<u8>>, u32> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: as for `header_pairs`: the host hands over a buffer it allocated with the module's
+    // allocator, ours to own.
+    let status = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
+    match status {
+        0 if data.is_null() => Ok(Some(Vec::new())),
+        // SAFETY: see above; `size` bytes at `data`, capacity `size`.
+        0 => Ok(Some(unsafe { Vec::from_raw_parts(data, size, size) })),
+        NOT_FOUND => Ok(None),
+        other => Err(other),
+    }
 }

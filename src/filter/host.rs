@@ -38,7 +38,7 @@ impl Host for WasmHost<'_> {
     }
 
     fn source_address(&self) -> Option<Vec<u8>> {
-        hostcalls::get_property(vec!["source", "address"]).ok().flatten()
+        super::ffi::get_property(b"source\0address").ok().flatten()
     }
 
     fn now_unix_nanos(&self) -> i64 {
@@ -53,7 +53,7 @@ impl Host for WasmHost<'_> {
         // The whole dynamic metadata, a serialized envoy.config.core.v3.Metadata: the one
         // reading that keeps each claim's type (a path below it comes back in the untyped
         // pairs format, and fails outright on a null claim). No token: no metadata.
-        let bytes = hostcalls::get_property(vec!["metadata"]).ok().flatten()?;
+        let bytes = super::ffi::get_property(b"metadata").ok().flatten()?;
         Claims::from_metadata(&bytes, JWT_AUTHN, metadata_key)
     }
 

@@ -196,7 +196,7 @@ fn check_held(vm: &SharedVm, now: i64) {
 /// controls: a client can send no body, not a body Envoy did not receive.
 fn body_bytes(id: u32) -> Option<u64> {
     hostcalls::set_effective_context(id).ok()?;
-    let total = hostcalls::get_property(vec!["request", "total_size"]).ok().flatten()?;
+    let total = super::ffi::get_property(b"request\0total_size").ok().flatten()?;
     let total = i64::from_le_bytes(total.get(..8)?.try_into().ok()?);
     let headers = i64::try_from(header_pairs(MapType::HttpRequestHeaders).byte_size()).ok()?;
     u64::try_from(total - headers).ok()
