@@ -6,8 +6,10 @@
 //! `allow_on_headers_stop_iteration: true`; without it the Pause stops the whole stream, Envoy
 //! buffers the body itself, and no callback ever comes. A client that is slow, pauses, or never
 //! sends its body looks the same from inside a single request, so nothing is concluded from a
-//! missing callback alone: the evidence is a held request that got no body callback although
-//! Envoy has received body bytes for it (the glue asks the host how many). Then every held
+//! missing callback alone, nor from body bytes that are still coming (a filter before graysplit
+//! may hold a body it inspects, and a client may send slowly): the evidence is a held request
+//! that got no body callback although Envoy has received its whole announced body
+//! (`content-length`), seen on two ticks in a row. Then every held
 //! request that got no callback is decided without its body, the VM decides at the headers, and
 //! after [`RECHECK_TICKS`] it holds requests again to see whether that is still so (a new
 //! config, which may carry the setting, re-checks at once). A held request whose body does
@@ -39,7 +41,13 @@ struct Held {
     id: u32,
     /// A body callback came: Envoy delivers this request's body.
     got_body: bool,
+    /// Probes in a row that found Envoy holding this request's whole body with no callback.
+    whole_seen: u8,
 }
+
+/// Probes in a row of one request that must find its whole body held, with no callback, to
+/// prove that Envoy does not deliver bodies.
+const SEEN_TO_PROVE: u8 = 2;
 
 /// What a tick found.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -58,7 +66,7 @@ impl Watchdog {
 
     /// Request `id` is held at its headers.
     pub fn hold(&mut self, id: u32) {
-        self.held.push(Held { id, got_body: false });
+        self.held.push(Held { id, got_body: false, whole_seen: 0 });
     }
 
     /// A body callback for request `id`. Returns true when it takes back an earlier
@@ -84,22 +92,28 @@ impl Watchdog {
         self.not_delivered = None;
     }
 
-    /// Every 500 ms. `body_bytes(id)`: how many body bytes Envoy has received for held request
-    /// `id` (`None`: unknown, no evidence).
-    pub fn tick(&mut self, mut body_bytes: impl FnMut(u32) -> Option<u64>) -> Tick {
+    /// Every 500 ms. `holds_whole(id)`: whether Envoy has received the whole announced body of
+    /// held request `id` (false when it has not, when the length is not announced, or unknown).
+    pub fn tick(&mut self, mut holds_whole: impl FnMut(u32) -> bool) -> Tick {
         if let Some(left) = self.not_delivered {
             self.not_delivered = left.checked_sub(1).filter(|l| *l > 0);
             return Tick::default();
         }
-        let waiting: Vec<u32> = self.held.iter().filter(|h| !h.got_body).map(|h| h.id).collect();
+        let waiting: Vec<usize> =
+            (0..self.held.len()).filter(|&i| self.held.get(i).is_some_and(|h| !h.got_body)).collect();
         if waiting.is_empty() {
             return Tick::default();
         }
         let start = self.cursor % waiting.len();
         let probes = PROBES_PER_TICK.min(waiting.len());
         self.cursor = start + probes;
-        let proof =
-            waiting.iter().cycle().skip(start).take(probes).any(|id| body_bytes(*id).is_some_and(|n| n > 0));
+        let mut proof = false;
+        for i in waiting.iter().cycle().skip(start).take(probes) {
+            if let Some(h) = self.held.get_mut(*i) {
+                h.whole_seen = if holds_whole(h.id) { h.whole_seen.saturating_add(1) } else { 0 };
+                proof |= h.whole_seen >= SEEN_TO_PROVE;
+            }
+        }
         if !proof {
             return Tick::default();
         }
@@ -117,20 +131,19 @@ impl Watchdog {
 mod tests {
     use super::*;
 
-    /// Body bytes Envoy holds per request id.
-    fn bytes(received: &[(u32, u64)]) -> impl FnMut(u32) -> Option<u64> + '_ {
-        move |id| received.iter().find(|(i, _)| *i == id).map(|(_, n)| *n)
+    /// The requests whose whole body Envoy holds.
+    fn whole(ids: &[u32]) -> impl FnMut(u32) -> bool + '_ {
+        move |id| ids.contains(&id)
     }
 
     #[test]
-    fn clients_that_never_send_a_body_prove_nothing_however_many() {
+    fn clients_that_never_send_or_finish_a_body_prove_nothing_however_many() {
         let mut w = Watchdog::default();
         for id in 0..500 {
             w.hold(id);
         }
         for _ in 0..1000 {
-            assert_eq!(w.tick(bytes(&[])), Tick::default());
-            assert_eq!(w.tick(|_| Some(0)), Tick::default());
+            assert_eq!(w.tick(whole(&[])), Tick::default());
         }
         assert!(w.may_hold(), "body reading is never switched off by what clients do");
     }
@@ -141,33 +154,35 @@ mod tests {
         w.hold(7);
         assert!(!w.body(7));
         for _ in 0..1000 {
-            // Envoy holds its bytes, but it also called the filter for them: no proof.
-            assert_eq!(w.tick(bytes(&[(7, 512)])), Tick::default());
+            // Envoy holds all of it, but it also called the filter for it: no proof.
+            assert_eq!(w.tick(whole(&[7])), Tick::default());
         }
         assert!(w.is_holding() && w.may_hold());
     }
 
     #[test]
-    fn body_bytes_without_a_callback_prove_bodies_are_not_delivered() {
+    fn a_whole_body_held_without_a_callback_on_two_ticks_proves_bodies_are_not_delivered() {
         let mut w = Watchdog::default();
         w.hold(1); // a client that never sends its body
-        w.hold(2); // a body Envoy received and did not hand over
+        w.hold(2); // a body Envoy received whole and did not hand over
         w.hold(3);
         w.body(3); // delivered
-        let t = w.tick(bytes(&[(2, 1024)]));
+        assert_eq!(w.tick(whole(&[2])), Tick::default(), "once may be a filter before us, about to pass it");
+        let t = w.tick(whole(&[2]));
         assert_eq!(t, Tick { decide_without_body: vec![1, 2], say_not_delivered: true });
         assert!(!w.may_hold(), "then decide at the headers");
         assert!(w.is_holding(), "a delivered body still waits");
         w.release(3);
         // Re-checked after RECHECK_TICKS; said once only.
         for _ in 0..RECHECK_TICKS - 1 {
-            assert_eq!(w.tick(bytes(&[])), Tick::default());
+            assert_eq!(w.tick(whole(&[])), Tick::default());
             assert!(!w.may_hold());
         }
-        assert_eq!(w.tick(bytes(&[])), Tick::default());
+        assert_eq!(w.tick(whole(&[])), Tick::default());
         assert!(w.may_hold(), "holds again after the re-check period");
         w.hold(4);
-        let again = w.tick(bytes(&[(4, 10)]));
+        w.tick(whole(&[4]));
+        let again = w.tick(whole(&[4]));
         assert_eq!(again, Tick { decide_without_body: vec![4], say_not_delivered: false }, "said once");
         w.reset();
         assert!(w.may_hold(), "a new config checks again at once");
@@ -177,7 +192,16 @@ mod tests {
     }
 
     #[test]
-    fn probes_are_bounded_per_tick() {
+    fn a_body_that_is_not_whole_on_a_probe_starts_its_count_again() {
+        let mut w = Watchdog::default();
+        w.hold(1);
+        w.tick(whole(&[1]));
+        w.tick(whole(&[]));
+        assert_eq!(w.tick(whole(&[1])), Tick::default(), "two probes in a row, not two in all");
+    }
+
+    #[test]
+    fn probes_are_bounded_per_tick_and_go_round() {
         let mut w = Watchdog::default();
         for id in 0..100 {
             w.hold(id);
@@ -185,18 +209,18 @@ mod tests {
         let mut asked = 0;
         w.tick(|_| {
             asked += 1;
-            None
+            false
         });
         assert_eq!(asked, PROBES_PER_TICK);
-        // The one request Envoy holds bytes for is found in turn, behind a crowd that sends none.
+        // The one request Envoy holds whole is found in turn behind a crowd that sends nothing:
+        // with one request it is probed every tick.
         let mut w = Watchdog::default();
-        for id in 0..100 {
-            w.hold(id);
-        }
-        let found = (0..100).find_map(|_| {
-            let t = w.tick(bytes(&[(99, 1)]));
+        w.hold(1);
+        w.hold(99);
+        let found = (0..10).find_map(|_| {
+            let t = w.tick(whole(&[99]));
             t.say_not_delivered.then_some(t.decide_without_body.len())
         });
-        assert_eq!(found, Some(100));
+        assert_eq!(found, Some(2));
     }
 }

@@ -956,5 +956,30 @@ mod tests {
         let mut r = req("/v1/chat", &[]);
         r.body = Some(br#"{"model": "qwen", "user": "u"}"#.to_vec());
         assert_eq!(decide(&p, &r).rule_name(&p), "qwen", "decided once the body is in");
+        let not_yet = plan(
+            r#"{"stable": "v1", "identity": {"from": [{"body": "/user"}]}, "rules": [{"name": "ramp",
+               "split": [{"version": "v2", "schedule": [{"at": "2027-01-01T00:00:00Z", "percent": 10}]}]}]}"#,
+        );
+        let mut r = req("/v1/chat", &[]);
+        r.body_pending = true;
+        let d = crate::decide::decide_at_headers(&not_yet, &r).map(|d| d.version_name(&not_yet).to_string());
+        assert_eq!(d, Some("v1".into()), "nothing gives gray yet: stable whoever the user is, no wait");
+    }
+
+    #[test]
+    fn a_pin_to_stable_holds_while_the_tripped_gray_has_the_whole_split() {
+        let guarded = pinned(100, r#", "guard": {"max_error_percent": 5}"#);
+        let gray = guarded.watches.iter().position(|w| !w.stable).unwrap();
+        let mut r = req("/", &[("u", "alice")]);
+        r.tripped = vec![gray];
+        let first = decide(&guarded, &r);
+        assert_eq!((first.version_name(&guarded), first.pin), ("s", Some(PinOutcome::Issued)), "rolled back");
+        r.headers.push(("cookie".into(), cookie_of(&first).into_bytes()));
+        let again = decide(&guarded, &r);
+        assert_eq!(
+            (again.pin, again.pin_cookies.len()),
+            (Some(PinOutcome::Kept), 0),
+            "no churn during the rollback"
+        );
     }
 }

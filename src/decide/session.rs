@@ -101,7 +101,7 @@ pub(super) fn keep<H: Host>(
 }
 
 /// The outcome for a pinned version if the rule can still give it now: stable while the
-/// split's current sum is below 100 %, or an entry whose current percent is above 0 and whose
+/// split's current sum (of entries not tripped) is below 100 %, or an entry whose current percent is above 0 and whose
 /// guard has not tripped.
 fn usable<H: Host>(
     plan: &Plan,
@@ -112,7 +112,13 @@ fn usable<H: Host>(
 ) -> Option<SplitOutcome> {
     let stable = SplitOutcome::stable(split, None);
     if version == plan.version_name(0) {
-        let sum: u32 = split.entries.iter().map(|e| e.share.at(now)).sum();
+        // What the split still gives to gray now: a tripped entry's buckets are stable's.
+        let sum: u32 = split
+            .entries
+            .iter()
+            .filter(|e| !e.watch.is_some_and(|w| cx.facts.host.tripped(w)))
+            .map(|e| e.share.at(now))
+            .sum();
         return (sum < BUCKETS).then_some(stable);
     }
     let e = split.entries.iter().find(|e| plan.version_name(e.version) == version)?;

@@ -6,7 +6,7 @@ use super::identity::user_id;
 use super::session::{self, PinOutcome};
 use super::{Ctx, DecidedBy, Decision};
 use crate::bucket::bucket;
-use crate::config::{MetricId, Plan, Rule, Split, VersionId, WatchId};
+use crate::config::{Entry, MetricId, Plan, Rule, Split, VersionId, WatchId};
 use crate::request::{Host, Pending};
 
 /// What a split rule decided.
@@ -49,6 +49,15 @@ pub(super) fn decide<H: Host>(
     cx: &mut Ctx<'_, H>,
 ) -> Result<SplitOutcome, Pending> {
     let now = if split.scheduled || plan.pin.is_some() { cx.facts.now() } else { 0 };
+    if user_id(plan, cx, false).is_err() {
+        // The id would come from a body still to come; if nothing gives gray now (a schedule
+        // before its first step, every entry tripped) and there are no pins, the answer is
+        // stable whoever the user is: no need to wait for the body.
+        if plan.pin.is_none() && !split.entries.iter().any(|e| live(e, now, cx)) {
+            return Ok(SplitOutcome::stable(split, None));
+        }
+        return Err(Pending);
+    }
     let Some(user) = user_id(plan, cx, false)? else { return Ok(SplitOutcome::stable(split, None)) };
     let b = bucket(&split.salt_colon, user);
     let mut upper = 0;
@@ -67,4 +76,9 @@ pub(super) fn decide<H: Host>(
         Some(spec) => session::keep(plan, rule, split, spec, hashed, now, cx),
         None => hashed,
     })
+}
+
+/// Whether an entry gives its version to anyone now: a share above 0, its guard not tripped.
+fn live<H: Host>(e: &Entry, now: i64, cx: &Ctx<'_, H>) -> bool {
+    e.share.at(now) > 0 && !e.watch.is_some_and(|w| cx.facts.host.tripped(w))
 }

@@ -61,9 +61,7 @@ pub(super) fn books(
     let mut out = Vec::with_capacity(plan.guards.len());
     for (gi, g) in plan.guards.iter().enumerate() {
         let rule = plan.rule_name(g.rule).to_string();
-        let salt =
-            plan.split(g.rule).map_or(&[][..], |s| s.salt_colon.strip_suffix(b":").unwrap_or(&s.salt_colon));
-        let key = guard::key(plugin, &rule, salt, plan.version_name(0), &g.fingerprint);
+        let key = guard::key(plugin, &rule, &g.fingerprint);
         let state = sync_shared(&key, g)?;
         all.retain(|b| b.strong_count() > 0);
         let existing = all.iter().filter_map(Weak::upgrade).find(|b| {

@@ -168,7 +168,7 @@ fn check_held(vm: &SharedVm, now: i64) {
             return; // another root context of this VM checked at this tick
         }
         v.last_check_ns = now;
-        let tick = v.watchdog.tick(body_bytes);
+        let tick = v.watchdog.tick(holds_whole_body);
         let mut stuck = Vec::with_capacity(tick.decide_without_body.len());
         for id in &tick.decide_without_body {
             if let Some(i) = v.held.iter().position(|(h, _)| h == id) {
@@ -179,7 +179,7 @@ fn check_held(vm: &SharedVm, now: i64) {
     };
     if tick.say_not_delivered {
         log::error!(
-            "graysplit: request bodies are not delivered to the filter: set allow_on_headers_stop_iteration: true in the Wasm filter's config (envoy.extensions.wasm.v3.PluginConfig); Envoy received body bytes for a held request and did not hand them over, so body conditions and body identities see no body for the next 60 s, then graysplit checks again"
+            "graysplit: request bodies are not delivered to the filter: set allow_on_headers_stop_iteration: true in the Wasm filter's config (envoy.extensions.wasm.v3.PluginConfig); Envoy received the whole body of a held request and did not hand it over, so body conditions and body identities see no body for the next 60 s, then graysplit checks again"
         );
     }
     for (id, active) in stuck {
@@ -191,15 +191,26 @@ fn check_held(vm: &SharedVm, now: i64) {
     }
 }
 
-/// The body bytes Envoy has received for held request `id`: `request.total_size` (the body
-/// received so far plus the header map's bytes) less the header map's bytes. Evidence no client
-/// controls: a client can send no body, not a body Envoy did not receive.
-fn body_bytes(id: u32) -> Option<u64> {
-    hostcalls::set_effective_context(id).ok()?;
-    let total = super::ffi::get_property(b"request\0total_size").ok().flatten()?;
-    let total = i64::from_le_bytes(total.get(..8)?.try_into().ok()?);
-    let headers = i64::try_from(header_pairs(MapType::HttpRequestHeaders).byte_size()).ok()?;
-    u64::try_from(total - headers).ok()
+/// Whether Envoy holds the whole announced body of held request `id`: `request.total_size`
+/// (the body received so far plus the header map's bytes) less the header map's bytes, at least
+/// its `content-length`. Evidence no client controls: a client can send no body, or a slow one,
+/// not a whole body Envoy received and kept from the filter. (A chunked body, whose length is
+/// not announced, proves nothing.)
+fn holds_whole_body(id: u32) -> bool {
+    if hostcalls::set_effective_context(id).is_err() {
+        return false;
+    }
+    let Ok(Some(total)) = super::ffi::get_property(b"request\0total_size") else { return false };
+    let Some(total) = total.get(..8).and_then(|b| b.try_into().ok()).map(i64::from_le_bytes) else {
+        return false;
+    };
+    let map = header_pairs(MapType::HttpRequestHeaders);
+    let announced = map
+        .iter()
+        .find(|(k, _)| *k == b"content-length")
+        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<i64>().ok());
+    let received = total - i64::try_from(map.byte_size()).unwrap_or(i64::MAX);
+    announced.is_some_and(|n| n > 0 && received >= n)
 }
 
 fn configure(vm: &mut Vm, raw: &[u8]) -> Option<Active> {
