@@ -33,10 +33,13 @@ pub fn readable(
     content_length: Option<&[u8]>,
     max_bytes: usize,
 ) -> bool {
-    let too_long = content_length
-        .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok())
-        .is_some_and(|n| n > max_bytes as u64);
+    let too_long = content_length.and_then(length).is_some_and(|n| n > max_bytes as u64);
     content_type.is_some_and(is_json_content_type) && content_encoding.is_none() && !too_long
+}
+
+/// A `content-length` value as a number (`None` when it is not one; Envoy refuses such requests).
+pub fn length(content_length: &[u8]) -> Option<u64> {
+    std::str::from_utf8(content_length).ok()?.trim().parse().ok()
 }
 
 /// Whether the field at a pointer (`None`: it resolves to nothing) satisfies `m`: a string is

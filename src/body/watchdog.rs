@@ -24,10 +24,11 @@ pub const RECHECK_TICKS: u32 = 120;
 /// enough, and a crowd of stalled clients must not make each tick costly.
 pub const PROBES_PER_TICK: usize = 8;
 
-/// The VM's view of body delivery, and the requests it holds.
-#[derive(Debug, Default)]
-pub struct Watchdog {
-    held: Vec<Held>,
+/// The VM's view of body delivery, and the requests it holds, each with what the glue needs to
+/// decide it later (`T`: its config).
+#[derive(Debug)]
+pub struct Watchdog<T> {
+    held: Vec<Held<T>>,
     /// Ticks left before holding again, after concluding that bodies are not delivered.
     not_delivered: Option<u32>,
     /// The conclusion was said (logged) and not yet taken back.
@@ -36,9 +37,16 @@ pub struct Watchdog {
     cursor: usize,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Held {
+impl<T> Default for Watchdog<T> {
+    fn default() -> Self {
+        Watchdog { held: Vec::new(), not_delivered: None, said: false, cursor: 0 }
+    }
+}
+
+#[derive(Debug)]
+struct Held<T> {
     id: u32,
+    with: T,
     /// A body callback came: Envoy delivers this request's body.
     got_body: bool,
     /// Probes in a row that found Envoy holding this request's whole body with no callback.
@@ -50,23 +58,29 @@ struct Held {
 const SEEN_TO_PROVE: u8 = 2;
 
 /// What a tick found.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Tick {
-    /// Held requests to decide without their body and resume now.
-    pub decide_without_body: Vec<u32>,
+#[derive(Debug, PartialEq, Eq)]
+pub struct Tick<T> {
+    /// Held requests to decide without their body and resume now, with what they were held with.
+    pub decide_without_body: Vec<(u32, T)>,
     /// Say (once) that Envoy does not deliver bodies.
     pub say_not_delivered: bool,
 }
 
-impl Watchdog {
+impl<T> Default for Tick<T> {
+    fn default() -> Self {
+        Tick { decide_without_body: Vec::new(), say_not_delivered: false }
+    }
+}
+
+impl<T> Watchdog<T> {
     /// Whether a request may be held for its body now (not while concluded otherwise).
     pub fn may_hold(&self) -> bool {
         self.not_delivered.is_none()
     }
 
-    /// Request `id` is held at its headers.
-    pub fn hold(&mut self, id: u32) {
-        self.held.push(Held { id, got_body: false, whole_seen: 0 });
+    /// Request `id` is held at its headers, `with` what it will be decided under.
+    pub fn hold(&mut self, id: u32, with: T) {
+        self.held.push(Held { id, with, got_body: false, whole_seen: 0 });
     }
 
     /// A body callback for request `id`. Returns true when it takes back an earlier
@@ -94,7 +108,7 @@ impl Watchdog {
 
     /// Every 500 ms. `holds_whole(id)`: whether Envoy has received the whole announced body of
     /// held request `id` (false when it has not, when the length is not announced, or unknown).
-    pub fn tick(&mut self, mut holds_whole: impl FnMut(u32) -> bool) -> Tick {
+    pub fn tick(&mut self, mut holds_whole: impl FnMut(u32) -> bool) -> Tick<T> {
         if let Some(left) = self.not_delivered {
             self.not_delivered = left.checked_sub(1).filter(|l| *l > 0);
             return Tick::default();
@@ -118,10 +132,11 @@ impl Watchdog {
             return Tick::default();
         }
         self.not_delivered = Some(RECHECK_TICKS);
-        let (stuck, delivered): (Vec<Held>, Vec<Held>) = self.held.iter().partition(|h| !h.got_body);
+        let (stuck, delivered): (Vec<Held<T>>, Vec<Held<T>>) =
+            std::mem::take(&mut self.held).into_iter().partition(|h| !h.got_body);
         self.held = delivered;
         Tick {
-            decide_without_body: stuck.into_iter().map(|h| h.id).collect(),
+            decide_without_body: stuck.into_iter().map(|h| (h.id, h.with)).collect(),
             say_not_delivered: !std::mem::replace(&mut self.said, true),
         }
     }
@@ -138,9 +153,9 @@ mod tests {
 
     #[test]
     fn clients_that_never_send_or_finish_a_body_prove_nothing_however_many() {
-        let mut w = Watchdog::default();
+        let mut w = Watchdog::<()>::default();
         for id in 0..500 {
-            w.hold(id);
+            w.hold(id, ());
         }
         for _ in 0..1000 {
             assert_eq!(w.tick(whole(&[])), Tick::default());
@@ -150,8 +165,8 @@ mod tests {
 
     #[test]
     fn a_slow_body_that_is_delivered_waits_for_ever() {
-        let mut w = Watchdog::default();
-        w.hold(7);
+        let mut w = Watchdog::<()>::default();
+        w.hold(7, ());
         assert!(!w.body(7));
         for _ in 0..1000 {
             // Envoy holds all of it, but it also called the filter for it: no proof.
@@ -162,14 +177,14 @@ mod tests {
 
     #[test]
     fn a_whole_body_held_without_a_callback_on_two_ticks_proves_bodies_are_not_delivered() {
-        let mut w = Watchdog::default();
-        w.hold(1); // a client that never sends its body
-        w.hold(2); // a body Envoy received whole and did not hand over
-        w.hold(3);
+        let mut w = Watchdog::<()>::default();
+        w.hold(1, ()); // a client that never sends its body
+        w.hold(2, ()); // a body Envoy received whole and did not hand over
+        w.hold(3, ());
         w.body(3); // delivered
         assert_eq!(w.tick(whole(&[2])), Tick::default(), "once may be a filter before us, about to pass it");
         let t = w.tick(whole(&[2]));
-        assert_eq!(t, Tick { decide_without_body: vec![1, 2], say_not_delivered: true });
+        assert_eq!(t, Tick { decide_without_body: vec![(1, ()), (2, ())], say_not_delivered: true });
         assert!(!w.may_hold(), "then decide at the headers");
         assert!(w.is_holding(), "a delivered body still waits");
         w.release(3);
@@ -180,21 +195,21 @@ mod tests {
         }
         assert_eq!(w.tick(whole(&[])), Tick::default());
         assert!(w.may_hold(), "holds again after the re-check period");
-        w.hold(4);
+        w.hold(4, ());
         w.tick(whole(&[4]));
         let again = w.tick(whole(&[4]));
-        assert_eq!(again, Tick { decide_without_body: vec![4], say_not_delivered: false }, "said once");
+        assert_eq!(again, Tick { decide_without_body: vec![(4, ())], say_not_delivered: false }, "said once");
         w.reset();
         assert!(w.may_hold(), "a new config checks again at once");
-        w.hold(5);
+        w.hold(5, ());
         assert!(w.body(5), "a delivered body takes the conclusion back");
         assert!(!w.body(5));
     }
 
     #[test]
     fn a_body_that_is_not_whole_on_a_probe_starts_its_count_again() {
-        let mut w = Watchdog::default();
-        w.hold(1);
+        let mut w = Watchdog::<()>::default();
+        w.hold(1, ());
         w.tick(whole(&[1]));
         w.tick(whole(&[]));
         assert_eq!(w.tick(whole(&[1])), Tick::default(), "two probes in a row, not two in all");
@@ -202,9 +217,9 @@ mod tests {
 
     #[test]
     fn probes_are_bounded_per_tick_and_go_round() {
-        let mut w = Watchdog::default();
+        let mut w = Watchdog::<()>::default();
         for id in 0..100 {
-            w.hold(id);
+            w.hold(id, ());
         }
         let mut asked = 0;
         w.tick(|_| {
@@ -214,9 +229,9 @@ mod tests {
         assert_eq!(asked, PROBES_PER_TICK);
         // The one request Envoy holds whole is found in turn behind a crowd that sends nothing:
         // with one request it is probed every tick.
-        let mut w = Watchdog::default();
-        w.hold(1);
-        w.hold(99);
+        let mut w = Watchdog::<()>::default();
+        w.hold(1, ());
+        w.hold(99, ());
         let found = (0..10).find_map(|_| {
             let t = w.tick(whole(&[99]));
             t.say_not_delivered.then_some(t.decide_without_body.len())

@@ -59,9 +59,7 @@ impl Stream {
         self.awaiting_body = false;
         self.vm.borrow_mut().release(self.context_id);
         if let Some(active) = &self.active {
-            let vm = self.vm.borrow();
-            let host = WasmHost { active, body, body_pending: false, minted: &vm.minted };
-            self.out = apply(active, self.context_id, decide(&active.plan, &host));
+            self.out = decide_now(active, self.context_id, body, &self.vm.borrow().minted);
         }
         #[cfg(feature = "heap-stats")]
         super::heap::report();
@@ -96,8 +94,12 @@ fn readable_body_follows(end_of_stream: bool, max_bytes: usize) -> bool {
         return false;
     }
     let map = super::ffi::header_pairs(MapType::HttpRequestHeaders);
-    let header = |name: &[u8]| map.iter().find(|(k, _)| *k == name).map(|(_, v)| v);
-    body::readable(header(b"content-type"), header(b"content-encoding"), header(b"content-length"), max_bytes)
+    body::readable(
+        map.first(b"content-type"),
+        map.first(b"content-encoding"),
+        map.first(b"content-length"),
+        max_bytes,
+    )
 }
 
 impl Context for Stream {}
@@ -122,7 +124,7 @@ impl Drop for Stream {
 /// The decision for request `context_id` (the host's current context), applied: the routing
 /// header written (Envoy then selects the route again), the counters, the access log's rule,
 /// the guard told; returns what the response needs.
-pub(super) fn apply(active: &Active, context_id: u32, d: Decision) -> Outcome {
+fn apply(active: &Active, context_id: u32, d: Decision) -> Outcome {
     let plan = &active.plan;
     let version = d.version_name(plan);
     // Replaces every copy the client sent.
@@ -169,10 +171,16 @@ pub(super) fn apply(active: &Active, context_id: u32, d: Decision) -> Outcome {
     out
 }
 
-/// Decides request `context_id` without its body (the tick's call for a held request whose
-/// body Envoy does not deliver).
-pub(super) fn decide_without_body(active: &Active, context_id: u32, minted: &Cell<u64>) -> Outcome {
-    let host = WasmHost { active, body: None, body_pending: false, minted };
+/// Decides request `context_id` now and applies it (`body`: the size of its whole JSON body
+/// Envoy holds, or none: a held request whose body came whole or too long, or whose body Envoy
+/// does not deliver, the tick's call).
+pub(super) fn decide_now(
+    active: &Active,
+    context_id: u32,
+    body: Option<usize>,
+    minted: &Cell<u64>,
+) -> Outcome {
+    let host = WasmHost { active, body, body_pending: false, minted };
     apply(active, context_id, decide(&active.plan, &host))
 }
 
@@ -212,9 +220,7 @@ impl HttpContext for Stream {
                 // the routing header is set once the body says) until the body ends or
                 // max_bytes arrived.
                 self.awaiting_body = true;
-                let mut vm = vm.borrow_mut();
-                vm.watchdog.hold(self.context_id);
-                vm.held.push((self.context_id, active));
+                vm.borrow_mut().watchdog.hold(self.context_id, active);
                 Action::Pause
             }
         }

@@ -12,7 +12,7 @@ use proxy_wasm::types::{BufferType, ContextType, MapType, MetricType};
 
 use super::ffi::header_pairs;
 use super::guards::{self, Link, TICK_MS};
-use super::http::{decide_without_body, Stream};
+use super::http::{decide_now, Stream};
 use super::vm::{SharedVm, Vm};
 use crate::config::{self, Plan, WatchId};
 
@@ -162,29 +162,22 @@ pub(super) fn now_ns() -> i64 {
 /// On a tick: the watchdog's look at the held requests (once per tick however many root
 /// contexts this VM has); those it releases are decided without their body and resumed.
 fn check_held(vm: &SharedVm, now: i64) {
-    let (tick, stuck) = {
+    let tick = {
         let mut v = vm.borrow_mut();
         if now - v.last_check_ns < TICK_NS / 2 {
             return; // another root context of this VM checked at this tick
         }
         v.last_check_ns = now;
-        let tick = v.watchdog.tick(holds_whole_body);
-        let mut stuck = Vec::with_capacity(tick.decide_without_body.len());
-        for id in &tick.decide_without_body {
-            if let Some(i) = v.held.iter().position(|(h, _)| h == id) {
-                stuck.push(v.held.swap_remove(i));
-            }
-        }
-        (tick, stuck)
+        v.watchdog.tick(holds_whole_body)
     };
     if tick.say_not_delivered {
         log::error!(
             "graysplit: request bodies are not delivered to the filter: set allow_on_headers_stop_iteration: true in the Wasm filter's config (envoy.extensions.wasm.v3.PluginConfig); Envoy received the whole body of a held request and did not hand it over, so body conditions and body identities see no body for the next 60 s, then graysplit checks again"
         );
     }
-    for (id, active) in stuck {
+    for (id, active) in tick.decide_without_body {
         if hostcalls::set_effective_context(id).is_ok() {
-            let out = decide_without_body(&active, id, &vm.borrow().minted);
+            let out = decide_now(&active, id, None, &vm.borrow().minted);
             vm.borrow_mut().decided.push((id, out));
             let _ = hostcalls::resume_http_request();
         }
@@ -205,11 +198,8 @@ fn holds_whole_body(id: u32) -> bool {
         return false;
     };
     let map = header_pairs(MapType::HttpRequestHeaders);
-    let announced = map
-        .iter()
-        .find(|(k, _)| *k == b"content-length")
-        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<i64>().ok());
-    let received = total - i64::try_from(map.byte_size()).unwrap_or(i64::MAX);
+    let announced = map.first(b"content-length").and_then(crate::body::length);
+    let received = u64::try_from(total).unwrap_or(0).saturating_sub(map.byte_size() as u64);
     announced.is_some_and(|n| n > 0 && received >= n)
 }
 

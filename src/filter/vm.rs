@@ -20,10 +20,9 @@ pub(super) struct Vm {
     /// it). A gauge no live config defines any more (its rule or version gone) is set to 0, so
     /// a `graysplit_guard_tripped` of a removed rule does not stay 1 on a dashboard.
     pub gauges: Vec<(String, u32, usize)>,
-    /// Whether Envoy delivers bodies, and the requests held for theirs.
-    pub watchdog: Watchdog,
-    /// The config each held request is decided under (its root context may be replaced).
-    pub held: Vec<(u32, Rc<Active>)>,
+    /// Whether Envoy delivers bodies, and the requests held for theirs, each with the config it
+    /// is decided under (its root context may be replaced meanwhile).
+    pub watchdog: Watchdog<Rc<Active>>,
     /// Held requests the tick decided without their body, for their streams to pick up.
     pub decided: Vec<(u32, Outcome)>,
     /// When held requests were last checked (Unix ns): each root context with a tick calls the
@@ -56,6 +55,5 @@ impl Vm {
     /// Request `context_id` is no longer held.
     pub fn release(&mut self, context_id: u32) {
         self.watchdog.release(context_id);
-        self.held.retain(|(id, _)| *id != context_id);
     }
 }

@@ -76,6 +76,11 @@ impl HeaderPairs {
         (0..self.pairs.len()).filter_map(|i| self.get(i))
     }
 
+    /// The first value of header `name`.
+    pub fn first(&self, name: &[u8]) -> Option<&[u8]> {
+        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+
     /// The bytes of names and values, as Envoy counts a header map's size (`byteSize()`).
     pub fn byte_size(&self) -> usize {
         self.pairs.iter().map(|(k, v)| k.len() + v.len()).sum()
