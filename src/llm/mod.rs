@@ -1,0 +1,404 @@
+//! Reading the answers of LLM APIs as they pass (DESIGN.md "Reading LLM answers"), sans-I/O:
+//! the glue feeds each response body chunk to a [`Reader`] and, when the response ends, takes
+//! its [`Answer`]: the token counts the format reported, whether and when the first token came,
+//! and how the answer ended. Nothing here holds, changes or delays a byte; the reader keeps at
+//! most `max_event_bytes` of the answer (one SSE event, or a whole JSON answer) to read it.
+//!
+//! Formats are told apart by their shape, event by event ([`shape`]): OpenAI chat completions
+//! and completions, the OpenAI Responses API, Anthropic Messages, Dify's app API.
+
+mod shape;
+pub mod sse;
+
+use shape::{Shape, Usage};
+use sse::{Event, Splitter};
+
+/// How an answer ended (DESIGN.md): the label `finish` of `graysplit_llm_answers_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Finish {
+    Stop,
+    Length,
+    ToolCalls,
+    ContentFilter,
+    Error,
+    /// The stream ended, or was reset, before its final event.
+    Aborted,
+    /// Nothing recognised.
+    Unknown,
+}
+
+impl Finish {
+    pub const ALL: [Finish; 7] = [
+        Finish::Stop,
+        Finish::Length,
+        Finish::ToolCalls,
+        Finish::ContentFilter,
+        Finish::Error,
+        Finish::Aborted,
+        Finish::Unknown,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+            Finish::ToolCalls => "tool_calls",
+            Finish::ContentFilter => "content_filter",
+            Finish::Error => "error",
+            Finish::Aborted => "aborted",
+            Finish::Unknown => "unknown",
+        }
+    }
+
+    /// Its index in [`Finish::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn parse(s: &str) -> Option<Finish> {
+        Finish::ALL.into_iter().find(|f| f.name() == s)
+    }
+
+    /// OpenAI's `finish_reason`.
+    fn from_openai(s: &str) -> Finish {
+        match s {
+            "stop" => Finish::Stop,
+            "length" => Finish::Length,
+            "tool_calls" | "function_call" => Finish::ToolCalls,
+            "content_filter" => Finish::ContentFilter,
+            _ => Finish::Unknown,
+        }
+    }
+
+    /// Anthropic's `stop_reason`.
+    fn from_anthropic(s: &str) -> Finish {
+        match s {
+            "end_turn" | "stop_sequence" => Finish::Stop,
+            "max_tokens" => Finish::Length,
+            "tool_use" => Finish::ToolCalls,
+            "refusal" => Finish::ContentFilter,
+            _ => Finish::Unknown,
+        }
+    }
+
+    /// The Responses API's `status` (and `incomplete_details.reason` when incomplete).
+    fn from_responses(status: &str, reason: Option<&str>) -> Finish {
+        match status {
+            "completed" => Finish::Stop,
+            "incomplete" if reason == Some("content_filter") => Finish::ContentFilter,
+            "incomplete" => Finish::Length,
+            "failed" | "cancelled" => Finish::Error,
+            _ => Finish::Unknown,
+        }
+    }
+}
+
+/// Token counts of one answer, each as its format reported it (none where it said nothing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tokens {
+    pub input: Option<u64>,
+    pub output: Option<u64>,
+    pub cached: Option<u64>,
+    pub reasoning: Option<u64>,
+}
+
+impl Tokens {
+    /// The counts by kind, in the order of the metric's `kind` label: input, output, cached,
+    /// reasoning.
+    pub fn by_kind(&self) -> [Option<u64>; 4] {
+        [self.input, self.output, self.cached, self.reasoning]
+    }
+
+    /// Takes what `u` reports; a later report of a count replaces the earlier one (Anthropic's
+    /// `message_delta` counts are cumulative: the last value counts).
+    fn take(&mut self, u: &Usage) {
+        let details =
+            |d: &shape::Maybe<shape::Details>, f: fn(&shape::Details) -> Option<u64>| d.as_ref().and_then(f);
+        let set = |slot: &mut Option<u64>, v: Option<u64>| {
+            if v.is_some() {
+                *slot = v;
+            }
+        };
+        set(&mut self.input, u.prompt_tokens.0.or(u.input_tokens.0));
+        set(&mut self.output, u.completion_tokens.0.or(u.output_tokens.0));
+        set(
+            &mut self.cached,
+            details(&u.prompt_tokens_details, |d| d.cached_tokens.0)
+                .or_else(|| details(&u.input_tokens_details, |d| d.cached_tokens.0))
+                .or(u.cache_read_input_tokens.0),
+        );
+        set(
+            &mut self.reasoning,
+            details(&u.completion_tokens_details, |d| d.reasoning_tokens.0)
+                .or_else(|| details(&u.output_tokens_details, |d| d.reasoning_tokens.0)),
+        );
+    }
+}
+
+/// What an answer did: what the access log's `graysplit_llm` and the metrics show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    pub tokens: Tokens,
+    pub finish: Finish,
+}
+
+impl Answer {
+    /// The access log's `graysplit_llm`: `in=<n> out=<n> cached=<n> reasoning=<n>
+    /// first_token_ms=<n> finish=<kind>`, absent parts left out.
+    pub fn log_line(&self, first_token_ms: Option<u64>) -> String {
+        use std::fmt::Write;
+        let mut s = String::with_capacity(80);
+        let t = &self.tokens;
+        for (name, v) in
+            [("in", t.input), ("out", t.output), ("cached", t.cached), ("reasoning", t.reasoning)]
+                .into_iter()
+                .chain(std::iter::once(("first_token_ms", first_token_ms)))
+        {
+            if let Some(v) = v {
+                let _ = write!(s, "{name}={v} ");
+            }
+        }
+        s.push_str("finish=");
+        s.push_str(self.finish.name());
+        s
+    }
+}
+
+/// How the response body is framed: its `content-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `application/json`: one JSON answer.
+    Json,
+    /// `text/event-stream`: server-sent events.
+    Sse,
+}
+
+impl Framing {
+    /// The framing of a response with `content_type` and `content_encoding`: none for anything
+    /// else, or an encoded body (DESIGN.md: only `application/json` and `text/event-stream`
+    /// without `content-encoding` are read).
+    pub fn of(content_type: Option<&[u8]>, content_encoding: Option<&[u8]>) -> Option<Framing> {
+        if content_encoding.is_some_and(|e| !e.trim_ascii().eq_ignore_ascii_case(b"identity")) {
+            return None;
+        }
+        let ct = content_type?;
+        let essence = ct.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
+        if essence.eq_ignore_ascii_case(b"application/json") {
+            Some(Framing::Json)
+        } else if essence.eq_ignore_ascii_case(b"text/event-stream") {
+            Some(Framing::Sse)
+        } else {
+            None
+        }
+    }
+}
+
+/// One answer being read.
+#[derive(Debug)]
+pub struct Reader {
+    framing: Framing,
+    max: usize,
+    /// SSE: the event stream; JSON: none.
+    sse: Option<Splitter>,
+    /// JSON: the answer so far (up to `max`).
+    json: Vec<u8>,
+    /// JSON: the answer grew past `max`.
+    json_over: bool,
+    tokens: Tokens,
+    finish: Option<Finish>,
+    /// Some event of a known format was read (else the answer is `unknown`, never `aborted`).
+    recognised: bool,
+    /// The format's final event came.
+    done: bool,
+    first_token: bool,
+}
+
+impl Reader {
+    pub fn new(framing: Framing, max_event_bytes: usize) -> Self {
+        Reader {
+            framing,
+            max: max_event_bytes,
+            sse: (framing == Framing::Sse).then(|| Splitter::new(max_event_bytes)),
+            json: Vec::new(),
+            json_over: false,
+            tokens: Tokens::default(),
+            finish: None,
+            recognised: false,
+            done: false,
+            first_token: false,
+        }
+    }
+
+    /// Reads the next piece of the body. True when the answer's first token came with it (once
+    /// per answer): for SSE the first event carrying output text or a tool call, for JSON the
+    /// first body byte.
+    pub fn feed(&mut self, chunk: &[u8]) -> bool {
+        let had = self.first_token;
+        match self.sse.take() {
+            Some(mut s) => {
+                s.feed(chunk, |e| self.event(e));
+                self.sse = Some(s);
+            }
+            None => {
+                if chunk.is_empty() {
+                    return false;
+                }
+                self.first_token = true;
+                if !self.json_over {
+                    if self.json.len() + chunk.len() > self.max {
+                        self.json_over = true;
+                        self.json = Vec::new();
+                    } else {
+                        self.json.extend_from_slice(chunk);
+                    }
+                }
+            }
+        }
+        !had && self.first_token
+    }
+
+    /// The answer ended: `clean` when the body ended (else the stream was reset), `status` its
+    /// HTTP status.
+    pub fn end(mut self, clean: bool, status: Option<u16>) -> Answer {
+        if self.framing == Framing::Json && !self.json_over && clean {
+            let json = std::mem::take(&mut self.json);
+            self.json_answer(&json);
+        }
+        let finish = if status.is_some_and(|s| s >= 500) {
+            Finish::Error
+        } else if match self.framing {
+            // A JSON answer cut short; a stream of a known format without its final event.
+            Framing::Json => !clean,
+            Framing::Sse => self.recognised && !self.done,
+        } {
+            Finish::Aborted
+        } else {
+            self.finish.unwrap_or(Finish::Unknown)
+        };
+        Answer { tokens: self.tokens, finish }
+    }
+
+    /// A JSON answer, whole: an OpenAI chat completion or completion, a Responses API response,
+    /// an Anthropic message, a Dify blocking answer.
+    fn json_answer(&mut self, json: &[u8]) {
+        let Ok(s) = serde_json::from_slice::<Shape<'_>>(json) else { return };
+        if let Some(u) = s.usage.as_ref() {
+            self.tokens.take(u);
+        }
+        if let Some(c) = s.choices.as_ref() {
+            self.finish = c.finish_reason;
+        } else if s.object.is("response") {
+            let reason = s.incomplete_details.as_ref().and_then(|d| d.reason.get());
+            self.finish = s.status.get().map(|st| Finish::from_responses(st, reason));
+        } else if s.kind.is("message") {
+            self.finish = s.stop_reason.get().map(Finish::from_anthropic);
+        } else if matches!(s.event.get(), Some("message" | "agent_message" | "message_end")) {
+            if let Some(u) = s.metadata.as_ref().and_then(|m| m.usage.as_ref()) {
+                self.tokens.take(u);
+            }
+            self.finish = Some(Finish::Stop);
+        }
+    }
+
+    fn event(&mut self, e: Event<'_>) {
+        let Event::Data { name, data } = e else { return };
+        if data == b"[DONE]" {
+            // OpenAI's end of stream.
+            self.recognised = true;
+            self.done = true;
+            return;
+        }
+        let Ok(s) = serde_json::from_slice::<Shape<'_>>(data) else { return };
+        // The event's type: Anthropic and the Responses API write it in the data too; Dify in
+        // the data only.
+        let kind = s.kind.get().or(s.event.get()).or_else(|| std::str::from_utf8(name).ok());
+        if let Some(u) = s.usage.as_ref() {
+            self.tokens.take(u);
+        }
+        if let Some(c) = s.choices.as_ref() {
+            // OpenAI chat completion and completion chunks.
+            self.recognised = true;
+            self.first_token |= c.output;
+            if c.finish_reason.is_some() {
+                self.finish = c.finish_reason;
+            }
+            return;
+        }
+        match kind.unwrap_or_default() {
+            // Anthropic Messages.
+            "message_start" => {
+                self.recognised = true;
+                if let Some(u) = s.message.as_ref().and_then(|m| m.usage.as_ref()) {
+                    self.tokens.take(u);
+                }
+            }
+            "content_block_start" => {
+                self.recognised = true;
+                if let Some(b) = s.content_block.as_ref() {
+                    self.first_token |=
+                        matches!(b.kind.get(), Some("tool_use" | "server_tool_use")) || b.text.0;
+                }
+            }
+            "content_block_delta" => {
+                self.recognised = true;
+                self.first_token |= s.delta.as_ref().is_some_and(|d| d.output);
+            }
+            "message_delta" => {
+                self.recognised = true;
+                if let Some(r) = s.delta.as_ref().and_then(|d| d.stop_reason.get()) {
+                    self.finish = Some(Finish::from_anthropic(r));
+                }
+            }
+            "message_stop" => {
+                self.recognised = true;
+                self.done = true;
+            }
+            // Anthropic's and the Responses API's error event; Dify's.
+            "error" => {
+                self.recognised = true;
+                self.finish = Some(Finish::Error);
+                self.done = true;
+            }
+            // The Responses API.
+            "response.output_text.delta"
+            | "response.refusal.delta"
+            | "response.function_call_arguments.delta" => {
+                self.recognised = true;
+                self.first_token |= s.delta.as_ref().is_some_and(|d| d.output);
+            }
+            "response.output_item.added" => {
+                self.recognised = true;
+                self.first_token |= s.item.as_ref().is_some_and(|i| i.kind.is("function_call"));
+            }
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                self.recognised = true;
+                self.done = true;
+                if let Some(r) = s.response.as_ref() {
+                    if let Some(u) = r.usage.as_ref() {
+                        self.tokens.take(u);
+                    }
+                    let reason = r.incomplete_details.as_ref().and_then(|d| d.reason.get());
+                    self.finish = r.status.get().map(|st| Finish::from_responses(st, reason));
+                }
+            }
+            k if k.starts_with("response.") => self.recognised = true,
+            // Dify's app API.
+            "message" | "agent_message" => {
+                self.recognised = true;
+                self.first_token |= s.answer.0;
+            }
+            "message_end" => {
+                self.recognised = true;
+                self.done = true;
+                if let Some(u) = s.metadata.as_ref().and_then(|m| m.usage.as_ref()) {
+                    self.tokens.take(u);
+                }
+                self.finish = Some(Finish::Stop);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
