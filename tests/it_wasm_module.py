@@ -3,14 +3,15 @@ graysplit is built on the proxy-wasm SDK (0.2.5), which exports every callback o
 Envoy calls each exported one on every request (README, Benchmarks: the SDK's no-op (g) against
 (f)). The size budget: issue #9 set 400 KiB for the move onto the SDK and serde (325,643 bytes
 then); schedules and guards (issue #10) and claims, bodies and pins (issue #11: prost, hmac,
-sha2, serde_json's Value) brought it to about 460 KB, so it is 512 KiB now (README, Size)."""
+sha2, serde_json's Value) brought it to about 460 KB, then 512 KiB; v3's answer readers (issue #17)
+took it past that (555 KB), and the budget is now the product's own, 640 KiB (README, Size)."""
 
 from __future__ import annotations
 
 from harness import WASM
 
-# The release build's size budget, in bytes (512 KiB).
-SIZE_BUDGET = 512 * 1024
+# The release build's size budget, in bytes (640 KiB).
+SIZE_BUDGET = 640 * 1024
 
 # What Envoy needs of a proxy-wasm module at start and on every request: the ABI marker, the
 # WASI reactor entry, the allocator the host hands values back with, and the callbacks graysplit

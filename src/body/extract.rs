@@ -81,12 +81,22 @@ impl Pointers {
     /// The fields of `body` the pointers name, by pointer index; `None` for a body that is not
     /// one UTF-8 JSON document (then every field is absent).
     pub fn extract(&self, body: &[u8]) -> Option<Vec<Option<Field>>> {
-        let text = std::str::from_utf8(body).ok()?;
-        let mut out = vec![None; self.list.len()];
+        let mut out = Vec::new();
+        self.extract_into(body, &mut out).then_some(out)
+    }
+
+    /// [`Pointers::extract`] into `out` (its room kept from one body to the next): false, and
+    /// every field absent, for a body that is not one UTF-8 JSON document.
+    pub fn extract_into(&self, body: &[u8], out: &mut Vec<Option<Field>>) -> bool {
+        out.clear();
+        out.resize(self.list.len(), None);
+        let Ok(text) = std::str::from_utf8(body) else { return false };
         let mut de = serde_json::Deserializer::from_str(text);
-        At { node: &self.root, out: &mut out }.deserialize(&mut de).ok()?;
-        de.end().ok()?;
-        Some(out)
+        let ok = At { node: &self.root, out: &mut *out }.deserialize(&mut de).is_ok() && de.end().is_ok();
+        if !ok {
+            out.iter_mut().for_each(|f| *f = None);
+        }
+        ok
     }
 }
 

@@ -142,6 +142,7 @@ pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
         }
     }
     let has_identity = !identity.is_empty() || sticky.is_some();
+    let llm = raw.llm.map(|Obj(l)| compile_llm(l)).transpose()?;
 
     // Rules, first pass: everything but metrics, so every version is known before the
     // override's metrics are named.
@@ -197,7 +198,7 @@ pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
                 let mut split = compile_split(&mut b, i, split, salt)?;
                 if let Some(Obj(g)) = guard {
                     split.guard = Some(guards.len());
-                    guards.push(compile_guard(i, rules.len(), g)?);
+                    guards.push(compile_guard(i, rules.len(), g, llm.is_some())?);
                 }
                 Action::Split(split)
             }
@@ -276,6 +277,32 @@ pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
         None => None,
     };
 
+    // With `llm`, every (rule, version) a decision can produce has its answer metrics too.
+    let mut histograms = Vec::new();
+    let mut answers = Vec::new();
+    if llm.is_some() {
+        let decided: Vec<(MetricId, String)> = b
+            .metrics
+            .iter()
+            .enumerate()
+            .filter_map(|(m, n)| Some((m, n.strip_prefix("graysplit_decisions_total.")?.to_string())))
+            .collect();
+        answers.resize(b.metrics.len(), None);
+        for (m, labels) in decided {
+            let mut counter =
+                |family: &str, tail: &str| intern(&mut b.metrics, &format!("{family}.{labels}.{tail}"));
+            let tokens = ["input", "output", "cached", "reasoning"]
+                .map(|k| counter("graysplit_llm_tokens_total", &format!("kind.{k}")));
+            let finishes = crate::llm::Finish::ALL
+                .map(|f| counter("graysplit_llm_answers_total", &format!("finish.{}", f.name())));
+            let first_token_ms = intern(&mut histograms, &format!("graysplit_llm_first_token_ms.{labels}"));
+            let output_tokens = intern(&mut histograms, &format!("graysplit_llm_output_tokens.{labels}"));
+            if let Some(slot) = answers.get_mut(m) {
+                *slot = Some(AnswerMetrics { tokens, finishes, first_token_ms, output_tokens });
+            }
+        }
+    }
+
     let conds = || rules.iter().flat_map(|r| &r.when);
     let reads_claims = identity.iter().any(|s| matches!(s, IdSource::Claim(_)))
         || conds().any(|c| matches!(c, Cond::Claim(..)));
@@ -340,6 +367,9 @@ pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
     let reads_cookies = read.contains(&"cookie");
     let cookie_slot = reads_cookies.then(|| b.slot("cookie"));
     Ok(Plan {
+        llm,
+        histograms,
+        answers,
         read_whole_map,
         route_header,
         response_header,
@@ -680,13 +710,65 @@ fn check_split_sum(i: usize, entries: &[Entry]) -> Result<(), ConfigError> {
     Ok(())
 }
 
+const MAX_EVENT_BYTES: std::ops::RangeInclusive<u64> = 4096..=1_048_576;
+
+/// `llm` (DESIGN.md "Reading LLM answers").
+fn compile_llm(l: RawLlm) -> Result<LlmSpec, ConfigError> {
+    let max = l.max_event_bytes.unwrap_or(65_536);
+    if !MAX_EVENT_BYTES.contains(&max) {
+        return Err(ConfigError::new(
+            "llm.max_event_bytes",
+            format!(
+                "must be between {} and {} bytes, got {max}",
+                MAX_EVENT_BYTES.start(),
+                MAX_EVENT_BYTES.end()
+            ),
+        ));
+    }
+    let mut paths = Vec::new();
+    match l.paths {
+        Some(list) if list.is_empty() => {
+            return Err(ConfigError::new(
+                "llm.paths",
+                "must not be empty (leave `paths` out to read the answers of every path)",
+            ))
+        }
+        Some(list) => {
+            for (k, p) in list.into_iter().enumerate() {
+                if !p.starts_with('/') {
+                    return Err(ConfigError::new(
+                        format!("llm.paths[{k}]"),
+                        format!("must be a path prefix starting with \"/\", got {}", quote(&p)),
+                    ));
+                }
+                paths.push(p.into_bytes().into_boxed_slice());
+            }
+        }
+        None => {}
+    }
+    Ok(LlmSpec { paths, max_event_bytes: max as usize })
+}
+
 const MIN_REQUESTS: std::ops::RangeInclusive<u64> = 1..=1_000_000;
+const FIRST_TOKEN_MS: std::ops::RangeInclusive<u64> = 1..=600_000;
 const WINDOW_S: std::ops::RangeInclusive<u64> = 5..=3600;
 const SLOW_MS: std::ops::RangeInclusive<u64> = 1..=600_000;
 
 /// `rules[].guard` (DESIGN.md "Guards").
-fn compile_guard(i: usize, rule: usize, g: RawGuard) -> Result<Guard, ConfigError> {
+fn compile_guard(i: usize, rule: usize, g: RawGuard, llm: bool) -> Result<Guard, ConfigError> {
     let at = |field: &str| format!("rules[{i}].guard.{field}");
+    for (field, set) in [
+        ("first_token_ms", g.first_token_ms.is_some()),
+        ("finishes", g.finishes.is_some()),
+        ("max_output_ratio", g.max_output_ratio.is_some()),
+    ] {
+        if set && !llm {
+            return Err(ConfigError::new(
+                at(field),
+                "needs `llm` (answers are read only in a config with `llm`: add \"llm\": {})",
+            ));
+        }
+    }
     let max_error_bp = percent_to_basis_points(g.max_error_percent)
         .map_err(|e| ConfigError::new(at("max_error_percent"), e))?;
     if max_error_bp == 0 {
@@ -747,15 +829,78 @@ fn compile_guard(i: usize, rule: usize, g: RawGuard) -> Result<Guard, ConfigErro
             }
         }
     }
+    let first_token_ms = match g.first_token_ms {
+        Some(ms) => Some(in_range("first_token_ms", Some(ms), 0, FIRST_TOKEN_MS)? as u32),
+        None => None,
+    };
+    let mut finishes = 0u8;
+    match g.finishes {
+        None => {
+            for f in [crate::llm::Finish::Error, crate::llm::Finish::Aborted] {
+                finishes |= 1 << f.index();
+            }
+        }
+        Some(list) => {
+            for (k, name) in list.iter().enumerate() {
+                match crate::llm::Finish::parse(name) {
+                    Some(f) => finishes |= 1 << f.index(),
+                    None => {
+                        let names: Vec<&str> = crate::llm::Finish::ALL.iter().map(|f| f.name()).collect();
+                        return Err(ConfigError::new(
+                            format!("rules[{i}].guard.finishes[{k}]"),
+                            format!("must be one of {}, got {}", names.join(", "), quote(name)),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let max_output_ratio = match g.max_output_ratio {
+        Some(r) => {
+            let centi = (r * 100.0).round();
+            if !(1.01..=100.0).contains(&r) {
+                return Err(ConfigError::new(
+                    at("max_output_ratio"),
+                    format!("must be between 1.01 and 100, got {}", fmt_num(r)),
+                ));
+            }
+            if centi / 100.0 != r {
+                return Err(ConfigError::new(
+                    at("max_output_ratio"),
+                    format!("at most two decimals are allowed, got {}", fmt_num(r)),
+                ));
+            }
+            Some(centi as u32)
+        }
+        None => None,
+    };
     let codes: Vec<String> = statuses.codes.iter().map(u16::to_string).collect();
-    let fingerprint = format!(
+    let mut fingerprint = format!(
         "max_error_bp={max_error_bp} min_requests={min_requests} window_s={window_s} statuses={}{}{} slow_ms={} attempt={attempt}",
         if statuses.any_5xx { "5xx," } else { "" },
         if statuses.any_4xx { "4xx," } else { "" },
         codes.join(","),
         slow_ms.map_or("-".to_string(), |m| m.to_string()),
     );
+    if llm {
+        // Answers count by these too (a v2 guard's fingerprint is unchanged without `llm`).
+        let names: Vec<&str> = crate::llm::Finish::ALL
+            .iter()
+            .filter(|f| finishes & (1 << f.index()) != 0)
+            .map(|f| f.name())
+            .collect();
+        fingerprint.push_str(&format!(
+            " answers first_token_ms={} finishes={} max_output_ratio={}",
+            first_token_ms.map_or("-".to_string(), |m| m.to_string()),
+            names.join(","),
+            max_output_ratio.map_or("-".to_string(), fmt_bp),
+        ));
+    }
     Ok(Guard {
+        answers: llm,
+        first_token_ms,
+        finishes,
+        max_output_ratio,
         rule,
         max_error_bp,
         min_requests: min_requests as u32,

@@ -17,6 +17,8 @@ pub type HeaderSlot = usize;
 pub type GaugeId = usize;
 /// Index into [`Plan::guards`].
 pub type GuardId = usize;
+/// Index into [`Plan::histograms`].
+pub type HistogramId = usize;
 /// Index into [`Plan::watches`]: one version of a guarded rule, whose responses its guard counts.
 pub type WatchId = usize;
 
@@ -65,6 +67,13 @@ pub struct Plan {
     pub pin: Option<PinSpec>,
     /// Lower-case names of the request headers the plan reads (pseudo-headers included).
     pub headers: Vec<String>,
+    /// When the plan reads the answers of LLM APIs (else no response body is ever looked at).
+    pub llm: Option<LlmSpec>,
+    /// Raw histogram names, defined by the glue in this order (configs with `llm`).
+    pub histograms: Vec<String>,
+    /// With `llm`, per decision metric (by [`MetricId`]: `None` for other metrics): the answer
+    /// metrics of that rule and version.
+    pub answers: Vec<Option<AnswerMetrics>>,
     pub(crate) identity: Vec<IdSource>,
     pub(crate) sticky: Option<Sticky>,
     pub(crate) override_: Option<Override>,
@@ -88,6 +97,33 @@ pub(crate) enum IdSource {
     Claim(Box<str>),
     /// An RFC 6901 pointer into a JSON request body.
     Body(Box<str>),
+}
+
+/// Reading LLM answers (DESIGN.md "Reading LLM answers").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LlmSpec {
+    /// Path prefixes whose answers are read; empty: every path.
+    pub paths: Vec<Box<[u8]>>,
+    pub max_event_bytes: usize,
+}
+
+impl LlmSpec {
+    /// Whether the answer to a request for `path` is read.
+    pub fn reads(&self, path: &[u8]) -> bool {
+        self.paths.is_empty() || self.paths.iter().any(|p| path.starts_with(p))
+    }
+}
+
+/// The answer metrics of one rule and version (DESIGN.md "Observability", v3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnswerMetrics {
+    /// `graysplit_llm_tokens_total...kind.<input|output|cached|reasoning>`.
+    pub tokens: [MetricId; 4],
+    /// `graysplit_llm_answers_total...finish.<kind>`, by [`crate::llm::Finish::index`].
+    pub finishes: [MetricId; 7],
+    /// `graysplit_llm_first_token_ms...` and `graysplit_llm_output_tokens...`.
+    pub first_token_ms: HistogramId,
+    pub output_tokens: HistogramId,
 }
 
 /// Reading JSON request bodies (DESIGN.md "JSON request bodies").
@@ -239,6 +275,14 @@ pub struct Guard {
     pub statuses: Statuses,
     pub slow_ms: Option<u32>,
     pub attempt: u64,
+    /// The plan reads answers (`llm`): the guard counts answers at their end, with the fields
+    /// below.
+    pub answers: bool,
+    pub first_token_ms: Option<u32>,
+    /// The endings that count as errors, a bit per [`crate::llm::Finish::index`].
+    pub finishes: u8,
+    /// `max_output_ratio` in hundredths.
+    pub max_output_ratio: Option<u32>,
     /// Every field of the guard as written, canonical: a config whose guard for the rule has
     /// the same fingerprint keeps its trips; another fingerprint re-arms it.
     pub fingerprint: String,
@@ -251,6 +295,13 @@ pub struct Statuses {
     pub any_4xx: bool,
     /// Single codes, sorted.
     pub codes: Vec<u16>,
+}
+
+impl Guard {
+    /// Whether an answer that ended `finish` counts as an error.
+    pub fn finish_is_error(&self, finish: crate::llm::Finish) -> bool {
+        self.answers && self.finishes & (1 << finish.index()) != 0
+    }
 }
 
 impl Statuses {

@@ -45,6 +45,15 @@ pub struct RawConfig {
     pub claims: Option<Obj<RawClaims>>,
     pub body: Option<Obj<RawBody>>,
     pub session_pin: Option<Obj<RawPin>>,
+    pub llm: Option<Obj<RawLlm>>,
+}
+
+/// `llm`: which answers are read, and how much of one event (or JSON answer) is kept to read it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLlm {
+    pub paths: Option<Vec<String>>,
+    pub max_event_bytes: Option<u64>,
 }
 
 /// `claims`: where `jwt_authn` left the verified payload (its `payload_in_metadata`).
@@ -120,7 +129,7 @@ pub struct RawRule {
 }
 
 /// DESIGN.md "Guards": `{"max_error_percent", "min_requests", "window_s", "statuses",
-/// "slow_ms", "attempt"}`.
+/// "slow_ms", "attempt"}`, and v3's `first_token_ms`, `finishes`, `max_output_ratio`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawGuard {
@@ -130,6 +139,10 @@ pub struct RawGuard {
     pub statuses: Option<Vec<RawStatus>>,
     pub slow_ms: Option<u64>,
     pub attempt: Option<u64>,
+    // v3, with `llm`: guards on answers.
+    pub first_token_ms: Option<u64>,
+    pub finishes: Option<Vec<String>>,
+    pub max_output_ratio: Option<f64>,
 }
 
 /// A `guard.statuses` item: `"5xx"`, `"4xx"` (a class) or a status code. Read by a visitor of

@@ -14,7 +14,8 @@ use proxy_wasm::types::Status;
 
 use super::root::now_ns;
 use crate::config::{Guard, Plan};
-use crate::guard::{self, RuleState, Tally};
+use crate::guard::{self, Cause, Counts, RuleState, Tally};
+use crate::llm::Answer;
 use crate::text::fmt_num;
 
 /// How often every worker flushes its counts and reads the others' trips: a trip reaches every
@@ -147,21 +148,60 @@ impl Book {
         self.tripped.get(version).copied().unwrap_or(false)
     }
 
-    /// A guarded request of `version` was decided: with `slow_ms`, it waits for its response
-    /// headers from now on.
-    pub(super) fn start(&mut self, context_id: u32, version: usize) {
-        if self.guard.slow_ms.is_some() {
-            self.tally.start(context_id, version, now_ns());
+    /// A guarded request of `version` was decided (`answer`: its answer will be read): with
+    /// `slow_ms`, it waits for its response headers from now on; with `first_token_ms`, an
+    /// answer waits for its first token.
+    pub(super) fn start(&mut self, context_id: u32, version: usize, answer: bool) {
+        let token = answer && self.guard.first_token_ms.is_some();
+        if self.guard.slow_ms.is_some() || token {
+            self.tally.start(context_id, version, now_ns(), token);
         }
+    }
+
+    fn is_error_status(&self, status: Option<u16>) -> bool {
+        status.is_some_and(|s| self.guard.statuses.is_error(s))
+    }
+
+    fn slow_ns(&self) -> Option<i64> {
+        self.guard.slow_ms.map(|ms| i64::from(ms) * 1_000_000)
     }
 
     /// Its response headers came with `status`: an error when the status is one of the guard's
     /// `statuses` (Envoy's own local replies included), or when they came later than `slow_ms`.
     pub(super) fn count_response(&mut self, context_id: u32, version: usize, status: Option<u16>) {
-        let error = status.is_some_and(|s| self.guard.statuses.is_error(s));
-        let slow_ns = self.guard.slow_ms.map(|ms| i64::from(ms) * 1_000_000);
+        let error = self.is_error_status(status);
+        let slow_ns = self.slow_ns();
         let now = if slow_ns.is_some() { now_ns() } else { 0 };
         self.tally.count(context_id, version, error, now, slow_ns);
+    }
+
+    /// The response headers of an answer the guard counts at its end came.
+    pub(super) fn answer_headers(&mut self, context_id: u32) {
+        if let Some(slow) = self.slow_ns() {
+            self.tally.headers(context_id, now_ns(), Some(slow));
+        }
+    }
+
+    /// The answer's first token came at `now`.
+    pub(super) fn first_token(&mut self, context_id: u32, now: i64) {
+        let limit = self.guard.first_token_ms.map(|ms| i64::from(ms) * 1_000_000);
+        if limit.is_some() {
+            self.tally.first_token(context_id, now, limit);
+        }
+    }
+
+    /// The answer ended: one response, an error by its status, its ending, or lateness (one
+    /// error however many of these); its output tokens for `max_output_ratio`.
+    pub(super) fn count_answer(
+        &mut self,
+        context_id: u32,
+        version: usize,
+        status: Option<u16>,
+        answer: &Answer,
+    ) {
+        let error = self.is_error_status(status) || self.guard.finish_is_error(answer.finish);
+        let output = if self.guard.max_output_ratio.is_some() { answer.tokens.output } else { None };
+        self.tally.count_answer(context_id, version, error, output);
     }
 
     pub(super) fn forget(&mut self, context_id: u32) {
@@ -171,7 +211,7 @@ impl Book {
     /// Adds this VM's counts to the shared value (compare-and-swap), trips what the condition
     /// says, and refreshes what this VM knows of the others' trips.
     pub(super) fn flush(&mut self, now_ns: i64) {
-        self.tally.count_overdue(now_ns, self.guard.slow_ms);
+        self.tally.count_overdue(now_ns, self.guard.slow_ms, self.guard.first_token_ms);
         if self.tally.is_empty() {
             // Nothing to add: only learn the others' trips.
             if let Ok((Some(bytes), _)) = hostcalls::get_shared_data(&self.key) {
@@ -189,8 +229,8 @@ impl Book {
                 .as_deref()
                 .and_then(RuleState::decode)
                 .unwrap_or_else(|| RuleState::new(&self.guard.fingerprint));
-            let counted: Vec<(&str, u32, u32)> =
-                self.tally.versions().iter().zip(&taken).map(|(v, (t, e))| (v.as_str(), *t, *e)).collect();
+            let counted: Vec<(&str, Counts)> =
+                self.tally.versions().iter().zip(&taken).map(|(v, c)| (v.as_str(), *c)).collect();
             let Some((next, trips)) = guard::flush(&base, &self.guard, &self.stable, &counted, now_ns) else {
                 // Another guard owns the value now (a newer config re-armed it): these counts
                 // were the old guard's.
@@ -199,9 +239,9 @@ impl Book {
             match hostcalls::set_shared_data(&self.key, Some(&next.encode()), cas) {
                 Ok(()) => {
                     self.set_state(&next);
-                    for (i, (t, e)) in taken.iter().enumerate() {
-                        add(self.ok_ids.get(i), t - e);
-                        add(self.error_ids.get(i), *e);
+                    for (i, c) in taken.iter().enumerate() {
+                        add(self.ok_ids.get(i), c.total - c.errors);
+                        add(self.error_ids.get(i), c.errors);
                     }
                     for t in trips {
                         self.report(&t);
@@ -219,19 +259,39 @@ impl Book {
 
     /// The worker whose write tripped a version says so, once: the log line and the counter.
     fn report(&self, t: &guard::NewTrip) {
-        let percent =
-            if t.total == 0 { 0.0 } else { (t.errors as f64 * 10_000.0 / t.total as f64).round() / 100.0 };
-        log::error!(
-            "graysplit: guard tripped: rule {}, version {}: {} of {} responses were errors ({}%) in the last {} s, limit {}%; its users go to {}",
-            self.rule,
-            t.version,
-            t.errors,
-            t.total,
-            fmt_num(percent),
-            self.guard.window_s,
-            fmt_num(f64::from(self.guard.max_error_bp) / 100.0),
-            self.stable
-        );
+        match t.cause {
+            Cause::Errors { errors, total } => {
+                let percent =
+                    if total == 0 { 0.0 } else { (errors as f64 * 10_000.0 / total as f64).round() / 100.0 };
+                log::error!(
+                    "graysplit: guard tripped: rule {}, version {}: {} of {} responses were errors ({}%) in the last {} s, limit {}%; its users go to {}",
+                    self.rule,
+                    t.version,
+                    errors,
+                    total,
+                    fmt_num(percent),
+                    self.guard.window_s,
+                    fmt_num(f64::from(self.guard.max_error_bp) / 100.0),
+                    self.stable
+                );
+            }
+            Cause::Output { answers, output, stable_answers, stable_output } => {
+                let mean = |o: u64, n: u64| if n == 0 { 0.0 } else { o as f64 / n as f64 };
+                let (a, b) = (mean(output, answers), mean(stable_output, stable_answers));
+                let times = if b == 0.0 { 0.0 } else { a / b };
+                let two = |x: f64| fmt_num((x * 100.0).round() / 100.0);
+                log::error!(
+                    "graysplit: guard tripped: rule {}, version {}: mean {} output tokens per answer, {} times stable's {}, limit {}; its users go to {}",
+                    self.rule,
+                    t.version,
+                    two(a),
+                    two(times),
+                    two(b),
+                    fmt_num(f64::from(self.guard.max_output_ratio.unwrap_or(0)) / 100.0),
+                    self.stable
+                );
+            }
+        }
         if let Some(Some(id)) = self.version_index(&t.version).and_then(|i| self.trips_ids.get(i)) {
             let _ = hostcalls::increment_metric(*id, 1);
         }

@@ -18,11 +18,12 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
+use super::answers::Reading;
 use super::host::WasmHost;
-use super::root::Active;
+use super::root::{now_ns, Active};
 use super::vm::SharedVm;
 use crate::body;
-use crate::config::{self, VersionId};
+use crate::config::{self, MetricId, VersionId};
 use crate::decide::{decide, decide_at_headers, Decision};
 
 pub(super) struct Stream {
@@ -34,6 +35,10 @@ pub(super) struct Stream {
     awaiting_body: bool,
     /// How much of the body Envoy holds so far.
     body_size: usize,
+    /// With `llm`: when the request's headers reached the filter (Unix ns), and the answer
+    /// being read.
+    started_ns: i64,
+    reading: Option<Reading>,
 }
 
 /// What a request's decision leaves for its response.
@@ -43,11 +48,24 @@ pub(super) struct Outcome {
     cookies: Vec<String>,
     /// For a guarded rule: the guard and the version's index in its book.
     guarded: Option<(usize, usize)>,
+    /// The decision's metric (its rule and version), for the answer's metrics.
+    metric: MetricId,
+    /// With `llm`, the request is under `llm.paths`: its answer is read.
+    answer: bool,
 }
 
 impl Stream {
     pub(super) fn new(context_id: u32, vm: SharedVm, active: Option<Rc<Active>>) -> Self {
-        Stream { context_id, vm, active, out: Outcome::default(), awaiting_body: false, body_size: 0 }
+        Stream {
+            context_id,
+            vm,
+            active,
+            out: Outcome::default(),
+            awaiting_body: false,
+            body_size: 0,
+            started_ns: 0,
+            reading: None,
+        }
     }
 
     fn max_body(&self) -> usize {
@@ -106,8 +124,12 @@ impl Context for Stream {}
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        // A guarded request that never got response headers leaves the in-flight list.
+        // A guarded request that never got response headers, or whose answer never ended,
+        // leaves the in-flight list.
         self.forget(self.out.guarded);
+        if let Some(r) = self.reading.take() {
+            self.forget(r.guarded());
+        }
         if self.awaiting_body {
             let decided = {
                 let mut vm = self.vm.borrow_mut();
@@ -156,10 +178,17 @@ fn apply(active: &Active, context_id: u32, d: Decision) -> Outcome {
         Some(b) => log::debug!("graysplit: version {version} by rule {rule} (bucket {b})"),
         None => log::debug!("graysplit: version {version} by rule {rule}"),
     }
-    let mut out = Outcome::default();
+    let mut out = Outcome { metric: d.metric, ..Outcome::default() };
+    if let Some(llm) = &plan.llm {
+        out.answer = llm.paths.is_empty()
+            || hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path")
+                .ok()
+                .flatten()
+                .is_some_and(|p| llm.reads(&p));
+    }
     if let Some(&(g, v)) = d.watch.and_then(|w| active.watch_slots.get(w)) {
         if let Some(link) = active.guards.get(g) {
-            link.book.borrow_mut().start(context_id, v);
+            link.book.borrow_mut().start(context_id, v, out.answer);
             out.guarded = Some((g, v));
         }
     }
@@ -197,6 +226,9 @@ impl HttpContext for Stream {
         };
         #[cfg(feature = "heap-stats")]
         super::heap::mark();
+        if active.plan.llm.is_some() {
+            self.started_ns = now_ns();
+        }
         let vm = self.vm.clone();
         let max = active.plan.body.as_ref().map(|b| b.max_bytes);
         let may_hold = max.is_some() && vm.borrow().watchdog.may_hold();
@@ -257,11 +289,24 @@ impl HttpContext for Stream {
         Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.picked_up();
         let Some(active) = &self.active else { return Action::Continue };
-        if let Some((g, v)) = self.out.guarded.take() {
-            count_response(active, self.context_id, g, v);
+        let guarded = self.out.guarded.take();
+        let reading = if self.out.answer {
+            Reading::at_headers(active, self.context_id, self.started_ns, self.out.metric, guarded)
+        } else {
+            None
+        };
+        match reading {
+            // Its guard counts an answer when it ends.
+            Some(r) if end_of_stream => r.end(active, self.context_id, true),
+            Some(r) => self.reading = Some(r),
+            None => {
+                if let Some((g, v)) = guarded {
+                    count_response(active, self.context_id, g, v);
+                }
+            }
         }
         let Some(version) = self.out.version else { return Action::Continue };
         if let Some(name) = &active.plan.response_header {
@@ -275,6 +320,36 @@ impl HttpContext for Stream {
                 hostcalls::add_map_value_bytes(MapType::HttpResponseHeaders, "set-cookie", cookie.as_bytes());
         }
         Action::Continue
+    }
+
+    // An answer is read as it passes: every callback continues at once, nothing is held.
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let (Some(r), Some(active)) = (&mut self.reading, &self.active) {
+            r.body(active, self.context_id, body_size);
+            if end_of_stream {
+                self.answer_ended(true);
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.answer_ended(true);
+        Action::Continue
+    }
+
+    /// The stream is done; an answer that has not ended was cut (upstream reset, client gone).
+    fn on_log(&mut self) {
+        self.answer_ended(false);
+    }
+}
+
+impl Stream {
+    /// The answer being read ended (`clean`: its body ended; else the stream was reset).
+    fn answer_ended(&mut self, clean: bool) {
+        if let (Some(r), Some(active)) = (self.reading.take(), &self.active) {
+            r.end(active, self.context_id, clean);
+        }
     }
 }
 

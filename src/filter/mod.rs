@@ -3,6 +3,7 @@
 //! ([`host`]). Nothing here decides: the decision is [`crate::decide`] over [`crate::config`]'s
 //! plan, which are pure and tested on the host.
 
+mod answers;
 mod ffi;
 mod guards;
 #[cfg(feature = "heap-stats")]

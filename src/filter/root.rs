@@ -24,6 +24,8 @@ pub(super) struct Active {
     pub plan: Plan,
     pub metric_ids: Vec<u32>,
     pub gauge_ids: Vec<u32>,
+    /// Same order as `plan.histograms`.
+    pub histogram_ids: Vec<u32>,
     /// One per `plan.guards`.
     pub guards: Vec<Link>,
     /// Per `plan.watches`: (guard, the version's index in that guard's book).
@@ -230,6 +232,7 @@ fn configure(vm: &mut Vm, raw: &[u8]) -> Option<Active> {
     #[cfg(feature = "heap-stats")]
     super::heap::define();
     let gauge_ids = define(MetricType::Gauge, &plan.gauges)?;
+    let histogram_ids = define(MetricType::Histogram, &plan.histograms)?;
     // The plugin's name keys its guards' shared data (other plugins on the proxy share it).
     let plugin = hostcalls::get_property(vec!["plugin_name"])
         .ok()
@@ -259,5 +262,5 @@ fn configure(vm: &mut Vm, raw: &[u8]) -> Option<Active> {
         plan.versions.join(", "),
         plan.route_header
     );
-    Some(Active { plan, metric_ids, gauge_ids, guards, watch_slots })
+    Some(Active { plan, metric_ids, gauge_ids, histogram_ids, guards, watch_slots })
 }

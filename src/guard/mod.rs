@@ -9,7 +9,7 @@ pub mod tally;
 pub mod window;
 
 pub use tally::Tally;
-pub use window::Window;
+pub use window::{Counts, Window};
 
 use crate::config::Guard;
 
@@ -81,7 +81,7 @@ impl RuleState {
         self.version(name).is_some_and(|v| v.trip.is_some())
     }
 
-    const MAGIC: &'static [u8; 4] = b"GSG1";
+    const MAGIC: &'static [u8; 4] = b"GSG2";
 
     /// The bytes stored in shared data.
     pub fn encode(&self) -> Vec<u8> {
@@ -105,6 +105,8 @@ impl RuleState {
                 out.extend_from_slice(&b.start_s.to_le_bytes());
                 out.extend_from_slice(&b.total.to_le_bytes());
                 out.extend_from_slice(&b.errors.to_le_bytes());
+                out.extend_from_slice(&b.answers.to_le_bytes());
+                out.extend_from_slice(&b.output.to_le_bytes());
             }
         }
         out
@@ -130,7 +132,13 @@ impl RuleState {
             let nb = r.u16()?;
             let mut buckets = Vec::with_capacity(usize::from(nb).min(128));
             for _ in 0..nb {
-                buckets.push(window::Bucket { start_s: r.i64()?, total: r.u32()?, errors: r.u32()? });
+                buckets.push(window::Bucket {
+                    start_s: r.i64()?,
+                    total: r.u32()?,
+                    errors: r.u32()?,
+                    answers: r.u32()?,
+                    output: r.u64()?,
+                });
             }
             if versions.iter().any(|v: &VersionState| v.name == name) {
                 return None; // never written: one entry per version
@@ -187,19 +195,28 @@ pub fn sync(current: Option<&RuleState>, guard: &Guard) -> Option<RuleState> {
     }
 }
 
-/// A version that tripped in a [`flush`], with what its window held.
+/// Why a version tripped, with what its window held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// More than `max_error_percent` of its responses were errors.
+    Errors { errors: u64, total: u64 },
+    /// Its answers' mean output tokens exceeded `max_output_ratio` times stable's: (answers,
+    /// their output tokens) of the version and of stable.
+    Output { answers: u64, output: u64, stable_answers: u64, stable_output: u64 },
+}
+
+/// A version that tripped in a [`flush`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewTrip {
     pub version: String,
-    pub errors: u64,
-    pub total: u64,
+    pub cause: Cause,
 }
 
-/// A worker's counts since its last flush: (version name, responses, errors).
-pub type Pending<'a> = [(&'a str, u32, u32)];
+/// A worker's counts since its last flush, by version name.
+pub type Pending<'a> = [(&'a str, Counts)];
 
 /// Adds a worker's `pending` counts to the shared `state` at `now_ns` and trips the gray
-/// versions that now meet the trip condition. `None` when `state` belongs to another guard
+/// versions that now meet a trip condition. `None` when `state` belongs to another guard
 /// (a newer config re-armed it: these counts are of the old guard and are dropped).
 pub fn flush(
     state: &RuleState,
@@ -213,30 +230,56 @@ pub fn flush(
     }
     let now_s = now_ns.div_euclid(1_000_000_000);
     let mut next = state.clone();
-    for (name, total, errors) in pending {
-        if *total == 0 {
+    for (name, counts) in pending {
+        if counts.is_empty() {
             continue;
         }
         if let Some(v) = next.version_mut(name) {
-            v.window.add(now_s, guard.window_s, *total, *errors);
+            v.window.add(now_s, guard.window_s, counts);
         }
     }
     for v in &mut next.versions {
         v.window.prune(now_s, guard.window_s);
     }
-    let base = next.version(stable).map(|v| v.window.totals(now_s, guard.window_s)).unwrap_or((0, 0));
+    let stable_state = next.version(stable);
+    let base = stable_state.map(|v| v.window.totals(now_s, guard.window_s)).unwrap_or((0, 0));
+    let base_output = stable_state.map(|v| v.window.output(now_s, guard.window_s)).unwrap_or((0, 0));
     let mut tripped = Vec::new();
     for v in &mut next.versions {
         if v.name == stable || v.trip.is_some() {
             continue;
         }
         let (total, errors) = v.window.totals(now_s, guard.window_s);
-        if trips(guard, (total, errors), base) {
-            v.trip = Some(Trip { at_ns: now_ns, errors, total });
-            tripped.push(NewTrip { version: v.name.clone(), errors, total });
-        }
+        let (answers, output) = v.window.output(now_s, guard.window_s);
+        let cause = if trips(guard, (total, errors), base) {
+            Cause::Errors { errors, total }
+        } else if output_trips(guard, (answers, output), base_output) {
+            Cause::Output { answers, output, stable_answers: base_output.0, stable_output: base_output.1 }
+        } else {
+            continue;
+        };
+        v.trip = Some(Trip { at_ns: now_ns, errors, total });
+        tripped.push(NewTrip { version: v.name.clone(), cause });
     }
     Some((next, tripped))
+}
+
+/// DESIGN.md "Guards on answers": a gray version whose answers (`answers` of them with
+/// `output` tokens in all) are longer on average than `max_output_ratio` times stable's,
+/// both with at least `min_requests` answers in the window.
+pub fn output_trips(
+    guard: &Guard,
+    (answers, output): (u64, u64),
+    (stable_answers, stable_output): (u64, u64),
+) -> bool {
+    let Some(ratio) = guard.max_output_ratio else { return false };
+    let min = u64::from(guard.min_requests).max(1);
+    if answers < min || stable_answers < min {
+        return false;
+    }
+    // output / answers > ratio / 100 * stable_output / stable_answers, in integers.
+    u128::from(output) * u128::from(stable_answers) * 100
+        > u128::from(ratio) * u128::from(stable_output) * u128::from(answers)
 }
 
 /// DESIGN.md's trip condition for a gray version whose window holds (`total`, `errors`), its
@@ -287,10 +330,26 @@ mod tests {
 
     const S: i64 = 1_000_000_000;
 
+    fn c(total: u32, errors: u32) -> Counts {
+        Counts { total, errors, ..Counts::default() }
+    }
+
+    fn out(answers: u32, output: u64) -> Counts {
+        Counts { total: answers, answers, output, ..Counts::default() }
+    }
+
     fn guard(json_guard: &str) -> Guard {
         let cfg = format!(
             r#"{{"stable": "v1", "identity": {{"from": [{{"header": "u"}}]}}, "rules": [
             {{"name": "r", "split": [{{"version": "v2", "percent": 50}}, {{"version": "v3", "percent": 10}}], "guard": {json_guard}}}]}}"#
+        );
+        parse(cfg.as_bytes()).unwrap().guards[0].clone()
+    }
+
+    fn guard_llm(json_guard: &str) -> Guard {
+        let cfg = format!(
+            r#"{{"stable": "v1", "llm": {{}}, "identity": {{"from": [{{"header": "u"}}]}}, "rules": [
+            {{"name": "r", "split": [{{"version": "v2", "percent": 50}}], "guard": {json_guard}}}]}}"#
         );
         parse(cfg.as_bytes()).unwrap().guards[0].clone()
     }
@@ -317,13 +376,42 @@ mod tests {
     fn a_flush_trips_the_failing_version_only_and_keeps_the_trip() {
         let g = guard(r#"{"max_error_percent": 10, "min_requests": 20, "window_s": 30}"#);
         let s0 = RuleState::new(&g.fingerprint);
-        let (s1, t1) = flush(&s0, &g, "v1", &[("v2", 10, 5), ("v3", 30, 0), ("v1", 30, 0)], 100 * S).unwrap();
+        let (s1, t1) =
+            flush(&s0, &g, "v1", &[("v2", c(10, 5)), ("v3", c(30, 0)), ("v1", c(30, 0))], 100 * S).unwrap();
         assert!(t1.is_empty(), "v2 has 10 responses, below 20");
-        let (s2, t2) = flush(&s1, &g, "v1", &[("v2", 10, 5)], 101 * S).unwrap();
-        assert_eq!(t2, [NewTrip { version: "v2".into(), errors: 10, total: 20 }]);
+        let (s2, t2) = flush(&s1, &g, "v1", &[("v2", c(10, 5))], 101 * S).unwrap();
+        assert_eq!(t2, [NewTrip { version: "v2".into(), cause: Cause::Errors { errors: 10, total: 20 } }]);
         assert!(s2.tripped("v2") && !s2.tripped("v3") && !s2.tripped("v1"));
-        let (s3, t3) = flush(&s2, &g, "v1", &[("v2", 100, 0)], 500 * S).unwrap();
+        let (s3, t3) = flush(&s2, &g, "v1", &[("v2", c(100, 0))], 500 * S).unwrap();
         assert!(t3.is_empty() && s3.tripped("v2"), "a trip holds, whatever comes later");
+    }
+
+    #[test]
+    fn answers_longer_than_the_ratio_times_stable_s_trip() {
+        let g = guard_llm(r#"{"max_error_percent": 50, "min_requests": 10, "max_output_ratio": 1.5}"#);
+        let s0 = RuleState::new(&g.fingerprint);
+        let cases: &[(Counts, Counts, bool, &str)] = &[
+            (out(10, 1500), out(10, 1000), false, "exactly 1.5 times is not above it"),
+            (out(10, 1510), out(10, 1000), true, "above 1.5 times"),
+            (out(9, 9000), out(10, 1000), false, "gray below min_requests"),
+            (out(10, 9000), out(9, 100), false, "stable below min_requests: no baseline"),
+            (out(20, 2000), out(10, 1000), false, "the same mean"),
+        ];
+        for (gray, stable, want, why) in cases {
+            let (s1, trips) = flush(&s0, &g, "v1", &[("v2", *gray), ("v1", *stable)], 100 * S).unwrap();
+            assert_eq!(!trips.is_empty(), *want, "{why}");
+            assert_eq!(s1.tripped("v2"), *want, "{why}");
+            if *want {
+                assert_eq!(
+                    trips[0].cause,
+                    Cause::Output { answers: 10, output: 1510, stable_answers: 10, stable_output: 1000 }
+                );
+            }
+        }
+        let plain = guard(r#"{"max_error_percent": 50, "min_requests": 10}"#);
+        let s0 = RuleState::new(&plain.fingerprint);
+        let (_, trips) = flush(&s0, &plain, "v1", &[("v2", out(10, 9000)), ("v1", out(10, 10))], S).unwrap();
+        assert!(trips.is_empty(), "no ratio: no output trip");
     }
 
     #[test]
@@ -337,14 +425,15 @@ mod tests {
         let fresh = sync(Some(&tripped), &g2).unwrap();
         assert!(!fresh.tripped("v2") && fresh.versions.is_empty(), "another guard starts empty");
         assert_eq!(sync(None, &g1), Some(RuleState::new(&g1.fingerprint)));
-        assert_eq!(flush(&tripped, &g2, "v1", &[("v2", 1, 1)], S), None, "old counts dropped");
+        assert_eq!(flush(&tripped, &g2, "v1", &[("v2", c(1, 1))], S), None, "old counts dropped");
     }
 
     #[test]
     fn the_shared_value_round_trips_and_garbage_decodes_to_nothing() {
         let g = guard(r#"{"max_error_percent": 10, "min_requests": 1}"#);
         let (s, _) =
-            flush(&RuleState::new(&g.fingerprint), &g, "v1", &[("v2", 3, 3), ("v1", 4, 0)], 7 * S).unwrap();
+            flush(&RuleState::new(&g.fingerprint), &g, "v1", &[("v2", c(3, 3)), ("v1", c(4, 0))], 7 * S)
+                .unwrap();
         let bytes = s.encode();
         assert_eq!(RuleState::decode(&bytes), Some(s.clone()));
         for cut in 0..bytes.len() {

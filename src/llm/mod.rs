@@ -10,7 +10,7 @@
 mod shape;
 pub mod sse;
 
-use shape::{Shape, Usage};
+use shape::*;
 use sse::{Event, Splitter};
 
 /// How an answer ended (DESIGN.md): the label `finish` of `graysplit_llm_answers_total`.
@@ -112,26 +112,16 @@ impl Tokens {
     /// Takes what `u` reports; a later report of a count replaces the earlier one (Anthropic's
     /// `message_delta` counts are cumulative: the last value counts).
     fn take(&mut self, u: &Usage) {
-        let details =
-            |d: &shape::Maybe<shape::Details>, f: fn(&shape::Details) -> Option<u64>| d.as_ref().and_then(f);
-        let set = |slot: &mut Option<u64>, v: Option<u64>| {
+        for (slot, v) in [
+            (&mut self.input, u.input),
+            (&mut self.output, u.output),
+            (&mut self.cached, u.cached),
+            (&mut self.reasoning, u.reasoning),
+        ] {
             if v.is_some() {
                 *slot = v;
             }
-        };
-        set(&mut self.input, u.prompt_tokens.0.or(u.input_tokens.0));
-        set(&mut self.output, u.completion_tokens.0.or(u.output_tokens.0));
-        set(
-            &mut self.cached,
-            details(&u.prompt_tokens_details, |d| d.cached_tokens.0)
-                .or_else(|| details(&u.input_tokens_details, |d| d.cached_tokens.0))
-                .or(u.cache_read_input_tokens.0),
-        );
-        set(
-            &mut self.reasoning,
-            details(&u.completion_tokens_details, |d| d.reasoning_tokens.0)
-                .or_else(|| details(&u.output_tokens_details, |d| d.reasoning_tokens.0)),
-        );
+        }
     }
 }
 
@@ -211,6 +201,8 @@ pub struct Reader {
     /// The format's final event came.
     done: bool,
     first_token: bool,
+    /// The fields of the event being read (room kept from one event to the next).
+    shape: Shape,
 }
 
 impl Reader {
@@ -226,6 +218,7 @@ impl Reader {
             recognised: false,
             done: false,
             first_token: false,
+            shape: Shape::default(),
         }
     }
 
@@ -281,23 +274,22 @@ impl Reader {
     /// A JSON answer, whole: an OpenAI chat completion or completion, a Responses API response,
     /// an Anthropic message, a Dify blocking answer.
     fn json_answer(&mut self, json: &[u8]) {
-        let Ok(s) = serde_json::from_slice::<Shape<'_>>(json) else { return };
-        if let Some(u) = s.usage.as_ref() {
-            self.tokens.take(u);
-        }
-        if let Some(c) = s.choices.as_ref() {
-            self.finish = c.finish_reason;
-        } else if s.object.is("response") {
-            let reason = s.incomplete_details.as_ref().and_then(|d| d.reason.get());
-            self.finish = s.status.get().map(|st| Finish::from_responses(st, reason));
-        } else if s.kind.is("message") {
-            self.finish = s.stop_reason.get().map(Finish::from_anthropic);
-        } else if matches!(s.event.get(), Some("message" | "agent_message" | "message_end")) {
-            if let Some(u) = s.metadata.as_ref().and_then(|m| m.usage.as_ref()) {
-                self.tokens.take(u);
+        let mut s = std::mem::take(&mut self.shape);
+        if s.read(json) {
+            if let Some(u) = s.usage() {
+                self.tokens.take(&u);
             }
-            self.finish = Some(Finish::Stop);
+            if s.present(CHOICES) {
+                self.finish = s.str(FINISH_REASON).map(Finish::from_openai);
+            } else if s.is(OBJECT, "response") {
+                self.finish = s.str(STATUS).map(|st| Finish::from_responses(st, s.str(INCOMPLETE_REASON)));
+            } else if s.is(TYPE, "message") {
+                self.finish = s.str(STOP_REASON).map(Finish::from_anthropic);
+            } else if matches!(s.str(EVENT), Some("message" | "agent_message" | "message_end")) {
+                self.finish = Some(Finish::Stop);
+            }
         }
+        self.shape = s;
     }
 
     fn event(&mut self, e: Event<'_>) {
@@ -308,44 +300,50 @@ impl Reader {
             self.done = true;
             return;
         }
-        let Ok(s) = serde_json::from_slice::<Shape<'_>>(data) else { return };
-        // The event's type: Anthropic and the Responses API write it in the data too; Dify in
-        // the data only.
-        let kind = s.kind.get().or(s.event.get()).or_else(|| std::str::from_utf8(name).ok());
-        if let Some(u) = s.usage.as_ref() {
-            self.tokens.take(u);
+        let mut s = std::mem::take(&mut self.shape);
+        if s.read(data) {
+            self.fields(&s, name);
         }
-        if let Some(c) = s.choices.as_ref() {
+        self.shape = s;
+    }
+
+    /// What one event's fields say.
+    fn fields(&mut self, s: &Shape, name: &[u8]) {
+        if let Some(u) = s.usage() {
+            self.tokens.take(&u);
+        }
+        if s.present(CHOICES) {
             // OpenAI chat completion and completion chunks.
             self.recognised = true;
-            self.first_token |= c.output;
-            if c.finish_reason.is_some() {
-                self.finish = c.finish_reason;
+            self.first_token |= s.any_output(CHOICE_OUTPUT);
+            if let Some(r) = s.str(FINISH_REASON) {
+                self.finish = Some(Finish::from_openai(r));
             }
             return;
         }
+        // The event's type: Anthropic and the Responses API write it in the data too; Dify in
+        // the data only.
+        let kind = s.str(TYPE).or(s.str(EVENT)).or_else(|| std::str::from_utf8(name).ok());
         match kind.unwrap_or_default() {
             // Anthropic Messages.
-            "message_start" => {
-                self.recognised = true;
-                if let Some(u) = s.message.as_ref().and_then(|m| m.usage.as_ref()) {
-                    self.tokens.take(u);
-                }
-            }
+            "message_start" | "content_block_stop" | "ping" => self.recognised = true,
             "content_block_start" => {
                 self.recognised = true;
-                if let Some(b) = s.content_block.as_ref() {
-                    self.first_token |=
-                        matches!(b.kind.get(), Some("tool_use" | "server_tool_use")) || b.text.0;
-                }
+                self.first_token |=
+                    matches!(s.str(BLOCK_TYPE), Some("tool_use" | "server_tool_use")) || s.output(BLOCK_TEXT);
             }
             "content_block_delta" => {
                 self.recognised = true;
-                self.first_token |= s.delta.as_ref().is_some_and(|d| d.output);
+                // Thinking deltas are not the answer's output.
+                self.first_token |= match s.str(DELTA_TYPE) {
+                    Some("text_delta") => s.output(DELTA_TEXT),
+                    Some("input_json_delta") => s.output(DELTA_PARTIAL_JSON),
+                    _ => false,
+                };
             }
             "message_delta" => {
                 self.recognised = true;
-                if let Some(r) = s.delta.as_ref().and_then(|d| d.stop_reason.get()) {
+                if let Some(r) = s.str(DELTA_STOP_REASON) {
                     self.finish = Some(Finish::from_anthropic(r));
                 }
             }
@@ -364,35 +362,28 @@ impl Reader {
             | "response.refusal.delta"
             | "response.function_call_arguments.delta" => {
                 self.recognised = true;
-                self.first_token |= s.delta.as_ref().is_some_and(|d| d.output);
+                self.first_token |= s.output(DELTA);
             }
             "response.output_item.added" => {
                 self.recognised = true;
-                self.first_token |= s.item.as_ref().is_some_and(|i| i.kind.is("function_call"));
+                self.first_token |= s.is(ITEM_TYPE, "function_call");
             }
             "response.completed" | "response.incomplete" | "response.failed" => {
                 self.recognised = true;
                 self.done = true;
-                if let Some(r) = s.response.as_ref() {
-                    if let Some(u) = r.usage.as_ref() {
-                        self.tokens.take(u);
-                    }
-                    let reason = r.incomplete_details.as_ref().and_then(|d| d.reason.get());
-                    self.finish = r.status.get().map(|st| Finish::from_responses(st, reason));
+                if let Some(st) = s.str(RESPONSE_STATUS) {
+                    self.finish = Some(Finish::from_responses(st, s.str(RESPONSE_INCOMPLETE_REASON)));
                 }
             }
             k if k.starts_with("response.") => self.recognised = true,
             // Dify's app API.
             "message" | "agent_message" => {
                 self.recognised = true;
-                self.first_token |= s.answer.0;
+                self.first_token |= s.output(ANSWER);
             }
             "message_end" => {
                 self.recognised = true;
                 self.done = true;
-                if let Some(u) = s.metadata.as_ref().and_then(|m| m.usage.as_ref()) {
-                    self.tokens.take(u);
-                }
                 self.finish = Some(Finish::Stop);
             }
             _ => {}

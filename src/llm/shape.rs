@@ -1,442 +1,172 @@
-//! The JSON shapes of the answers graysplit reads: one struct that every format's events and
-//! answers fit (OpenAI chat completions, completions and Responses, Anthropic Messages, Dify),
-//! read with serde over the borrowed text. Only what the signals need is kept; everything
-//! else (the answer's text above all) is skipped without being built, and a list of choices is
-//! folded as it is read, never collected.
+//! The JSON fields of the answers graysplit reads, by RFC 6901 pointer, for every format at
+//! once (OpenAI chat completions, completions and Responses, Anthropic Messages, Dify): read
+//! with the body extractor ([`crate::body::extract`]), which walks an event once and keeps only
+//! the values these pointers end at (the answer's text is skipped, never built). One walker for
+//! request bodies and answers: the wasm carries one JSON reader, not one per shape.
 
-use std::borrow::Cow;
-use std::fmt;
+use std::sync::OnceLock;
 
-use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
+use crate::body::extract::{Field, Pointers};
 
-use super::Finish;
+/// The pointers, in this order: each constant below is its index.
+const POINTERS: [&str; 32] = [
+    "/type",
+    "/object",
+    "/event",
+    "/choices",
+    "/choices/0/finish_reason",
+    "/choices/0/text",
+    "/choices/0/delta/content",
+    "/choices/0/delta/tool_calls/0/index",
+    "/choices/0/delta/function_call/name",
+    "/choices/0/delta/refusal",
+    "/choices/0/message/content",
+    "/choices/0/message/tool_calls/0/id",
+    "/choices/0/message/function_call/name",
+    "/choices/0/message/refusal",
+    "/delta",
+    "/delta/type",
+    "/delta/text",
+    "/delta/partial_json",
+    "/delta/stop_reason",
+    "/content_block/type",
+    "/content_block/text",
+    "/item/type",
+    "/stop_reason",
+    "/status",
+    "/incomplete_details/reason",
+    "/response/status",
+    "/response/incomplete_details/reason",
+    "/answer",
+    // Where each format keeps its usage: the counts below under each.
+    "/usage",
+    "/message/usage",
+    "/response/usage",
+    "/metadata/usage",
+];
 
-/// One event's JSON, or a whole JSON answer.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub(super) struct Shape<'a> {
-    /// Anthropic's and the Responses API's event or object type.
-    #[serde(rename = "type", borrow)]
-    pub kind: Word<'a>,
-    /// OpenAI: `chat.completion`, `chat.completion.chunk`, `text_completion`, `response`.
-    #[serde(borrow)]
-    pub object: Word<'a>,
-    /// Dify: `message`, `agent_message`, `message_end`, `error`, ...
-    #[serde(borrow)]
-    pub event: Word<'a>,
-    pub choices: Maybe<Choices>,
-    pub usage: Maybe<Usage>,
-    /// Anthropic `message_start`: the message so far.
-    #[serde(borrow)]
-    pub message: Maybe<Inner<'a>>,
-    /// Responses API SSE: the response so far.
-    #[serde(borrow)]
-    pub response: Maybe<Inner<'a>>,
-    /// Anthropic `content_block_delta` / `message_delta` (an object), Responses `*.delta` (a
-    /// string).
-    #[serde(borrow)]
-    pub delta: Option<Delta<'a>>,
-    /// Anthropic `content_block_start`: its block's type; Responses `response.output_item.added`.
-    #[serde(borrow)]
-    pub content_block: Maybe<Typed<'a>>,
-    #[serde(borrow)]
-    pub item: Maybe<Typed<'a>>,
-    /// Anthropic's ending of a JSON message.
-    #[serde(borrow)]
-    pub stop_reason: Word<'a>,
-    /// The Responses API's status (a string); Dify's error status is a number (no word).
-    #[serde(borrow)]
-    pub status: Word<'a>,
-    #[serde(borrow)]
-    pub incomplete_details: Maybe<Reason<'a>>,
-    /// Dify: `metadata.usage`.
-    pub metadata: Maybe<Meta>,
-    /// Dify's answer text.
-    pub answer: Out,
+pub(super) const TYPE: usize = 0;
+pub(super) const OBJECT: usize = 1;
+pub(super) const EVENT: usize = 2;
+pub(super) const CHOICES: usize = 3;
+pub(super) const FINISH_REASON: usize = 4;
+/// The choice fields that carry output: text, content, tool calls, refusals.
+pub(super) const CHOICE_OUTPUT: std::ops::RangeInclusive<usize> = 5..=13;
+pub(super) const DELTA: usize = 14;
+pub(super) const DELTA_TYPE: usize = 15;
+pub(super) const DELTA_TEXT: usize = 16;
+pub(super) const DELTA_PARTIAL_JSON: usize = 17;
+pub(super) const DELTA_STOP_REASON: usize = 18;
+pub(super) const BLOCK_TYPE: usize = 19;
+pub(super) const BLOCK_TEXT: usize = 20;
+pub(super) const ITEM_TYPE: usize = 21;
+pub(super) const STOP_REASON: usize = 22;
+pub(super) const STATUS: usize = 23;
+pub(super) const INCOMPLETE_REASON: usize = 24;
+pub(super) const RESPONSE_STATUS: usize = 25;
+pub(super) const RESPONSE_INCOMPLETE_REASON: usize = 26;
+pub(super) const ANSWER: usize = 27;
+const USAGE_AT: [usize; 4] = [28, 29, 30, 31];
+
+/// The counts under a usage object, each format's names (DESIGN.md: each as the format reports
+/// it, no arithmetic across fields).
+const COUNTS: [&str; 9] = [
+    "prompt_tokens",
+    "completion_tokens",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "prompt_tokens_details/cached_tokens",
+    "input_tokens_details/cached_tokens",
+    "completion_tokens_details/reasoning_tokens",
+    "output_tokens_details/reasoning_tokens",
+];
+
+struct Table {
+    pointers: Pointers,
+    /// Per usage place, the index of each of [`COUNTS`].
+    counts: [[usize; 9]; 4],
 }
 
-/// An object of shape `T` (an `Option` that is none for anything but an object, where a
-/// field of that name holds something else in another format: Dify's `message` is a string,
-/// Anthropic's an object).
-#[derive(Debug)]
-pub(super) struct Maybe<T>(pub Option<T>);
-
-impl<T> Default for Maybe<T> {
-    fn default() -> Self {
-        Maybe(None)
-    }
-}
-
-impl<T> Maybe<T> {
-    pub fn as_ref(&self) -> Option<&T> {
-        self.0.as_ref()
-    }
-}
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Maybe<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
-            type Value = Maybe<T>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any value")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
-                T::deserialize(serde::de::value::MapAccessDeserializer::new(a)).map(|t| Maybe(Some(t)))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
-                // OpenAI's `choices` is a list.
-                T::deserialize(serde::de::value::SeqAccessDeserializer::new(a)).map(|t| Maybe(Some(t)))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(Maybe(None))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Maybe(None))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Maybe(None))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Maybe(None))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Maybe(None))
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Maybe(None))
-            }
-            fn visit_none<E>(self) -> Result<Self::Value, E> {
-                Ok(Maybe(None))
-            }
+fn table() -> &'static Table {
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut pointers = Pointers::default();
+        for p in POINTERS {
+            pointers.add(p);
         }
-        d.deserialize_any(V(std::marker::PhantomData))
-    }
+        let counts = USAGE_AT
+            .map(|u| COUNTS.map(|c| pointers.add(&format!("{}/{c}", POINTERS.get(u).unwrap_or(&"")))));
+        Table { pointers, counts }
+    })
 }
 
-/// A string value, borrowed where it has no escapes; anything that is not a string is none.
+/// One event's fields, or a whole JSON answer's; its room is kept from one event to the next.
 #[derive(Debug, Default)]
-pub(super) struct Word<'a>(pub Option<Cow<'a, str>>);
-
-impl Word<'_> {
-    pub fn is(&self, s: &str) -> bool {
-        self.0.as_deref() == Some(s)
-    }
-
-    pub fn get(&self) -> Option<&str> {
-        self.0.as_deref()
-    }
+pub(super) struct Shape {
+    fields: Vec<Option<Field>>,
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for Word<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Word<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any value")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Word(Some(Cow::Borrowed(v))))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Word(Some(Cow::Owned(v.to_string()))))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Word(None))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Word(None))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Word(None))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Word(None))
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Word(None))
-            }
-            fn visit_none<E>(self) -> Result<Self::Value, E> {
-                Ok(Word(None))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-                while a.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Word(None))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Word(None))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// Whether a value carries output: a non-empty string, array or object (text, content parts,
-/// tool calls); null, false, numbers and empty ones do not.
+/// A usage object's counts.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Out(pub bool);
-
-impl<'de> Deserialize<'de> for Out {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Out;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any value")
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Out, E> {
-                Ok(Out(!v.is_empty()))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Out, E> {
-                Ok(Out(false))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Out, E> {
-                Ok(Out(false))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Out, E> {
-                Ok(Out(false))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Out, E> {
-                Ok(Out(false))
-            }
-            fn visit_unit<E>(self) -> Result<Out, E> {
-                Ok(Out(false))
-            }
-            fn visit_none<E>(self) -> Result<Out, E> {
-                Ok(Out(false))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Out, A::Error> {
-                let mut any = false;
-                while a.next_element::<IgnoredAny>()?.is_some() {
-                    any = true;
-                }
-                Ok(Out(any))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Out, A::Error> {
-                let mut any = false;
-                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {
-                    any = true;
-                }
-                Ok(Out(any))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A token count: a non-negative integer, else none (a count of the wrong type loses only
-/// itself, not the event).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Count(pub Option<u64>);
-
-impl<'de> Deserialize<'de> for Count {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Count;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any value")
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Count, E> {
-                Ok(Count(Some(v)))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Count, E> {
-                Ok(Count(u64::try_from(v).ok()))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Count, E> {
-                Ok(Count(None))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Count, E> {
-                Ok(Count(None))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Count, E> {
-                Ok(Count(None))
-            }
-            fn visit_unit<E>(self) -> Result<Count, E> {
-                Ok(Count(None))
-            }
-            fn visit_none<E>(self) -> Result<Count, E> {
-                Ok(Count(None))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Count, A::Error> {
-                while a.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Count(None))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Count, A::Error> {
-                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Count(None))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// Token counts under every format's names (DESIGN.md: each as the format reports it, no
-/// arithmetic across fields).
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
 pub(super) struct Usage {
-    pub prompt_tokens: Count,
-    pub completion_tokens: Count,
-    pub input_tokens: Count,
-    pub output_tokens: Count,
-    pub cache_read_input_tokens: Count,
-    pub prompt_tokens_details: Maybe<Details>,
-    pub completion_tokens_details: Maybe<Details>,
-    pub input_tokens_details: Maybe<Details>,
-    pub output_tokens_details: Maybe<Details>,
+    pub input: Option<u64>,
+    pub output: Option<u64>,
+    pub cached: Option<u64>,
+    pub reasoning: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub(super) struct Details {
-    pub cached_tokens: Count,
-    pub reasoning_tokens: Count,
-}
+impl Shape {
+    /// Reads `json`: false when it is not one JSON document (every field then absent).
+    pub fn read(&mut self, json: &[u8]) -> bool {
+        table().pointers.extract_into(json, &mut self.fields)
+    }
 
-/// Anthropic's `message` of `message_start`, the Responses API's `response` of its events.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub(super) struct Inner<'a> {
-    pub usage: Maybe<Usage>,
-    #[serde(borrow)]
-    pub status: Word<'a>,
-    #[serde(borrow)]
-    pub incomplete_details: Maybe<Reason<'a>>,
-}
+    fn field(&self, i: usize) -> Option<&Field> {
+        self.fields.get(i)?.as_ref()
+    }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub(super) struct Reason<'a> {
-    #[serde(borrow)]
-    pub reason: Word<'a>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub(super) struct Typed<'a> {
-    #[serde(rename = "type", borrow)]
-    pub kind: Word<'a>,
-    /// A text block that starts with text (Anthropic `content_block_start`).
-    pub text: Out,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub(super) struct Meta {
-    pub usage: Maybe<Usage>,
-}
-
-/// A `delta`: Anthropic's object (`text_delta`, `input_json_delta`, `message_delta`'s
-/// `stop_reason`) or the Responses API's string.
-#[derive(Debug, Default)]
-pub(super) struct Delta<'a> {
-    /// It carries output text or a tool call's arguments.
-    pub output: bool,
-    pub stop_reason: Word<'a>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct DeltaObject<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Word<'a>,
-    text: Out,
-    partial_json: Out,
-    #[serde(borrow)]
-    stop_reason: Word<'a>,
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Delta<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Delta<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string or an object")
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Delta { output: !v.is_empty(), ..Delta::default() })
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Delta::default())
-            }
-            fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
-                let o = DeltaObject::deserialize(serde::de::value::MapAccessDeserializer::new(a))?;
-                // Thinking deltas are not the answer's output.
-                let output = match o.kind.get() {
-                    Some("text_delta") => o.text.0,
-                    Some("input_json_delta") => o.partial_json.0,
-                    _ => false,
-                };
-                Ok(Delta { output, stop_reason: o.stop_reason })
-            }
+    /// The string at pointer `i` (a number's or boolean's text too).
+    pub fn str(&self, i: usize) -> Option<&str> {
+        match self.field(i)? {
+            Field::Scalar(b) => std::str::from_utf8(b).ok(),
+            Field::Other => None,
         }
-        d.deserialize_any(V)
     }
-}
 
-/// OpenAI's `choices`, folded as they are read: whether any carries output, and the first
-/// ending any gives.
-#[derive(Debug, Default)]
-pub(super) struct Choices {
-    pub output: bool,
-    pub finish_reason: Option<Finish>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Choice<'a> {
-    #[serde(borrow)]
-    finish_reason: Word<'a>,
-    delta: Maybe<Message>,
-    message: Maybe<Message>,
-    /// Completions: the text.
-    text: Out,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Message {
-    content: Out,
-    tool_calls: Out,
-    function_call: Out,
-    refusal: Out,
-}
-
-impl Message {
-    fn output(&self) -> bool {
-        self.content.0 || self.tool_calls.0 || self.function_call.0 || self.refusal.0
+    pub fn is(&self, i: usize, s: &str) -> bool {
+        self.str(i) == Some(s)
     }
-}
 
-impl<'de> Deserialize<'de> for Choices {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Choices;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a list of choices")
-            }
-            fn visit_unit<E>(self) -> Result<Choices, E> {
-                Ok(Choices::default())
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Choices, A::Error> {
-                let mut out = Choices::default();
-                while let Some(c) = a.next_element::<Choice<'_>>()? {
-                    out.output |= c.text.0
-                        || c.delta.as_ref().is_some_and(Message::output)
-                        || c.message.as_ref().is_some_and(Message::output);
-                    if out.finish_reason.is_none() {
-                        out.finish_reason = c.finish_reason.get().map(Finish::from_openai);
-                    }
+    /// Something is at pointer `i` (null included).
+    pub fn present(&self, i: usize) -> bool {
+        self.field(i).is_some()
+    }
+
+    /// The fields that carry output, any of them.
+    pub fn any_output(&self, range: std::ops::RangeInclusive<usize>) -> bool {
+        range.into_iter().any(|i| self.output(i))
+    }
+
+    /// Pointer `i` carries output: a non-empty string (or a number: a tool call's index).
+    /// Every output pointer ends at a scalar, so a null or an empty list is nothing.
+    pub fn output(&self, i: usize) -> bool {
+        matches!(self.field(i), Some(Field::Scalar(b)) if !b.is_empty())
+    }
+
+    /// The usage at any of the formats' places: the first place that has one.
+    pub fn usage(&self) -> Option<Usage> {
+        let t = table();
+        USAGE_AT.iter().zip(&t.counts).find(|(u, _)| matches!(self.field(**u), Some(Field::Other))).map(
+            |(_, c)| {
+                let n = |k: usize| self.str(*c.get(k)?).and_then(|s| s.parse::<u64>().ok());
+                Usage {
+                    input: n(0).or(n(2)),
+                    output: n(1).or(n(3)),
+                    cached: n(5).or(n(6)).or(n(4)),
+                    reasoning: n(7).or(n(8)),
                 }
-                Ok(out)
-            }
-        }
-        d.deserialize_any(V)
+            },
+        )
     }
 }
