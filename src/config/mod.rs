@@ -525,6 +525,101 @@ mod tests {
     }
 
     #[test]
+    fn llm_and_guards_on_answers_compile_with_their_metrics() {
+        let plan = parse(
+            br#"{"stable": "v2.0", "identity": {"from": [{"header": "x-user-id"}]},
+              "llm": {"paths": ["/v1/"], "max_event_bytes": 8192},
+              "rules": [{"name": "ramp", "split": [{"version": "v2.1", "percent": 5}],
+                "guard": {"max_error_percent": 5, "first_token_ms": 3000, "finishes": ["length", "error"], "max_output_ratio": 1.5}}]}"#,
+        )
+        .unwrap();
+        let llm = plan.llm.as_ref().unwrap();
+        assert_eq!(llm.max_event_bytes, 8192);
+        assert!(llm.reads(b"/v1/chat/completions") && !llm.reads(b"/v2/x") && !llm.reads(b"/v1"));
+        let g = plan.rule_guard(0).unwrap();
+        assert_eq!((g.first_token_ms, g.max_output_ratio), (Some(3000), Some(150)));
+        use crate::llm::Finish;
+        assert!(g.finish_is_error(Finish::Length) && g.finish_is_error(Finish::Error));
+        assert!(
+            !g.finish_is_error(Finish::Aborted) && !g.finish_is_error(Finish::Stop),
+            "finishes replaces the default"
+        );
+        for m in [
+            "graysplit_llm_tokens_total.rule.ramp.version.v2.1.kind.input",
+            "graysplit_llm_tokens_total.rule.ramp.version.v2.0.kind.reasoning",
+            "graysplit_llm_answers_total.rule.ramp.version.v2.1.finish.aborted",
+            "graysplit_llm_answers_total.rule.default.version.v2.0.finish.unknown",
+        ] {
+            assert!(plan.metrics.iter().any(|x| x == m), "missing counter {m}");
+        }
+        assert!(plan.histograms.iter().any(|h| h == "graysplit_llm_first_token_ms.rule.ramp.version.v2.1"));
+        assert!(plan.histograms.iter().any(|h| h == "graysplit_llm_output_tokens.rule.default.version.v2.0"));
+        let decided = plan
+            .metrics
+            .iter()
+            .position(|m| m == "graysplit_decisions_total.rule.ramp.version.v2.1")
+            .unwrap();
+        let a = plan.answers[decided].as_ref().unwrap();
+        assert_eq!(
+            plan.metrics[a.finishes[Finish::Stop.index()]],
+            "graysplit_llm_answers_total.rule.ramp.version.v2.1.finish.stop"
+        );
+        assert_eq!(
+            plan.metrics[a.tokens[1]],
+            "graysplit_llm_tokens_total.rule.ramp.version.v2.1.kind.output"
+        );
+
+        let default = parse(br#"{"stable": "v1", "identity": {"from": [{"header": "u"}]}, "llm": {},
+              "rules": [{"name": "r", "split": [{"version": "v2", "percent": 5}], "guard": {"max_error_percent": 5}}]}"#).unwrap();
+        let g = default.rule_guard(0).unwrap();
+        assert!(
+            g.finish_is_error(Finish::Aborted)
+                && g.finish_is_error(Finish::Error)
+                && !g.finish_is_error(Finish::Length)
+        );
+        assert!(default.llm.as_ref().unwrap().reads(b"/anything"), "no paths: every path");
+        let v2 = parse(br#"{"stable": "v1", "identity": {"from": [{"header": "u"}]},
+              "rules": [{"name": "r", "split": [{"version": "v2", "percent": 5}], "guard": {"max_error_percent": 5}}]}"#).unwrap();
+        assert!(
+            v2.histograms.is_empty() && !v2.metrics.iter().any(|m| m.contains("llm")),
+            "no llm: no llm metrics"
+        );
+        assert!(!v2.rule_guard(0).unwrap().finish_is_error(Finish::Aborted), "no llm: endings count nothing");
+        assert_ne!(v2.rule_guard(0).unwrap().fingerprint, g.fingerprint, "adding llm re-arms a guard");
+    }
+
+    #[test]
+    fn bad_llm_and_answer_guard_fields_name_their_path() {
+        let guard = |g: &str, llm: &str| {
+            err(&format!(
+                r#"{{"stable": "v1", "identity": {{"from": [{{"header": "u"}}]}}{llm},
+                "rules": [{{"name": "r", "split": [{{"version": "v2", "percent": 5}}], "guard": {g}}}]}}"#
+            ))
+        };
+        let cases: &[(String, &str)] = &[
+            (guard(r#"{"max_error_percent": 5, "first_token_ms": 3000}"#, ""), "rules[0].guard.first_token_ms: needs `llm`"),
+            (guard(r#"{"max_error_percent": 5, "finishes": ["length"]}"#, ""), "rules[0].guard.finishes: needs `llm`"),
+            (guard(r#"{"max_error_percent": 5, "max_output_ratio": 2}"#, ""), "rules[0].guard.max_output_ratio: needs `llm`"),
+            (guard(r#"{"max_error_percent": 5, "first_token_ms": 0}"#, r#", "llm": {}"#), "rules[0].guard.first_token_ms: must be between 1 and 600000, got 0"),
+            (guard(r#"{"max_error_percent": 5, "first_token_ms": 600001}"#, r#", "llm": {}"#), "rules[0].guard.first_token_ms: must be between 1 and 600000, got 600001"),
+            (guard(r#"{"max_error_percent": 5, "finishes": ["stop", "late"]}"#, r#", "llm": {}"#), "rules[0].guard.finishes[1]: must be one of stop, length, tool_calls, content_filter, error, aborted, unknown, got \"late\""),
+            (guard(r#"{"max_error_percent": 5, "finishes": "error"}"#, r#", "llm": {}"#), "rules[0].guard.finishes: invalid type"),
+            (guard(r#"{"max_error_percent": 5, "max_output_ratio": 1}"#, r#", "llm": {}"#), "rules[0].guard.max_output_ratio: must be between 1.01 and 100, got 1"),
+            (guard(r#"{"max_error_percent": 5, "max_output_ratio": 100.5}"#, r#", "llm": {}"#), "rules[0].guard.max_output_ratio: must be between 1.01 and 100, got 100.5"),
+            (guard(r#"{"max_error_percent": 5, "max_output_ratio": 1.505}"#, r#", "llm": {}"#), "rules[0].guard.max_output_ratio: at most two decimals are allowed, got 1.505"),
+            (err(r#"{"stable": "v1", "llm": {"max_event_bytes": 4095}}"#), "llm.max_event_bytes: must be between 4096 and 1048576 bytes, got 4095"),
+            (err(r#"{"stable": "v1", "llm": {"max_event_bytes": 1048577}}"#), "llm.max_event_bytes: must be between 4096 and 1048576 bytes, got 1048577"),
+            (err(r#"{"stable": "v1", "llm": {"paths": []}}"#), "llm.paths: must not be empty"),
+            (err(r#"{"stable": "v1", "llm": {"paths": ["/v1/", "v1/chat"]}}"#), "llm.paths[1]: must be a path prefix starting with \"/\", got \"v1/chat\""),
+            (err(r#"{"stable": "v1", "llm": {"path": ["/v1/"]}}"#), "llm.path: unknown field `path`"),
+            (err(r#"{"stable": "v1", "llm": []}"#), "llm: invalid type: sequence, expected an object"),
+        ];
+        for (got, want) in cases {
+            assert!(got.starts_with(want), "got {got:?}, want it to start with {want:?}");
+        }
+    }
+
+    #[test]
     fn design_v2_example_compiles_with_its_metrics() {
         let plan = parse(
             br#"{
