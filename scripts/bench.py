@@ -3,7 +3,7 @@
 no-op Wasm filters. Prints a markdown table and writes it to bench/results.md.
 
     .venv/bin/python scripts/bench.py [--rounds 7] [--duration 5] [--warmup 2] [--connections 16]
-                                        [--callgrind N] [--only abcdefghijklmno]
+                                        [--callgrind N] [--only abcdefghijklmnopqrstuvwx]
 
 Scenarios (one Envoy each, all from envoy/bench.yaml: the same listener, strip step and
 clusters; they differ in the routes and the HTTP filter, set in `scenarios()` below):
@@ -24,15 +24,35 @@ clusters; they differ in the routes and the HTTP filter, set in `scenarios()` be
   l  Envoy's jwt_authn alone, an RS256 token per user (the baseline of m)
   m  jwt_authn + graysplit, (c)'s split with the user id from the verified sub claim
   n, o  j and k with an 8 KB body: what a body identity costs per KB
+  v3 (issue 17), the answers of an LLM API: (c)'s GET, answered by nginx from a file in bench/
+  p  native header routing of a streamed answer, bench/llm-stream.sse: 32 OpenAI
+     chat.completion.chunk events (the last with usage) then `data: [DONE]`, text/event-stream,
+     chunked (the baseline of q and r)
+  q  graysplit, (c)'s split without `llm` on that streamed answer (what a config without llm
+     costs: (q) - (p) against (c) - (a))
+  r  graysplit, (c)'s split with `"llm": {}`: reads that streamed answer ((r) - (q): the reading
+     alone; / 32: per event)
+  s  native header routing of a 4 KB OpenAI chat.completion JSON answer, bench/llm-answer.json,
+     application/json (the baseline of t and u)
+  t  graysplit, (c)'s split with `"llm": {}`: reads that JSON answer
+  u  graysplit, (c)'s split without `llm` on that JSON answer ((t) - (u): the reading alone)
+  v, w, x  p, q and r with the stream over HTTP/2 (clusters v1_h2, v2_h2), where nginx cuts it
+     into 32 DATA frames that Envoy hands the filters one by one: as many body callbacks as
+     events, the way a model streaming token by token is read (over HTTP/1.1 nginx's stream
+     reaches Envoy in one read, one callback)
 
 How: every Envoy runs with --concurrency 1 pinned to CPU 0; nginx (the upstream, one process,
-two ports answering "v1" / "v2") and wrk (one thread, many distinct user ids, bench/wrk-users.lua)
-are pinned to CPU 1. Each run is a short warm-up then `--duration` seconds of wrk; Envoy CPU
+two ports answering "v1" / "v2", two more the same over HTTP/2) and wrk (one thread, many
+distinct user ids, bench/wrk-users.lua) are pinned to CPU 1. Each run is a short warm-up then `--duration` seconds of wrk; Envoy CPU
 time is utime+stime from /proc/<pid>/stat over the run, divided by the requests Envoy served in
 it (admin counter http.app.downstream_rq_total). A round runs every scenario once, in an order
 rotated by one each round; a scenario's ratio in a round is its CPU per request over (a)'s in
 the same round, and the table gives the median, min and max over rounds. Before measuring,
-every scenario is checked to route as intended (and the Lua murmur3 against Python's mmh3).
+every scenario is checked to route as intended (and the Lua murmur3 against Python's mmh3);
+the answer scenarios also get the file's bytes unchanged, and with `llm` the filter's counters
+must move by exactly the file's usage per answer (graysplit_llm_tokens_total, _answers_total),
+without `llm` not at all. How the answers reach Envoy (how many upstream reads) is counted from
+an Envoy's trace log and printed with the results.
 
 Installs wrk, nginx-light and (for the callgrind counts, on by default) valgrind with apt-get
 when they are missing (needs root).
@@ -70,6 +90,11 @@ LUA_SPLIT = BENCH / "graysplit-split.lua"
 WRK_SCRIPT = BENCH / "wrk-users.lua"
 # Every request: the path and query below, plus what bench/wrk-users.lua adds (user id, cookie).
 REQUEST_PATH = "/api/chat?lang=en&model=small"
+# v3: the same GET (same query, same headers) on a path nginx answers with an LLM API's answer,
+# served from a file: "sse" (a streamed answer) and "json" (a whole one), both versions alike.
+LLM_FILES = {"sse": BENCH / "llm-stream.sse", "json": BENCH / "llm-answer.json"}
+LLM_TYPES = {"sse": "text/event-stream", "json": "application/json"}
+ANSWER_PATHS = {"sse": "/api/chat/stream?lang=en&model=small", "json": "/api/chat/answer?lang=en&model=small"}
 COOKIE = "theme=dark; session=3f9a1c; lang=en"
 USER_AGENT = "Mozilla/5.0 (graysplit bench)"
 
@@ -83,9 +108,10 @@ GRAY_BELOW = 5000        # buckets [0, 5000) -> v2
 # A number: the ratio to (a); ("+", base, x): at most base's ratio plus x; ("x", base, x): at most
 # x times base (a scenario priced against its own baseline). Issue 11: a JSON-body identity
 # against native routing of the same POST, a claim identity against jwt_authn alone. Issue 16 (v2
-# corrections): (d) at most 1.40.
+# corrections): (d) at most 1.40. Issue 17 (v3): reading a streamed answer and a JSON answer, each
+# against native routing of the same response.
 GOALS = {"c": 1.24, "d": 1.40, "h": ("+", "c", 0.01), "i": ("+", "c", 0.07),
-         "k": ("x", "j", 1.40), "m": ("x", "l", 1.09)}
+         "k": ("x", "j", 1.40), "m": ("x", "l", 1.09), "r": ("x", "p", 1.15), "t": ("x", "s", 1.10)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,6 +158,40 @@ def config_claim() -> dict:
     cfg = config_one_rule()
     cfg["identity"] = {"from": [{"claim": "sub"}]}
     return cfg
+
+
+# --without-llm, a debug run against a filter that does not know `llm` yet: (r) and (t) run
+# without it, their counters are not checked, and results.md is not written.
+WITHOUT_LLM = False
+
+
+def config_llm() -> dict:
+    """(c)'s split reading the answers of LLM APIs on every path (`"llm": {}`): all that differs
+    from (c) is that the filter reads the response."""
+    cfg = config_one_rule()
+    if not WITHOUT_LLM:
+        cfg["llm"] = {}
+    return cfg
+
+
+def answer_events(kind: str) -> list[dict]:
+    """The JSON of each event of bench/llm-stream.sse (`data: {...}`, without [DONE]), or the
+    one JSON answer."""
+    text = LLM_FILES[kind].read_text()
+    if kind == "json":
+        return [json.loads(text)]
+    return [json.loads(e[len("data: "):]) for e in text.split("\n\n") if e.startswith("data: {")]
+
+
+def answer_usage(kind: str) -> tuple[dict[str, int], str]:
+    """What graysplit must count for one answer of `kind`: its tokens by kind (the usage of the
+    JSON answer, of the stream's last chunk) and how it finished."""
+    events = answer_events(kind)
+    usage = events[-1]["usage"]
+    finish = next(c["finish_reason"] for e in events for c in e["choices"] if c.get("finish_reason"))
+    return {"input": usage["prompt_tokens"], "output": usage["completion_tokens"],
+            "cached": usage.get("prompt_tokens_details", {}).get("cached_tokens", 0),
+            "reasoning": usage.get("completion_tokens_details", {}).get("reasoning_tokens", 0)}, finish
 
 
 def chat_body(user: str, kb: int) -> bytes:
@@ -231,11 +291,19 @@ class Scenario:
     expect: object = None
     # What each request is: "get" (the browser GET above), "chat<KB>" (POST of an OpenAI-style
     # chat body of that many KB carrying the user id in /user), "jwt" (the GET with a bearer
-    # token, RS256, whose sub is the user id).
+    # token, RS256, whose sub is the user id), "sse" / "json" (the GET on a path nginx answers
+    # with bench/llm-stream.sse / bench/llm-answer.json).
     kind: str = "get"
+    # Its graysplit config has `llm`: every answer must show in the llm counters (for "sse" and
+    # "json"; without it they must not move).
+    llm: bool = False
     proc: subprocess.Popen | None = None
     admin: str = ""
     port: int = 0
+
+    @property
+    def path(self) -> str:
+        return ANSWER_PATHS.get(self.kind, REQUEST_PATH)
 
 
 def mmh3_bucket(salt: str, user: bytes) -> int:
@@ -262,6 +330,12 @@ HEADER_ROUTES = [
        "route": {"cluster": v}} for v in ("v1", "v2")),
     {"match": {"prefix": "/"}, "route": {"cluster": "v1"}},
 ]
+# (v)-(x): the same over HTTP/2 to nginx, whose small DATA frames reach the filters one by one.
+H2_ROUTES = [
+    *({"match": {"prefix": "/", "headers": [{"name": "x-graysplit-version", "string_match": {"exact": v}}]},
+       "route": {"cluster": f"{v}_h2"}} for v in ("v1", "v2")),
+    {"match": {"prefix": "/"}, "route": {"cluster": "v1_h2"}},
+]
 # (b), Envoy's own sticky split: the route's hash policy (the user id header) picks the
 # weighted cluster, so a user always lands on the same side (use_hash_policy).
 WEIGHTED_ROUTES = [{"match": {"prefix": "/"}, "route": {
@@ -272,18 +346,31 @@ ROUTER = {"name": "envoy.filters.http.router",
           "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
 
 
+_H2_PORTS: dict[str, int] = {}
+
+
+def h2_ports() -> dict[str, int]:
+    """The ports of nginx's HTTP/2 servers (clusters v1_h2, v2_h2), picked once: every scenario's
+    values carry them (tests/it_envoy_configs.py renders envoy/bench.yaml from those and the two
+    HTTP/1.1 ports alone), and start_nginx() listens on them."""
+    if not _H2_PORTS:
+        _H2_PORTS.update(V1_H2_PORT=run.free_port(), V2_H2_PORT=run.free_port())
+    return dict(_H2_PORTS)
+
+
 def bench_values(routes: list = HEADER_ROUTES, http_filter: dict | None = None,
                  before: list | None = None) -> dict[str, object]:
     """envoy/bench.yaml's values for a scenario: its routes, and its filters before the router
-    (JSON is YAML, so each goes in on one line)."""
+    (JSON is YAML, so each goes in on one line), and the HTTP/2 ports."""
     filters = [*(before or []), *([http_filter] if http_filter else []), ROUTER]
-    return {"ROUTES": json.dumps(routes), "HTTP_FILTERS": json.dumps(filters)}
+    return {"ROUTES": json.dumps(routes), "HTTP_FILTERS": json.dumps(filters), **h2_ports()}
 
 
-def wasm(path: Path, config: dict, before: list | None = None) -> dict[str, object]:
+def wasm(path: Path, config: dict, before: list | None = None,
+         routes: list = HEADER_ROUTES) -> dict[str, object]:
     """A proxy-wasm module with its plugin config, configured like envoy/test-bootstrap.yaml:
     graysplit (c, d), the no-op filters (f, g) and the probes."""
-    return bench_values(before=before, http_filter={
+    return bench_values(routes, before=before, http_filter={
         "name": "graysplit",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
@@ -340,6 +427,25 @@ def scenarios(graysplit_wasm: Path) -> list[Scenario]:
                  bench_values(), expect=lambda u: "v1", kind="chat8"),
         Scenario("o", "graysplit, the user id from an 8 KB JSON body (for k's cost per KB)",
                  wasm(graysplit_wasm, config_body()), expect=expect_split, kind="chat8"),
+        Scenario("p", "native header routing of a streamed answer: 32 OpenAI SSE chunks (baseline of q, r)",
+                 bench_values(), expect=lambda u: "v1", kind="sse"),
+        Scenario("q", "graysplit, (c) without `llm` on that streamed answer",
+                 wasm(graysplit_wasm, config_one_rule()), expect=expect_split, kind="sse"),
+        Scenario("r", "graysplit, (c) with `llm`: reads that streamed answer",
+                 wasm(graysplit_wasm, config_llm()), expect=expect_split, kind="sse", llm=not WITHOUT_LLM),
+        Scenario("s", "native header routing of a 4 KB OpenAI JSON answer (baseline of t, u)",
+                 bench_values(), expect=lambda u: "v1", kind="json"),
+        Scenario("t", "graysplit, (c) with `llm`: reads that JSON answer",
+                 wasm(graysplit_wasm, config_llm()), expect=expect_split, kind="json", llm=not WITHOUT_LLM),
+        Scenario("u", "graysplit, (c) without `llm` on that JSON answer",
+                 wasm(graysplit_wasm, config_one_rule()), expect=expect_split, kind="json"),
+        Scenario("v", "native header routing of (p)'s stream over HTTP/2 in 32 DATA frames (baseline of w, x)",
+                 bench_values(H2_ROUTES), expect=lambda u: "v1", kind="sse"),
+        Scenario("w", "graysplit, (c) without `llm` on that stream of 32 frames",
+                 wasm(graysplit_wasm, config_one_rule(), routes=H2_ROUTES), expect=expect_split, kind="sse"),
+        Scenario("x", "graysplit, (c) with `llm`: reads that stream, 32 body callbacks",
+                 wasm(graysplit_wasm, config_llm(), routes=H2_ROUTES), expect=expect_split, kind="sse",
+                 llm=not WITHOUT_LLM),
     ]
 
 
@@ -457,9 +563,34 @@ def wait_port(port: int, proc: subprocess.Popen, what: str, timeout_s: float = 1
     raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout_s:.0f}s")
 
 
-def start_nginx(nginx: str, cpu: int | None) -> tuple[subprocess.Popen, int, int]:
-    """One nginx process (no master, so PR_SET_PDEATHSIG covers it) answering 200 "v1" / "v2"."""
+def nginx_answers(version: str) -> str:
+    """The locations of the answer scenarios (p-u): each file of LLM_FILES at its path, with its
+    content type, the same bytes on both versions, and the version in x-served-by. The stream goes
+    out chunked, without content-length, as an LLM API streams (ssi on a file without SSI
+    commands passes its bytes through and drops the length); the JSON answer with its length."""
+    out = []
+    for kind, path in ANSWER_PATHS.items():
+        chunked = f"ssi on; ssi_types {LLM_TYPES[kind]}; " if kind == "sse" else ""
+        out.append(f"location = {path.split('?')[0]} {{ alias {LLM_FILES[kind]}; types {{ }} "
+                   f"default_type {LLM_TYPES[kind]}; etag off; {chunked}"
+                   f"add_header cache-control no-cache; add_header x-served-by {version}; }}")
+    return " ".join(out)
+
+
+def h2_frame_bytes() -> int:
+    """The DATA frame size of the HTTP/2 servers (nginx http2_chunk_size): the stream in as many
+    frames as it has events, so Envoy hands graysplit as many body callbacks as a model streaming
+    event by event would, each cut at its own place in the events."""
+    return -(-LLM_FILES["sse"].stat().st_size // len(answer_events("sse")))
+
+
+def start_nginx(nginx: str, cpu: int | None) -> tuple[subprocess.Popen, dict[str, int]]:
+    """One nginx process (no master, so PR_SET_PDEATHSIG covers it) answering 200 "v1" / "v2",
+    and the answers of nginx_answers(), over HTTP/1.1 (V1_PORT, V2_PORT: clusters v1, v2) and
+    over HTTP/2 in small DATA frames (V1_H2_PORT, V2_H2_PORT: clusters v1_h2, v2_h2). Returns the
+    process and envoy/bench.yaml's port values."""
     v1, v2 = run.free_port(), run.free_port()
+    v1h2, v2h2 = h2_ports()["V1_H2_PORT"], h2_ports()["V2_H2_PORT"]
     d = RUN_DIR / "nginx"
     d.mkdir(parents=True, exist_ok=True)
     conf = d / "nginx.conf"
@@ -474,28 +605,33 @@ http {{
   default_type text/plain;
   keepalive_requests 100000000;
   keepalive_timeout 600s;
-  server {{ listen 127.0.0.1:{v1}; location / {{ return 200 "v1\\n"; }} }}
-  server {{ listen 127.0.0.1:{v2}; location / {{ return 200 "v2\\n"; }} }}
+  server {{ listen 127.0.0.1:{v1}; location / {{ return 200 "v1\\n"; }} {nginx_answers('v1')} }}
+  server {{ listen 127.0.0.1:{v2}; location / {{ return 200 "v2\\n"; }} {nginx_answers('v2')} }}
+  server {{ listen 127.0.0.1:{v1h2} http2; http2_chunk_size {h2_frame_bytes()};
+           location / {{ return 200 "v1\\n"; }} {nginx_answers('v1')} }}
+  server {{ listen 127.0.0.1:{v2h2} http2; http2_chunk_size {h2_frame_bytes()};
+           location / {{ return 200 "v2\\n"; }} {nginx_answers('v2')} }}
 }}
 """)
     proc = subprocess.Popen([nginx, "-p", str(d), "-c", str(conf)], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=open(d / "stderr.log", "wb"),
                             preexec_fn=_child_setup(cpu))
     try:
-        wait_port(v1, proc, "nginx")
-        wait_port(v2, proc, "nginx")
+        for port in (v1, v2, v1h2, v2h2):
+            wait_port(port, proc, "nginx")
     except RuntimeError:
         print((d / "stderr.log").read_text() + (d / "error.log").read_text() if (d / "error.log").exists() else "",
               file=sys.stderr)
         raise
-    return proc, v1, v2
+    return proc, {"V1_PORT": v1, "V2_PORT": v2, "V1_H2_PORT": v1h2, "V2_H2_PORT": v2h2}
 
 
 # ---------------------------------------------------------------------------------------------
 # Envoy.
 
 def start_envoy(s: Scenario, ports: dict[str, int], cpu: int | None, name: str | None = None,
-                wrapper: list[str] | None = None, ready_timeout_s: float = 30.0) -> None:
+                wrapper: list[str] | None = None, ready_timeout_s: float = 30.0,
+                extra_args: list[str] | None = None) -> None:
     name = name or s.key
     config = RUN_DIR / f"envoy-{name}.yaml"
     config.write_text(run.render_bootstrap({**ports, **s.values}, TEMPLATE))
@@ -503,7 +639,7 @@ def start_envoy(s: Scenario, ports: dict[str, int], cpu: int | None, name: str |
     admin_path.unlink(missing_ok=True)
     log = RUN_DIR / f"envoy-{name}.log"
     args = [*(wrapper or []), run.envoy_binary(), "-c", str(config), "--disable-hot-restart", "--concurrency", "1",
-            "--admin-address-path", str(admin_path), "--log-level", "warn"]
+            "--admin-address-path", str(admin_path), "--log-level", "warn", *(extra_args or [])]
     with open(log, "wb") as out:
         s.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                   preexec_fn=_child_setup(cpu))
@@ -548,7 +684,8 @@ def rq_counters(admin: str) -> dict[str, int]:
 # Checks before measuring.
 
 def get(conn: http.client.HTTPConnection, user: bytes | None, extra: dict | None = None,
-        path: str = REQUEST_PATH, kind: str = "get") -> tuple[int, str, dict]:
+        path: str | None = None, kind: str = "get") -> tuple[int, str, dict]:
+    path = path or ANSWER_PATHS.get(kind, REQUEST_PATH)
     headers = {"cookie": COOKIE, "user-agent": USER_AGENT, "accept": "application/json"}
     body = None
     if kind.startswith("chat") and user is not None:
@@ -562,7 +699,7 @@ def get(conn: http.client.HTTPConnection, user: bytes | None, extra: dict | None
     headers.update(extra or {})
     conn.request("POST" if body is not None else "GET", path, body=body, headers=headers)
     r = conn.getresponse()
-    return r.status, r.read().decode(errors="replace").strip(), dict(r.getheaders())
+    return r.status, r.read().decode(errors="replace").strip(), {k.lower(): v for k, v in r.getheaders()}
 
 
 TOKENS: list[str] = []   # jwt_tokens(), read once main() made them
@@ -574,10 +711,20 @@ def check_routing(s: Scenario, sample: int = 600) -> str:
     users = [f"user-{i}" for i in range(sample)]
     got: dict[str, str] = {}
     problems: list[str] = []
+    answer = LLM_FILES[s.kind].read_text().strip() if s.kind in LLM_FILES else None
+    before = llm_counts(s.admin) if answer else {}
     for u in users:
-        status, body, _ = get(conn, u.encode(), kind=s.kind)
+        status, body, headers = get(conn, u.encode(), kind=s.kind)
         if status != 200:
             problems.append(f"{u}: HTTP {status} {body[:80]!r}")
+        if answer:   # an LLM answer: the file's bytes, its content type; the version in a header
+            if body != answer:
+                problems.append(f"{u}: the answer changed on its way ({len(body)} bytes, not {len(answer)})")
+            if headers.get("content-type") != LLM_TYPES[s.kind]:
+                problems.append(f"{u}: content-type {headers.get('content-type')!r}, not {LLM_TYPES[s.kind]!r}")
+            if s.kind == "sse" and headers.get("transfer-encoding") != "chunked":
+                problems.append(f"{u}: the stream came with {headers.get('content-length')!r} as its length, not chunked")
+            body = headers.get("x-served-by", "?")
         got[u] = body
     if s.expect is None:
         # (b): no contract to compare with; the pick must be sticky and about half and half.
@@ -588,7 +735,7 @@ def check_routing(s: Scenario, sample: int = 600) -> str:
         for u in users:
             if got[u] != s.expect(u):
                 problems.append(f"{u}: got {got[u]!r}, expected {s.expect(u)!r}")
-    if s.key in ("b", "c", "d", "e"):
+    if s.key in ("b", "c", "d", "e", "q", "r", "t", "u", "w", "x"):
         share = sum(v == "v2" for v in got.values()) / len(users)
         if not 0.40 <= share <= 0.60:
             problems.append(f"v2 share {share:.1%}, expected about 50%")
@@ -607,10 +754,57 @@ def check_routing(s: Scenario, sample: int = 600) -> str:
     conn.close()
     counts = {v: sum(b == v for b in got.values()) for v in sorted(set(got.values()))}
     summary = ", ".join(f"{v} {n}" for v, n in counts.items())
+    if answer:
+        moved, llm_bad = llm_check(s, before, counts)
+        problems += llm_bad
+        summary += f"; llm counters: {moved}"
     if problems:
         raise SystemExit(f"scenario ({s.key}) does not route as intended ({summary}):\n  "
                          + "\n  ".join(problems[:10]))
     return summary
+
+
+LLM_COUNTER = re.compile(r"^wasmcustom\.graysplit_llm_(tokens_total|answers_total)\.rule\.(.+?)\.version\.(.+)"
+                         r"\.(?:kind|finish)\.([a-z_]+)$")
+
+
+def llm_counts(admin: str) -> dict[tuple[str, str, str], int]:
+    """graysplit's llm counters summed over rules: (family, version, token kind or finish) ->
+    value (README "Metrics"; absent in a config without `llm`)."""
+    out: dict[tuple[str, str, str], int] = {}
+    for name, value in run.counters(admin, "wasmcustom.graysplit_llm_").items():
+        if m := LLM_COUNTER.match(name):
+            key = (m[1], m[3], m[4])
+            out[key] = out.get(key, 0) + value
+    return out
+
+
+def llm_check(s: Scenario, before: dict, served: dict[str, int]) -> tuple[str, list[str]]:
+    """After `served` answers per version: with `llm`, each version's counters moved by exactly
+    that many times the file's usage (tokens by kind) and one answer with the file's finish each;
+    without, no llm counter moved. The filter counts an answer when it ends, which may be just
+    after the client read it: wait up to 3 s for the counters to settle."""
+    tokens, finish = answer_usage(s.kind)
+    want: dict[tuple[str, str, str], int] = {}
+    if s.llm:
+        for version, n in served.items():
+            want.update({("tokens_total", version, kind): n * t for kind, t in tokens.items()})
+            want[("answers_total", version, finish)] = n
+    deadline = time.monotonic() + 3
+    while True:
+        after = llm_counts(s.admin)
+        moved = {k: after.get(k, 0) - before.get(k, 0) for k in {*want, *before, *after}}
+        bad = [f"{fam} version {v} {what}: moved by {moved[fam, v, what]:,}, expected {want.get((fam, v, what), 0):,}"
+               for fam, v, what in sorted(moved) if moved[fam, v, what] != want.get((fam, v, what), 0)]
+        if not bad or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    if s.llm and not after:
+        bad.insert(0, "no graysplit_llm_ counters at all: does this filter read answers (`llm`)?")
+    answers = sum(n for (fam, _, _), n in moved.items() if fam == "answers_total")
+    output = sum(n for (fam, _, kind), n in moved.items() if fam == "tokens_total" and kind == "output")
+    return (f"{answers} answers ({finish}), {output:,} output tokens" if s.llm else
+            f"none moved ({len(after)} present)"), bad
 
 
 def check_lua_murmur3(ports: dict[str, int], cpu: int | None) -> int:
@@ -646,6 +840,42 @@ end
     return len(cases)
 
 
+ANSWER_WAYS = {"sse": ("sse", HEADER_ROUTES), "json": ("json", HEADER_ROUTES), "sse-h2": ("sse", H2_ROUTES)}
+
+
+def answer_reads(ports: dict[str, int], cpu: int | None, n: int = 20) -> dict[str, tuple[float, float, int]]:
+    """How each answer reaches Envoy from nginx ((p), (s), (v)): an Envoy of native routing with
+    trace logs gets `n` answers one at a time; its log gives the reads on the upstream connection
+    (one that carries no downstream stream: "read returns: <bytes>") and the data frames passed
+    down the filter chain ("encoding data via codec (size=<bytes>"). Returns "sse", "json",
+    "sse-h2" -> (upstream reads per answer, non-empty data frames per answer, the largest frame's
+    bytes)."""
+    out = {}
+    for way, (kind, routes) in ANSWER_WAYS.items():
+        s = Scenario(f"reads-{way}", "", bench_values(routes), kind=kind)
+        start_envoy(s, ports, cpu, name=s.key, extra_args=["--component-log-level", "connection:trace,http:trace"])
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=5)
+            for i in range(n):
+                if get(conn, f"user-{i}".encode(), kind=kind)[0] != 200:
+                    raise SystemExit(f"answer_reads: a {kind} answer was not 200")
+            conn.close()
+        finally:
+            stop(s.proc)
+        log = (RUN_DIR / f"envoy-{s.key}.log").read_text(errors="replace")
+        downstream = set(re.findall(r'"ConnectionId":"(\d+)","StreamId"', log))
+        reads = [int(b) for c, b in re.findall(r'"ConnectionId":"(\d+)"\] read returns: (\d+)', log) if c not in downstream]
+        # Streams of the answers (not of the admin requests start_envoy made): by their :path.
+        streams = set(re.findall(r'"StreamId":"(\d+)"\] request headers complete [^\n]*\n(?:[^\n]*\n){0,2}'
+                                 r"':path', '" + re.escape(ANSWER_PATHS[kind].split("?")[0]), log))
+        frames = [int(b) for sid, b in re.findall(r'"StreamId":"(\d+)"\] encoding data via codec \(size=(\d+)', log)
+                  if sid in streams and int(b) > 0]
+        if not reads or not frames:
+            raise SystemExit(f"answer_reads: no upstream reads or data frames in {RUN_DIR / f'envoy-{s.key}.log'}")
+        out[way] = (sum(1 for b in reads if b > 0) / n, len(frames) / n, max(frames))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Measuring.
 
@@ -672,7 +902,7 @@ class RunFailed(Exception):
 
 def wrk(wrk_bin: str, s: Scenario, seconds: int, connections: int, cpu: int | None) -> dict:
     cmd = [wrk_bin, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(WRK_SCRIPT),
-           f"http://127.0.0.1:{s.port}{REQUEST_PATH}", "--", s.kind, str(RUN_DIR / "tokens.txt")]
+           f"http://127.0.0.1:{s.port}{s.path}", "--", s.kind, str(RUN_DIR / "tokens.txt")]
     out = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_child_setup(cpu))
     m = re.search(r"^WRK_JSON (\{.*\})$", out.stdout, re.M)
     if out.returncode != 0 or not m:
@@ -776,8 +1006,85 @@ def envoy_version() -> str:
     return m.group(1) if m else out.strip()
 
 
+def previous_instructions() -> tuple[str, dict[str, int]]:
+    """The date and the instructions per request of the results.md this run replaces."""
+    try:
+        text = RESULTS.read_text()
+    except OSError:
+        return "", {}
+    date = re.search(r"^- date: (.+)$", text, re.M)
+    return (date[1] if date else "?"), {k: int(v.replace(",", "")) for k, v in
+                                        re.findall(r"^\| \((\w)\) \| ([\d,]+) \| [\d.]+ \|$", text, re.M)}
+
+
+def llm_lines(instructions: dict[str, float], cpu: dict[str, float], reads: dict,
+              previous: tuple[str, dict[str, int]]) -> list[str]:
+    """What reading LLM answers costs (p-x), from the instruction counts (and, noisy, the CPU
+    medians): the reading alone, per event, and what a config without `llm` costs."""
+    i, out = instructions, []
+    events = len(answer_events("sse"))
+    size = {k: f.stat().st_size for k, f in LLM_FILES.items()}
+
+    def how(way: str) -> str:
+        if way not in reads:
+            return ""
+        r, frames, largest = reads[way]
+        return (f" It reaches Envoy from nginx in {r:.1f} upstream read(s) per answer, handed to the filters "
+                f"in {frames:.1f} data frame(s) (the largest {largest:,} bytes), then the end of the stream.")
+
+    def stream(read: str, alone: str, base: str, callbacks: str) -> None:
+        """One streamed answer: (read) with llm, (alone) the same split without, (base) native."""
+        if not {read, alone, base} <= i.keys():
+            return
+        d = i[read] - i[alone]
+        out.append(f"  - reading it: ({read}) - ({alone}) = {d:,.0f} instructions per answer, **{d / events:,.0f} per "
+                   f"event** ({events} events, {callbacks}); ({read}) / ({alone}) = {i[read] / i[alone]:.3f}; "
+                   f"({read}) / ({base}) = {i[read] / i[base]:.3f}, of which the split alone ({alone}) / ({base}) = "
+                   f"{i[alone] / i[base]:.3f}"
+                   + (f"; CPU medians: ({read}) - ({alone}) = {cpu[read] - cpu[alone]:.1f} µs per answer, "
+                      f"{(cpu[read] - cpu[alone]) / events * 1000:.0f} ns per event (noisy)"
+                      if {read, alone} <= cpu.keys() else ""))
+        if "a" in i and "c" in i:
+            out.append(f"  - without `llm`: ({alone}) - ({base}) = {i[alone] - i[base]:,.0f} instructions, the split on "
+                       f"this answer; (c) - (a) = {i['c'] - i['a']:,.0f} on (a)'s 3-byte answer "
+                       f"({(i[alone] - i[base]) - (i['c'] - i['a']):+,.0f})")
+
+    if {"p", "q", "r"} & i.keys():
+        out.append(f"- Streamed answer, (p)-(r) (bench/llm-stream.sse: {events} OpenAI chat.completion.chunk events, "
+                   f"usage in the last, then `data: [DONE]`; {size['sse']:,} bytes, text/event-stream, chunked over "
+                   "HTTP/1.1)." + how("sse"))
+        stream("r", "q", "p", "all in one body callback" if reads.get("sse", (0, 1, 0))[1] <= 1 else
+               f"{reads['sse'][1]:.0f} body callbacks")
+    if {"v", "w", "x"} & i.keys():
+        out.append(f"- The same stream event by event, (v)-(x): over HTTP/2, nginx cuts it into DATA frames of "
+                   f"{h2_frame_bytes()} bytes, each handed to the filters on its own, as many body callbacks as a model "
+                   "streaming token by token causes (here each cut inside an event)." + how("sse-h2"))
+        stream("x", "w", "v", f"{reads['sse-h2'][1]:.0f} body callbacks" if "sse-h2" in reads else "one callback each")
+    if {"s", "t", "u"} & i.keys():
+        out.append(f"- JSON answer, (s)-(u) (bench/llm-answer.json: an OpenAI chat.completion, {size['json']:,} bytes, "
+                   "application/json with its content-length)." + how("json"))
+        if {"s", "t", "u"} <= i.keys():
+            d = i["t"] - i["u"]
+            out.append(f"  - reading it: (t) - (u) = {d:,.0f} instructions per answer "
+                       f"({d / (size['json'] / 1024):,.0f} per KiB); (t) / (u) = {i['t'] / i['u']:.3f}; "
+                       f"(t) / (s) = {i['t'] / i['s']:.3f}, of which the split alone (u) / (s) = {i['u'] / i['s']:.3f}"
+                       + (f"; CPU medians: (t) - (u) = {cpu['t'] - cpu['u']:.1f} µs per answer (noisy)"
+                          if {"t", "u"} <= cpu.keys() else ""))
+    date, before = previous
+    same = [k for k in "cdhik" if k in i and k in before]
+    if same:
+        out.append(f"- configs without `llm` against the previous results.md ({date}): "
+                   + ", ".join(f"({k}) {i[k]:,.0f} instructions, {before[k]:,} then ({i[k] / before[k] - 1:+.1%})"
+                               for k in same))
+    if out:
+        out.append("- callgrind's counts move by a few hundred instructions per request between two runs of one "
+                   "config: a per-event figure is good to about 10-20 instructions.")
+    return ["Reading LLM answers (issue 17; instructions per request under callgrind):", "", *out, ""] if out else []
+
+
 def report(scens: list[Scenario], runs: list[Run], args, wasm: Path, pinned: bool,
-           instructions: dict[str, float] | None = None) -> str:
+           instructions: dict[str, float] | None = None, reads: dict | None = None,
+           previous: tuple[str, dict[str, int]] = ("", {})) -> str:
     by = {(r.key, r.round): r for r in runs}
     rounds = sorted({r.round for r in runs})
     ratio = {s.key: [by[s.key, n].cpu_us_per_rq / by["a", n].cpu_us_per_rq for n in rounds] for s in scens}
@@ -834,6 +1141,8 @@ def report(scens: list[Scenario], runs: list[Run], args, wasm: Path, pinned: boo
                   "| scenario | instructions/rq | ratio to (a) |", "| --- | ---: | ---: |"]
         lines += [f"| ({k}) | {v:,.0f} | {v / a:.3f} |" for k, v in instructions.items()]
         lines.append("")
+        lines += llm_lines(instructions, {s.key: med(by[s.key, n].cpu_us_per_rq for n in rounds) for s in scens},
+                           reads or {}, previous)
     lines += [
         "<details><summary>Every run: CPU µs per request (ratio to (a) of the round)</summary>",
         "",
@@ -884,8 +1193,7 @@ def probe(args) -> int:
                                       for i, ((title, _), w) in enumerate(zip(PROBES, wasms))]
     nginx = None
     try:
-        nginx, v1, v2 = start_nginx(shutil.which("nginx") or "/usr/sbin/nginx", LOAD_CPU if pinned else None)
-        ports = {"V1_PORT": v1, "V2_PORT": v2}
+        nginx, ports = start_nginx(shutil.which("nginx") or "/usr/sbin/nginx", LOAD_CPU if pinned else None)
         counts = {}
         for s in scens:
             counts[s.key] = instructions_per_request(s, ports, args.callgrind or 300, envoy_cpu)
@@ -917,12 +1225,17 @@ def main() -> int:
     ap.add_argument("--callgrind", type=int, default=int(os.environ.get("BENCH_CALLGRIND", 300)),
                     metavar="N", help="also count Envoy instructions per request under valgrind's "
                     "callgrind over N requests per scenario (noise-free; about 30 s per scenario)")
-    ap.add_argument("--only", default="abcdefghijklmno", help="scenarios to run, e.g. acf ((a) is always run)")
+    ap.add_argument("--only", default="abcdefghijklmnopqrstuvwx", help="scenarios to run, e.g. acf ((a) is always run)")
+    ap.add_argument("--without-llm", action="store_true",
+                    help="debug: run (r) and (t) with `llm` removed from their config (a filter that does not "
+                    "know it yet), without checking the llm counters; results.md is not written")
     ap.add_argument("--no-heap", dest="heap", action="store_false",
                     help="skip the peak Wasm heap of one held request (a heap-stats build, about 1 minute)")
     ap.add_argument("--probe", action="store_true",
                     help="instead: price each host call graysplit makes (bench/probe, callgrind; about 6 minutes)")
     args = ap.parse_args()
+    global WITHOUT_LLM
+    WITHOUT_LLM = args.without_llm
     run.require_wasm()
     if args.probe:
         return probe(args)
@@ -943,9 +1256,15 @@ def main() -> int:
     nginx = None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        nginx, v1, v2 = start_nginx(nginx_bin, load_cpu)
-        ports = {"V1_PORT": v1, "V2_PORT": v2}
-        print(f"upstream: nginx on 127.0.0.1:{v1} (v1) and :{v2} (v2)")
+        nginx, ports = start_nginx(nginx_bin, load_cpu)
+        print(f"upstream: nginx on 127.0.0.1:{ports['V1_PORT']} (v1) and :{ports['V2_PORT']} (v2), HTTP/2 on "
+              f":{ports['V1_H2_PORT']} (v1_h2) and :{ports['V2_H2_PORT']} (v2_h2)")
+        reads = {}
+        if any(s.kind in LLM_FILES for s in scens):
+            reads = answer_reads(ports, envoy_cpu)
+            for way, (r, frames, largest) in reads.items():
+                print(f"{way}: {r:.1f} upstream reads per answer, {frames:.1f} data frames "
+                      f"(largest {largest:,} bytes)", flush=True)
         if any(s.key == "e" for s in scens):
             n = check_lua_murmur3(ports, envoy_cpu)
             print(f"Lua murmur3 agrees with Python mmh3 on {n} (salt, user id) pairs")
@@ -982,8 +1301,9 @@ def main() -> int:
             a = instructions.get("a", 0) or 1
             for k, v in instructions.items():
                 print(f"({k}) {v:,.0f} instructions/rq, {v / a:.3f} x (a)")
+            print("\n".join(llm_lines(instructions, {}, reads, previous_instructions())))
             return 0
-        text = report(scens, runs, args, run.WASM, pinned, instructions)
+        text = report(scens, runs, args, run.WASM, pinned, instructions, reads, previous_instructions())
         if heap:
             text += ("\nPeak Wasm heap of one held request (headers to decision; feature `heap-stats`, "
                      "(k)'s body identity, `body.max_bytes` 983040; DESIGN's bound: below 2 x max_bytes "
@@ -992,9 +1312,12 @@ def main() -> int:
         if bad:
             text += (f"\n**{len(bad)} runs had errors** (non-2xx, 5xx or socket errors): "
                      + ", ".join(f"({r.key}) round {r.round + 1}: {r.errors}" for r in bad) + "\n")
-        RESULTS.write_text(text)
         print(text)
-        print(f"wrote {RESULTS.relative_to(ROOT)}")
+        if WITHOUT_LLM:
+            print(f"--without-llm: {RESULTS.relative_to(ROOT)} not written")
+        else:
+            RESULTS.write_text(text)
+            print(f"wrote {RESULTS.relative_to(ROOT)}")
         return 1 if bad else 0
     finally:
         for s in scens:
