@@ -84,8 +84,9 @@ def it_the_dashboard_reads_the_recording_rules():
         assert names and names <= recorded, f"{e}: not recording rules: {names - recorded}"
         used |= names
     # All but the helpers of other rules.
-    assert used == recorded - {"graysplit:llm_stable_answers:rate5m", "graysplit:gray_entry:proxies",
-                               "graysplit:gray_version:info"}, sorted(recorded - used)
+    assert used == recorded - {"graysplit:llm_stable_answers_with_output:rate5m",
+                               "graysplit:gray_entry:proxies", "graysplit:gray_version:info"}, \
+        sorted(recorded - used)
 
 
 # --------------------------------------------------------------------------- Prometheus server
@@ -342,11 +343,31 @@ def it_prometheus_alerts_on_the_proxy_whose_guard_tripped_and_aggregates_the_fle
 # --------------------------------------------------------------------------- answers (`llm`)
 
 class ChatApp(App):
-    """An OpenAI chat completions JSON answer with `completion_tokens` = self.output_tokens."""
+    """An OpenAI chat completions JSON answer with `completion_tokens` = self.output_tokens; to a
+    request that asks `"stream": true` (and not `stream_options.include_usage`), server-sent
+    events that end `stop` with no usage, as OpenAI streams them: an answer that reports no
+    output tokens."""
 
     output_tokens = 10
 
     def respond(self, h: http.server.BaseHTTPRequestHandler, body: bytes) -> None:
+        if json.loads(body or b"{}").get("stream"):
+            h.send_response(200)
+            h.send_header("content-type", "text/event-stream")
+            h.send_header("transfer-encoding", "chunked")
+            h.send_header("x-app-version", self.version)
+            h.end_headers()
+            base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+                    "model": self.version}
+            events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant",
+                                                                   "content": "ok"},
+                                            "finish_reason": None}]},
+                      {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
+            for e in [f"data: {json.dumps(e)}\n\n" for e in events] + ["data: [DONE]\n\n"]:
+                chunk = e.encode()
+                h.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            h.wfile.write(b"0\r\n\r\n")
+            return
         out = json.dumps({
             "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": self.version,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
@@ -365,6 +386,8 @@ class ChatApp(App):
 LLM = plugin_config([{"name": "ramp", "salt": "fleet",
                       "split": [{"version": "v2", "percent": 50}]}], llm={"paths": ["/v1/"]})
 CHAT = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+STREAM = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                     "stream": True}).encode()
 
 
 def it_prometheus_compares_a_gray_versions_answers_with_stables_across_proxies(
@@ -384,49 +407,64 @@ def it_prometheus_compares_a_gray_versions_answers_with_stables_across_proxies(
         prom = prometheus_factory([a.admin, b.admin])
         wait_for(prom, lambda: targets_up(prom, [a.admin, b.admin]), 30, "both Envoys up")
 
+        # Every third request streams without include_usage: an answer (ending stop) that
+        # reports no output tokens, which must not pull the means down.
+        asked = [0]
+
         def chat(conn, user):
+            asked[0] += 1
             r = conn.request("POST", "/v1/chat/completions",
-                             [("x-user-id", user), ("content-type", "application/json")], CHAT)
+                             [("x-user-id", user), ("content-type", "application/json")],
+                             STREAM if asked[0] % 3 == 0 else CHAT)
             assert r.status == 200, r
 
         v1, v2 = key(rule="ramp", version="v1"), key(rule="ramp", version="v2")
         with Paced([a, b], USERS, period_s=0.02, request=chat) as traffic:
-            # Enough answers of each version for the output-ratio alert (20 in 5 minutes).
-            eventually(prom, 'sum without (finish) (graysplit:llm_answers:rate5m{rule="ramp"})'
-                       ' * 300 >= 30', lambda v: len(v) == 2, 60)
+            # Enough answers with an output count of each version for the output-ratio alert
+            # (20 in 5 minutes; Envoy shows the histogram's count at its stats flush).
+            eventually(prom, 'graysplit:llm_answers_with_output:rate5m{rule="ramp"} * 300 >= 30',
+                       lambda v: len(v) == 2, 60)
         assert not traffic.failures, traffic.failures[:5]
-        # Quiet now: the last scrapes read each Envoy's tokens and answers counters with no
-        # answer ending in between, so the ratios are exact.
+        # Quiet now: the last scrapes read each Envoy's tokens counters and output-tokens
+        # histograms (after a stats flush) with no answer ending in between, so the ratios are
+        # exact: output tokens over the answers that reported them, the streams left out.
         eventually(prom, 'graysplit:llm_output_tokens_per_answer:ratio_rate5m{rule="ramp"}',
                    lambda v: set(v) == {v1, v2} and math.isclose(v[v1], 10, rel_tol=1e-9)
                    and math.isclose(v[v2], 30, rel_tol=1e-9))
         eventually(prom, "graysplit:llm_stable_output_tokens_per_answer:ratio_rate5m",
                    lambda v: set(v) == {key(rule="ramp")}
                    and math.isclose(v[key(rule="ramp")], 10, rel_tol=1e-9))
+        # ... while both versions had answers without an output count (about one in three),
+        # each counted as an answer, ending stop.
+        eventually(prom, 'sum without (finish) (graysplit:llm_answers:rate5m{rule="ramp"})'
+                   ' / graysplit:llm_answers_with_output:rate5m{rule="ramp"}',
+                   lambda v: set(v) == {v1, v2} and all(x > 1 for x in v.values()))
         # A plain split (no guard, no schedule: no split gauge): v2 is gray as it is not
         # stable, and only it is compared.
         eventually(prom, "graysplit:llm_output_tokens_per_answer_vs_stable:ratio_rate5m",
                    lambda v: set(v) == {v2} and math.isclose(v[v2], 3, rel_tol=1e-9))
         eventually(prom, 'graysplit:llm_error_share:ratio_rate5m{rule="ramp"}',
                    lambda v: v == {v1: 0, v2: 0})
-        # The alert on it is pending (it fires after 10 minutes of this).
+        # The alert on it is pending (it fires after 10 minutes of this). Its group is evaluated
+        # on its own clock: wait for an evaluation that saw the ratio above.
         def pending():
             alerts = prom.alerts("GraysplitOutputTokensRatioHigh")
-            return alerts if alerts and alerts[0]["state"] == "pending" else None
-        alerts = wait_for(prom, pending, 15, "GraysplitOutputTokensRatioHigh pending")
+            return alerts if alerts and alerts[0]["state"] == "pending" and \
+                alerts[0]["annotations"]["summary"] == \
+                "v2's answers are 3.00 times as long as stable's in rule ramp" else None
+        alerts = wait_for(prom, pending, 15, "GraysplitOutputTokensRatioHigh pending at 3.00")
         assert [x["labels"] for x in alerts] == [{
             "alertname": "GraysplitOutputTokensRatioHigh", "severity": "warning", "job": JOB,
             "rule": "ramp", "version": "v2"}], alerts
-        assert alerts[0]["annotations"]["summary"] == \
-            "v2's answers are 3.00 times as long as stable's in rule ramp", alerts
         # Envoy shows histograms at its stats flush (every 5 s by default). The JSON answers'
         # first token is their first body byte, within a second.
         p95 = eventually(prom, 'graysplit:llm_first_token_ms:p95_rate5m{rule="ramp"}',
                          lambda v: set(v) == {v1, v2} and not any(map(math.isnan, v.values())), 30)
         assert all(0 < x <= 1000 for x in p95.values()), p95
         assert prom.rule_health() == []
-        harness.SUMMARY.append(f"prometheus: {traffic.sent} chat answers through two Envoys, "
-                               f"v2's output tokens per answer 3.0 times stable's in Prometheus")
+        harness.SUMMARY.append(f"prometheus: {traffic.sent} chat answers through two Envoys (a "
+                               f"third streamed without usage), v2's output tokens per answer "
+                               f"3.0 times stable's in Prometheus")
     finally:
         apps_a.close()
         apps_b.close()
