@@ -200,9 +200,14 @@ pub struct Reader {
     recognised: bool,
     /// The format's final event came.
     done: bool,
+    /// The last event was longer than `max_event_bytes` (it may have been the final one).
+    last_oversized: bool,
     first_token: bool,
     /// The fields of the event being read (room kept from one event to the next).
     shape: Shape,
+    /// Events that can change nothing are not parsed ([`may_signal`]); the tests turn it off to
+    /// show it changes no answer.
+    skip_quiet: bool,
 }
 
 impl Reader {
@@ -217,9 +222,17 @@ impl Reader {
             finish: None,
             recognised: false,
             done: false,
+            last_oversized: false,
             first_token: false,
             shape: Shape::default(),
+            skip_quiet: true,
         }
+    }
+
+    /// A reader that parses every event (the tests' reference for [`may_signal`]).
+    #[cfg(test)]
+    fn exhaustive(framing: Framing, max_event_bytes: usize) -> Self {
+        Reader { skip_quiet: false, ..Reader::new(framing, max_event_bytes) }
     }
 
     /// Reads the next piece of the body. True when the answer's first token came with it (once
@@ -262,7 +275,9 @@ impl Reader {
         } else if match self.framing {
             // A JSON answer cut short; a stream of a known format without its final event.
             Framing::Json => !clean,
-            Framing::Sse => self.recognised && !self.done,
+            // A stream whose last event was too long to read may have ended well: its ending
+            // is what was known before it (DESIGN.md: such an event loses only its signals).
+            Framing::Sse => self.recognised && !self.done && !(clean && self.last_oversized),
         } {
             Finish::Aborted
         } else {
@@ -293,11 +308,20 @@ impl Reader {
     }
 
     fn event(&mut self, e: Event<'_>) {
-        let Event::Data { name, data } = e else { return };
+        let Event::Data { name, data } = e else {
+            self.last_oversized = true;
+            return;
+        };
+        self.last_oversized = false;
         if data == b"[DONE]" {
             // OpenAI's end of stream.
             self.recognised = true;
             self.done = true;
+            return;
+        }
+        // Once the format and the first token are known, most events (the answer's text, a
+        // delta at a time) can change nothing: only those a byte search says may are parsed.
+        if self.skip_quiet && self.recognised && self.first_token && !may_signal(name, data) {
             return;
         }
         let mut s = std::mem::take(&mut self.shape);
@@ -389,6 +413,43 @@ impl Reader {
             _ => {}
         }
     }
+}
+
+/// Whether an event can still change an answer's signals once its format and first token are
+/// known: its name is one of the formats' ending or usage events, or its data has a key or a
+/// type that carries an ending, a count or an error (a key whose value is `null` carries
+/// nothing). A false "yes" costs a parse; a "no" must never hide a signal, so every ending,
+/// count and error of every format is searched for. Quotes inside JSON strings are escaped, so
+/// the answer's own text cannot spell `"usage"` and the like.
+fn may_signal(name: &[u8], data: &[u8]) -> bool {
+    const EVENTS: [&[u8]; 7] = [
+        b"message_delta",
+        b"message_stop",
+        b"message_end",
+        b"error",
+        b"response.completed",
+        b"response.incomplete",
+        b"response.failed",
+    ];
+    if EVENTS.contains(&name) {
+        return true;
+    }
+    for i in memchr::memchr_iter(b'"', data) {
+        let rest = data.get(i + 1..).unwrap_or_default();
+        for key in [&b"usage\""[..], b"finish_reason\"", b"stop_reason\""] {
+            if let Some(after) = rest.strip_prefix(key) {
+                // `"key": null` carries nothing (OpenAI writes `"usage": null` in every chunk).
+                let value = after.trim_ascii_start().strip_prefix(b":").unwrap_or(b"n").trim_ascii_start();
+                if !value.starts_with(b"n") {
+                    return true;
+                }
+            }
+        }
+        if EVENTS.iter().any(|e| rest.strip_prefix(*e).is_some_and(|r| r.starts_with(b"\""))) {
+            return true;
+        }
+    }
+    false
 }
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ impl Splitter {
             }
         }
         while !chunk.is_empty() {
-            match chunk.iter().position(|&b| b == b'\n' || b == b'\r') {
+            match memchr::memchr2(b'\n', b'\r', chunk) {
                 None => {
                     self.keep(chunk);
                     return;

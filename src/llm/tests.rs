@@ -28,6 +28,9 @@ fn read(framing: Framing, body: &[u8], clean: bool, status: u16) -> (Answer, Opt
         }
     }
     assert_eq!(r.end(clean, Some(status)), whole, "byte by byte");
+    let mut all = Reader::exhaustive(framing, 65536);
+    all.feed(body);
+    assert_eq!(all.end(clean, Some(status)), whole, "skipping quiet events changed the answer");
     (whole, first)
 }
 
@@ -248,4 +251,67 @@ fn finish_names_round_trip() {
         assert_eq!(Finish::ALL[f.index()], f);
     }
     assert_eq!(Finish::parse("done"), None);
+}
+
+#[test]
+fn a_too_long_last_event_loses_its_signals_not_the_answer() {
+    let long = "x".repeat(5000);
+    let responses = format!(
+        "{}event: response.completed\ndata: {{\"type\":\"response.completed\",\"response\":{{\"status\":\"completed\",\"output\":[{{\"text\":\"{long}\"}}],\"usage\":{{\"input_tokens\":1,\"output_tokens\":2}}}}}}\n\n",
+        &RESPONSES_STREAM[..RESPONSES_STREAM.find("event: response.completed").unwrap()]
+    );
+    let mut r = Reader::new(Framing::Sse, 4096);
+    r.feed(responses.as_bytes());
+    assert_eq!(r.end(true, Some(200)), Answer { tokens: Tokens::default(), finish: Finish::Unknown });
+    let mut r = Reader::new(Framing::Sse, 4096);
+    r.feed(responses.as_bytes());
+    assert_eq!(r.end(false, Some(200)).finish, Finish::Aborted, "reset after it: it may have been cut");
+    let known = format!(
+        "{}event: message_stop\ndata: {{\"type\":\"message_stop\",\"pad\":\"{long}\"}}\n\n",
+        &ANTHROPIC_STREAM[..ANTHROPIC_STREAM.find("event: message_stop").unwrap()]
+    );
+    let mut r = Reader::new(Framing::Sse, 4096);
+    r.feed(known.as_bytes());
+    assert_eq!(r.end(true, Some(200)).finish, Finish::Length, "an ending already known stays");
+    let mut r = Reader::new(Framing::Sse, 4096);
+    r.feed(
+        format!("{}data: {{\"pad\":\"{long}\"}}\n\n", &OPENAI_CHAT_STREAM.replace("data: [DONE]\n\n", ""))
+            .as_bytes(),
+    );
+    r.feed(b"data: {\"object\":\"chat.completion.chunk\",\"choices\":[]}\n\n");
+    assert_eq!(
+        r.end(true, Some(200)).finish,
+        Finish::Aborted,
+        "a long event in the middle: the stream still needs its end"
+    );
+}
+
+#[test]
+fn quiet_events_are_told_apart_by_bytes_alone() {
+    let quiet: &[&[u8]] = &[
+        br#"{"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"the \"usage\": {1} and \"finish_reason\":\"stop\""},"finish_reason":null}],"usage":null}"#,
+        // (A text that is exactly `message_stop` would read as loud: a parse, not a mistake.)
+        br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"message_stop now"}}"#,
+        br#"{"type":"response.output_text.delta","delta":"an error"}"#,
+        br#"{"event": "message", "answer": "usage: none"}"#,
+        br#"{"finish_reason" :  null, "usage"	:null}"#,
+    ];
+    for d in quiet {
+        assert!(!may_signal(b"", d), "{}", String::from_utf8_lossy(d));
+    }
+    let loud: &[(&[u8], &[u8])] = &[
+        (b"", br#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#),
+        (b"", br#"{"choices":[],"usage": {"prompt_tokens":1}}"#),
+        (b"message_delta", br#"{}"#),
+        (b"", br#"{"type":"message_delta","delta":{"stop_reason":"end_turn"}}"#),
+        (b"", br#"{"type":"message_stop"}"#),
+        (b"", br#"{"type":"error","error":{}}"#),
+        (b"", br#"{"type":"response.completed","response":{}}"#),
+        (b"", br#"{"event": "message_end", "metadata": {}}"#),
+        (b"", br#"{"event": "error", "status": 400}"#),
+        (b"", br#"{"finish_reason" : "length"}"#),
+    ];
+    for (name, d) in loud {
+        assert!(may_signal(name, d), "{}", String::from_utf8_lossy(d));
+    }
 }
