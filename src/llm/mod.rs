@@ -7,6 +7,7 @@
 //! Formats are told apart by their shape, event by event ([`shape`]): OpenAI chat completions
 //! and completions, the OpenAI Responses API, Anthropic Messages, Dify's app API.
 
+mod bytes;
 mod shape;
 pub mod sse;
 
@@ -434,18 +435,30 @@ fn may_signal(name: &[u8], data: &[u8]) -> bool {
     if EVENTS.contains(&name) {
         return true;
     }
-    for i in memchr::memchr_iter(b'"', data) {
-        let rest = data.get(i + 1..).unwrap_or_default();
-        for key in [&b"usage\""[..], b"finish_reason\"", b"stop_reason\""] {
-            if let Some(after) = rest.strip_prefix(key) {
-                // `"key": null` carries nothing (OpenAI writes `"usage": null` in every chunk).
-                let value = after.trim_ascii_start().strip_prefix(b":").unwrap_or(b"n").trim_ascii_start();
-                if !value.starts_with(b"n") {
-                    return true;
-                }
+    // A key whose value is not `null` (OpenAI writes `"usage": null` in every chunk).
+    let key = |rest: &[u8], k: &[u8]| {
+        rest.strip_prefix(k).and_then(|r| r.strip_prefix(b"\"")).is_some_and(|after| {
+            let value = after.trim_ascii_start().strip_prefix(b":").unwrap_or(b"n").trim_ascii_start();
+            !value.starts_with(b"n")
+        })
+    };
+    let word = |rest: &[u8], w: &[u8]| rest.strip_prefix(w).is_some_and(|r| r.starts_with(b"\""));
+    let mut rest = data;
+    while let Some(i) = bytes::find(rest, b'"') {
+        rest = rest.get(i + 1..).unwrap_or_default();
+        // One byte tells most strings apart from every word searched for.
+        let hit = match rest.first() {
+            Some(b'u') => key(rest, b"usage"),
+            Some(b'f') => key(rest, b"finish_reason"),
+            Some(b's') => key(rest, b"stop_reason"),
+            Some(b'm') => {
+                word(rest, b"message_delta") || word(rest, b"message_stop") || word(rest, b"message_end")
             }
-        }
-        if EVENTS.iter().any(|e| rest.strip_prefix(*e).is_some_and(|r| r.starts_with(b"\""))) {
+            Some(b'e') => word(rest, b"error"),
+            Some(b'r') => EVENTS[4..].iter().any(|e| word(rest, e)),
+            _ => false,
+        };
+        if hit {
             return true;
         }
     }

@@ -64,7 +64,7 @@ impl Splitter {
             }
         }
         while !chunk.is_empty() {
-            match memchr::memchr2(b'\n', b'\r', chunk) {
+            match super::bytes::find2(chunk, b'\n', b'\r') {
                 None => {
                     self.keep(chunk);
                     return;
