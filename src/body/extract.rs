@@ -88,11 +88,23 @@ impl Pointers {
     /// [`Pointers::extract`] into `out` (its room kept from one body to the next): false, and
     /// every field absent, for a body that is not one UTF-8 JSON document.
     pub fn extract_into(&self, body: &[u8], out: &mut Vec<Option<Field>>) -> bool {
+        self.walk(body, out, false)
+    }
+
+    /// [`Pointers::extract_into`] for an LLM answer's signals: what no pointer goes into is
+    /// passed over without being decoded, and without serde_json's depth limit (the answer is
+    /// not refused for it: only its signals are wanted, and it passes whatever they are).
+    pub fn extract_signals(&self, body: &[u8], out: &mut Vec<Option<Field>>) -> bool {
+        self.walk(body, out, true)
+    }
+
+    fn walk(&self, body: &[u8], out: &mut Vec<Option<Field>>, pass: bool) -> bool {
         out.clear();
         out.resize(self.list.len(), None);
         let Ok(text) = std::str::from_utf8(body) else { return false };
         let mut de = serde_json::Deserializer::from_str(text);
-        let ok = At { node: &self.root, out: &mut *out }.deserialize(&mut de).is_ok() && de.end().is_ok();
+        let ok =
+            At { node: &self.root, out: &mut *out, pass }.deserialize(&mut de).is_ok() && de.end().is_ok();
         if !ok {
             out.iter_mut().for_each(|f| *f = None);
         }
@@ -104,9 +116,11 @@ impl Pointers {
 struct At<'a> {
     node: &'a Node,
     out: &'a mut Vec<Option<Field>>,
+    /// Skip what no pointer goes into as [`Pass`] does, not as [`Skip`].
+    pass: bool,
 }
 
-impl<'a> At<'a> {
+impl At<'_> {
     fn set(&mut self, field: Field) {
         if let Some(slot) = self.node.leaf.and_then(|i| self.out.get_mut(i)) {
             *slot = Some(field);
@@ -123,6 +137,22 @@ impl<'de> DeserializeSeed<'de> for At<'_> {
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
     }
+}
+
+/// `i` in decimal, without allocating.
+fn decimal(mut i: usize, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        if let Some(b) = buf.get_mut(at) {
+            *b = b'0' + (i % 10) as u8;
+        }
+        i /= 10;
+        if i == 0 || at == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(buf.get(at..).unwrap_or_default()).unwrap_or_default()
 }
 
 impl<'de> Visitor<'de> for At<'_> {
@@ -170,12 +200,15 @@ impl<'de> Visitor<'de> for At<'_> {
         loop {
             // Array indexes are written in decimal without leading zeros (RFC 6901): compare
             // as text, so `/messages/01` never matches.
-            let child = if self.node.children.is_empty() { None } else { child(self.node, &i.to_string()) };
+            let mut buf = [0u8; 20];
+            let child =
+                if self.node.children.is_empty() { None } else { child(self.node, decimal(i, &mut buf)) };
             let more = match child {
                 Some(node) => {
                     clear(node, self.out);
-                    seq.next_element_seed(At { node, out: &mut *self.out })?.is_some()
+                    seq.next_element_seed(At { node, out: &mut *self.out, pass: self.pass })?.is_some()
                 }
+                None if self.pass => seq.next_element_seed(Pass)?.is_some(),
                 None => seq.next_element_seed(Skip)?.is_some(),
             };
             if !more {
@@ -191,8 +224,9 @@ impl<'de> Visitor<'de> for At<'_> {
             match child {
                 Some(node) => {
                     clear(node, self.out);
-                    map.next_value_seed(At { node, out: &mut *self.out })?;
+                    map.next_value_seed(At { node, out: &mut *self.out, pass: self.pass })?;
                 }
+                None if self.pass => map.next_value_seed(Pass)?,
                 None => map.next_value_seed(Skip)?,
             }
         }
@@ -237,6 +271,18 @@ impl<'de> DeserializeSeed<'de> for Skip {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
+    }
+}
+
+/// A value no pointer goes into, skipped by serde_json without decoding its strings (escapes
+/// are still checked) and without its depth limit: for answers, whose text is passed over, not
+/// copied ([`Pointers::extract_signals`]).
+struct Pass;
+
+impl<'de> DeserializeSeed<'de> for Pass {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_ignored_any(serde::de::IgnoredAny).map(|_| ())
     }
 }
 
@@ -378,6 +424,22 @@ mod tests {
         let deep = |n: usize| format!("{{\"user\": \"u\", \"x\": {}{}}}", "[".repeat(n), "]".repeat(n));
         assert_eq!(p.extract(deep(100).as_bytes()), Some(vec![s("u")]));
         assert_eq!(p.extract(deep(200).as_bytes()), None, "as deep as serde_json refuses");
+    }
+
+    #[test]
+    fn an_answer_s_signals_are_read_past_what_no_pointer_needs() {
+        let p = pointers(&["/user", "/choices/12/x"]);
+        let deep = format!("{{\"user\": \"u\", \"x\": {}{}}}", "[".repeat(200), "]".repeat(200));
+        let mut out = Vec::new();
+        assert!(p.extract_signals(deep.as_bytes(), &mut out), "passed over, not refused");
+        assert_eq!(out, vec![s("u"), None]);
+        assert!(!p.extract_signals(br#"{"user": "u", "x": "bad \q escape"}"#, &mut out), "still checked");
+        assert_eq!(out, vec![None, None], "a refused answer has no fields");
+        let list: Vec<String> = (0..13).map(|i| format!("{{\"x\": {i}}}")).collect();
+        let body = format!("{{\"choices\": [{}]}}", list.join(","));
+        assert!(p.extract_signals(body.as_bytes(), &mut out));
+        assert_eq!(out, vec![None, s("12")], "an index of two digits");
+        assert_eq!(p.extract(body.as_bytes()), Some(vec![None, s("12")]));
     }
 
     #[test]

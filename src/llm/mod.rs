@@ -291,7 +291,7 @@ impl Reader {
     /// an Anthropic message, a Dify blocking answer.
     fn json_answer(&mut self, json: &[u8]) {
         let mut s = std::mem::take(&mut self.shape);
-        if s.read(json) {
+        if s.read(json, false) {
             if let Some(u) = s.usage() {
                 self.tokens.take(&u);
             }
@@ -326,7 +326,8 @@ impl Reader {
             return;
         }
         let mut s = std::mem::take(&mut self.shape);
-        if s.read(data) {
+        // Once the first token came, only the signals are read (the text is skipped).
+        if s.read(data, !(self.skip_quiet && self.first_token)) {
             self.fields(&s, name);
         }
         self.shape = s;

@@ -88,23 +88,45 @@ struct Table {
     counts: [[usize; 9]; 4],
 }
 
-fn table() -> &'static Table {
-    static TABLE: OnceLock<Table> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        let mut pointers = Pointers::default();
-        for p in POINTERS {
+/// The pointers that only tell whether an event carries output: not needed once the first
+/// token came, nor in a JSON answer (whose first token is its first byte). Left out, the text
+/// they point at is skipped instead of copied out.
+fn is_output(i: usize) -> bool {
+    CHOICE_OUTPUT.contains(&i) || [DELTA, DELTA_TEXT, DELTA_PARTIAL_JSON, BLOCK_TEXT, ANSWER].contains(&i)
+}
+
+fn build(with_output: bool) -> Table {
+    let mut pointers = Pointers::default();
+    for (i, p) in POINTERS.iter().enumerate() {
+        if with_output || !is_output(i) {
             pointers.add(p);
+        } else {
+            // Holds the index, under one key no answer has.
+            pointers.add(&format!("/\u{0}/{i}"));
         }
-        let counts = USAGE_AT
-            .map(|u| COUNTS.map(|c| pointers.add(&format!("{}/{c}", POINTERS.get(u).unwrap_or(&"")))));
-        Table { pointers, counts }
-    })
+    }
+    let counts =
+        USAGE_AT.map(|u| COUNTS.map(|c| pointers.add(&format!("{}/{c}", POINTERS.get(u).unwrap_or(&"")))));
+    Table { pointers, counts }
+}
+
+/// Every pointer; or (`with_output` false) those of the signals alone.
+fn table(with_output: bool) -> &'static Table {
+    static FULL: OnceLock<Table> = OnceLock::new();
+    static SIGNALS: OnceLock<Table> = OnceLock::new();
+    if with_output {
+        FULL.get_or_init(|| build(true))
+    } else {
+        SIGNALS.get_or_init(|| build(false))
+    }
 }
 
 /// One event's fields, or a whole JSON answer's; its room is kept from one event to the next.
 #[derive(Debug, Default)]
 pub(super) struct Shape {
     fields: Vec<Option<Field>>,
+    /// Which table the fields were read with.
+    with_output: bool,
 }
 
 /// A usage object's counts.
@@ -117,9 +139,11 @@ pub(super) struct Usage {
 }
 
 impl Shape {
-    /// Reads `json`: false when it is not one JSON document (every field then absent).
-    pub fn read(&mut self, json: &[u8]) -> bool {
-        table().pointers.extract_into(json, &mut self.fields)
+    /// Reads `json` (`with_output`: the fields that carry output too): false when it is not one
+    /// JSON document (every field then absent).
+    pub fn read(&mut self, json: &[u8], with_output: bool) -> bool {
+        self.with_output = with_output;
+        table(with_output).pointers.extract_signals(json, &mut self.fields)
     }
 
     fn field(&self, i: usize) -> Option<&Field> {
@@ -156,7 +180,7 @@ impl Shape {
 
     /// The usage at any of the formats' places: the first place that has one.
     pub fn usage(&self) -> Option<Usage> {
-        let t = table();
+        let t = table(self.with_output);
         USAGE_AT.iter().zip(&t.counts).find(|(u, _)| matches!(self.field(**u), Some(Field::Other))).map(
             |(_, c)| {
                 let n = |k: usize| self.str(*c.get(k)?).and_then(|s| s.parse::<u64>().ok());
