@@ -30,6 +30,7 @@ pub mod guard;
 pub mod llm;
 pub mod matcher;
 pub mod request;
+pub mod shadow;
 pub mod text;
 
 #[cfg(target_arch = "wasm32")]
