@@ -12,9 +12,10 @@ use graysplit::decide::pin::Refused;
 use graysplit::decide::{decide, decide_traced, DecidedBy, OverrideVerdict, PinOutcome, RuleVerdict, Tracer};
 use graysplit::request::claims::Claims;
 use graysplit::request::fake::StaticRequest;
+use graysplit::shadow::read::Pairs;
 
 const USAGE: &str = "\
-graysplit: check, explain and simulate graysplit configurations
+graysplit: check, explain and simulate graysplit configurations; compare shadowed answers
 
 Usage:
   graysplit check [--at TIME] CONFIG...
@@ -24,6 +25,8 @@ Usage:
   graysplit simulate CONFIG --users N [REQUEST]
                                        share per rule and version over N distinct users
   graysplit bucket SALT USER           the bucket (0..9999) of USER under SALT
+  graysplit compare [--json] [--seed N] FILE...
+                                       per rule, the paired records' primary against shadow
 
 CONFIG is the plugin configuration as JSON, or a YAML file with WasmPlugin resources (their
 spec.pluginConfig is checked; with several, pick one with --plugin NAME). `-` reads stdin.
@@ -41,6 +44,19 @@ REQUEST facts (all optional, repeatable where it makes sense):
   --body FILE            the JSON request body (as if held in full within body.max_bytes)
   --pin [NAME=]VALUE     a session pin cookie the request carries (bare: for every split rule)
   --plugin NAME          which WasmPlugin of a YAML file
+
+compare reads the records shadow_sink received: OTLP/JSON logs, one ExportLogsServiceRequest
+per line as the OpenTelemetry Collector's file exporter writes them, or POSTed bodies (one or
+more per file, pretty-printed or not; a file is read line by line when its first line is a
+whole JSON document). `-` reads stdin; several files are merged, records without
+graysplit.rule ignored. Per rule: pairs by result; status agreement (of the records with both
+statuses); over the paired records, total ms p50/p95 per side, output tokens per answer per
+side (records with both counts) with the ratio shadow / primary and its 95% bootstrap interval,
+and ending mismatches; similarity p10/p50/p90. Percentiles are nearest-rank. The bootstrap
+draws 1000 resamples of the pairs, in the order read, with SplitMix64 seeded by --seed
+(default 0): index = next % pairs. --json prints DESIGN.md's shape (null: no data). A line
+that is not JSON or not an OTLP logs request: FILE:LINE: problem on stderr, exit status 1
+(also for a file that cannot be read).
 ";
 
 fn main() -> ExitCode {
@@ -63,6 +79,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         "check" => check(rest),
         "explain" => explain(rest),
         "simulate" => simulate(rest),
+        "compare" => compare(rest),
         "bucket" => match rest {
             [salt, user] => {
                 let mut prefix = salt.clone().into_bytes();
@@ -560,6 +577,47 @@ fn simulate(args: &[String]) -> Result<ExitCode, String> {
     println!();
     for (version, c) in &by_version {
         println!("{:<24} {version:<16} {c:>9} {:>7.2}%", "(all rules)", pct(*c));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `graysplit compare`: reads every FILE, then prints the figures (DESIGN.md "Shadow"). A file
+/// that cannot be read, or a bad line, is reported on stderr with exit status 1.
+fn compare(args: &[String]) -> Result<ExitCode, String> {
+    let mut json = false;
+    let mut seed = 0u64;
+    let mut files = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--json" => json = true,
+            "--seed" => {
+                let v = it.next().ok_or("--seed needs a value")?;
+                seed = v.parse().map_err(|_| format!("--seed wants a whole number 0..2^64-1, got {v:?}"))?;
+            }
+            flag if flag.starts_with("--") => return Err(format!("unknown option {flag} for compare")),
+            file => files.push(file.to_string()),
+        }
+    }
+    if files.is_empty() {
+        return Err("usage: graysplit compare [--json] [--seed N] FILE...".into());
+    }
+    let mut pairs = Pairs::default();
+    for file in &files {
+        let read = read_input(file).and_then(|text| {
+            let name = if file == "-" { "stdin" } else { file.as_str() };
+            pairs.read(name, &text).map_err(|e| e.to_string())
+        });
+        if let Err(e) = read {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let report = graysplit::shadow::compare::compare(&pairs, seed);
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
     }
     Ok(ExitCode::SUCCESS)
 }
