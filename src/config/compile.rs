@@ -834,6 +834,7 @@ fn compile_guard(i: usize, rule: usize, g: RawGuard, llm: bool) -> Result<Guard,
         None => None,
     };
     let mut finishes = 0u8;
+    let written_finishes = g.finishes.is_some();
     match g.finishes {
         None => {
             for f in [crate::llm::Finish::Error, crate::llm::Finish::Aborted] {
@@ -882,19 +883,21 @@ fn compile_guard(i: usize, rule: usize, g: RawGuard, llm: bool) -> Result<Guard,
         codes.join(","),
         slow_ms.map_or("-".to_string(), |m| m.to_string()),
     );
-    if llm {
-        // Answers count by these too (a v2 guard's fingerprint is unchanged without `llm`).
+    // The v3 fields as written (a guard without them keeps its v2 fingerprint, so adding `llm`
+    // to a config leaves its guards, and their trips, as they are: DESIGN.md "Guards").
+    if let Some(ms) = first_token_ms {
+        fingerprint.push_str(&format!(" first_token_ms={ms}"));
+    }
+    if written_finishes {
         let names: Vec<&str> = crate::llm::Finish::ALL
             .iter()
             .filter(|f| finishes & (1 << f.index()) != 0)
             .map(|f| f.name())
             .collect();
-        fingerprint.push_str(&format!(
-            " answers first_token_ms={} finishes={} max_output_ratio={}",
-            first_token_ms.map_or("-".to_string(), |m| m.to_string()),
-            names.join(","),
-            max_output_ratio.map_or("-".to_string(), fmt_bp),
-        ));
+        fingerprint.push_str(&format!(" finishes={}", names.join(",")));
+    }
+    if let Some(r) = max_output_ratio {
+        fingerprint.push_str(&format!(" max_output_ratio={}", fmt_bp(r)));
     }
     Ok(Guard {
         answers: llm,

@@ -585,7 +585,18 @@ mod tests {
             "no llm: no llm metrics"
         );
         assert!(!v2.rule_guard(0).unwrap().finish_is_error(Finish::Aborted), "no llm: endings count nothing");
-        assert_ne!(v2.rule_guard(0).unwrap().fingerprint, g.fingerprint, "adding llm re-arms a guard");
+        assert_eq!(
+            v2.rule_guard(0).unwrap().fingerprint,
+            g.fingerprint,
+            "adding llm keeps a guard (and its trips)"
+        );
+        let ft = parse(br#"{"stable": "v1", "identity": {"from": [{"header": "u"}]}, "llm": {},
+              "rules": [{"name": "r", "split": [{"version": "v2", "percent": 5}], "guard": {"max_error_percent": 5, "first_token_ms": 100}}]}"#).unwrap();
+        assert_ne!(
+            ft.rule_guard(0).unwrap().fingerprint,
+            g.fingerprint,
+            "a v3 field written is another guard"
+        );
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub(super) struct Reading {
     /// When the request's headers reached the filter, and when the first token came (Unix ns).
     start_ns: i64,
     first_token_ns: Option<i64>,
+    /// Its guard was told no first token will come.
+    told_no_token: bool,
     /// The decision's metric: its rule and version.
     metric: MetricId,
     /// The guard that counts it at its end, and the version's index in its book.
@@ -53,6 +55,7 @@ impl Reading {
             status,
             start_ns,
             first_token_ns: None,
+            told_no_token: false,
             metric,
             guarded,
         })
@@ -71,11 +74,18 @@ impl Reading {
             return;
         }
         let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size) else { return };
+        let link = self.guarded.and_then(|(g, _)| active.guards.get(g));
         if reader.feed(&chunk) {
             let now = now_ns();
             self.first_token_ns = Some(now);
-            if let Some(link) = self.guarded.and_then(|(g, _)| active.guards.get(g)) {
+            if let Some(link) = link {
                 link.book.borrow_mut().first_token(context_id, now);
+            }
+        } else if self.first_token_ns.is_none() && !self.told_no_token && reader.unrecognised() {
+            // A stream of no known format (an app's own events): its guard waits for no token.
+            self.told_no_token = true;
+            if let Some(link) = link {
+                link.book.borrow_mut().no_token(context_id);
             }
         }
     }
@@ -84,10 +94,12 @@ impl Reading {
     pub(super) fn end(self, active: &Active, context_id: u32, clean: bool) {
         let answer = match self.reader {
             Some(r) => r.end(clean, self.status),
-            None => Answer { tokens: Tokens::default(), finish: Finish::Error },
+            None => Answer { tokens: Tokens::default(), finish: Finish::Error, first_token: false },
         };
-        let first_token_ms =
-            self.first_token_ns.map(|t| u64::try_from((t - self.start_ns).max(0) / 1_000_000).unwrap_or(0));
+        let first_token_ms = self
+            .first_token_ns
+            .filter(|_| answer.first_token)
+            .map(|t| u64::try_from((t - self.start_ns).max(0) / 1_000_000).unwrap_or(0));
         if let Some(Some(m)) = active.plan.answers.get(self.metric) {
             let counter = |id: MetricId, n: u64| {
                 if let (Some(id), true) = (active.metric_ids.get(id), n > 0) {

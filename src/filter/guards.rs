@@ -151,11 +151,24 @@ impl Book {
     /// A guarded request of `version` was decided (`answer`: its answer will be read): with
     /// `slow_ms`, it waits for its response headers from now on; with `first_token_ms`, an
     /// answer waits for its first token.
-    pub(super) fn start(&mut self, context_id: u32, version: usize, answer: bool) {
+    /// (`started_ns`: when the request's headers came, for a plan that times answers; else 0,
+    /// and the request starts now.)
+    pub(super) fn start(&mut self, context_id: u32, version: usize, answer: bool, started_ns: i64) {
         let token = answer && self.guard.first_token_ms.is_some();
         if self.guard.slow_ms.is_some() || token {
-            self.tally.start(context_id, version, now_ns(), token);
+            let start = if started_ns > 0 { started_ns } else { now_ns() };
+            self.tally.start(context_id, version, start, token);
         }
+    }
+
+    /// The answer's events are of no known format: its first token will never come, and its
+    /// guard does not wait for one.
+    pub(super) fn no_token(&mut self, context_id: u32) {
+        self.tally.no_token(context_id);
+    }
+
+    fn first_token_ns(&self) -> Option<i64> {
+        self.guard.first_token_ms.map(|ms| i64::from(ms) * 1_000_000)
     }
 
     fn is_error_status(&self, status: Option<u16>) -> bool {
@@ -184,7 +197,7 @@ impl Book {
 
     /// The answer's first token came at `now`.
     pub(super) fn first_token(&mut self, context_id: u32, now: i64) {
-        let limit = self.guard.first_token_ms.map(|ms| i64::from(ms) * 1_000_000);
+        let limit = self.first_token_ns();
         if limit.is_some() {
             self.tally.first_token(context_id, now, limit);
         }
@@ -201,7 +214,11 @@ impl Book {
     ) {
         let error = self.is_error_status(status) || self.guard.finish_is_error(answer.finish);
         let output = if self.guard.max_output_ratio.is_some() { answer.tokens.output } else { None };
-        self.tally.count_answer(context_id, version, error, output);
+        // An answer that ends without its first token, past first_token_ms, is late whether or
+        // not a tick saw it waiting.
+        let limit = self.first_token_ns();
+        let now = if limit.is_some() { now_ns() } else { 0 };
+        self.tally.count_answer(context_id, version, error, output, now, limit);
     }
 
     pub(super) fn forget(&mut self, context_id: u32) {
@@ -278,14 +295,15 @@ impl Book {
             Cause::Output { answers, output, stable_answers, stable_output } => {
                 let mean = |o: u64, n: u64| if n == 0 { 0.0 } else { o as f64 / n as f64 };
                 let (a, b) = (mean(output, answers), mean(stable_output, stable_answers));
-                let times = if b == 0.0 { 0.0 } else { a / b };
                 let two = |x: f64| fmt_num((x * 100.0).round() / 100.0);
+                // Stable's answers had no output tokens at all: any length is infinitely longer.
+                let times = if b == 0.0 { "inf".to_string() } else { two(a / b) };
                 log::error!(
                     "graysplit: guard tripped: rule {}, version {}: mean {} output tokens per answer, {} times stable's {}, limit {}; its users go to {}",
                     self.rule,
                     t.version,
                     two(a),
-                    two(times),
+                    times,
                     two(b),
                     fmt_num(f64::from(self.guard.max_output_ratio.unwrap_or(0)) / 100.0),
                     self.stable

@@ -77,7 +77,7 @@ impl Stream {
         self.awaiting_body = false;
         self.vm.borrow_mut().release(self.context_id);
         if let Some(active) = &self.active {
-            self.out = decide_now(active, self.context_id, body, &self.vm.borrow().minted);
+            self.out = decide_now(active, self.context_id, body, &self.vm.borrow().minted, self.started_ns);
         }
         #[cfg(feature = "heap-stats")]
         super::heap::report();
@@ -146,7 +146,7 @@ impl Drop for Stream {
 /// The decision for request `context_id` (the host's current context), applied: the routing
 /// header written (Envoy then selects the route again), the counters, the access log's rule,
 /// the guard told; returns what the response needs.
-fn apply(active: &Active, context_id: u32, d: Decision) -> Outcome {
+fn apply(active: &Active, context_id: u32, d: Decision, started_ns: i64) -> Outcome {
     let plan = &active.plan;
     let version = d.version_name(plan);
     // Replaces every copy the client sent.
@@ -188,7 +188,7 @@ fn apply(active: &Active, context_id: u32, d: Decision) -> Outcome {
     }
     if let Some(&(g, v)) = d.watch.and_then(|w| active.watch_slots.get(w)) {
         if let Some(link) = active.guards.get(g) {
-            link.book.borrow_mut().start(context_id, v, out.answer);
+            link.book.borrow_mut().start(context_id, v, out.answer, started_ns);
             out.guarded = Some((g, v));
         }
     }
@@ -208,9 +208,10 @@ pub(super) fn decide_now(
     context_id: u32,
     body: Option<usize>,
     minted: &Cell<u64>,
+    started_ns: i64,
 ) -> Outcome {
     let host = WasmHost { active, body, body_pending: false, minted };
-    apply(active, context_id, decide(&active.plan, &host))
+    apply(active, context_id, decide(&active.plan, &host), started_ns)
 }
 
 // The host's status on header and property writes is not checked: a request has nothing to fall
@@ -244,7 +245,7 @@ impl HttpContext for Stream {
         };
         match decided {
             Some(d) => {
-                self.out = apply(&active, self.context_id, d);
+                self.out = apply(&active, self.context_id, d, self.started_ns);
                 Action::Continue
             }
             None => {
@@ -252,7 +253,7 @@ impl HttpContext for Stream {
                 // the routing header is set once the body says) until the body ends or
                 // max_bytes arrived.
                 self.awaiting_body = true;
-                vm.borrow_mut().watchdog.hold(self.context_id, active);
+                vm.borrow_mut().watchdog.hold(self.context_id, (active, self.started_ns));
                 Action::Pause
             }
         }

@@ -21,8 +21,9 @@ pub(super) struct Vm {
     /// a `graysplit_guard_tripped` of a removed rule does not stay 1 on a dashboard.
     pub gauges: Vec<(String, u32, usize)>,
     /// Whether Envoy delivers bodies, and the requests held for theirs, each with the config it
-    /// is decided under (its root context may be replaced meanwhile).
-    pub watchdog: Watchdog<Rc<Active>>,
+    /// is decided under (its root context may be replaced meanwhile) and when its headers came
+    /// (Unix ns, 0 when the plan does not time answers).
+    pub watchdog: Watchdog<(Rc<Active>, i64)>,
     /// Held requests the tick decided without their body, for their streams to pick up.
     pub decided: Vec<(u32, Outcome)>,
     /// When held requests were last checked (Unix ns): each root context with a tick calls the

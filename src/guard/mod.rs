@@ -82,6 +82,7 @@ impl RuleState {
     }
 
     const MAGIC: &'static [u8; 4] = b"GSG2";
+    const MAGIC_V1: &'static [u8; 4] = b"GSG1";
 
     /// The bytes stored in shared data.
     pub fn encode(&self) -> Vec<u8> {
@@ -116,9 +117,13 @@ impl RuleState {
     /// format, a cut value): the caller starts again from nothing rather than fail.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let mut r = Reader(bytes);
-        if r.take(4)? != Self::MAGIC {
-            return None;
-        }
+        // GSG1 (before guards on answers) is read too: a build that replaces an older one in a
+        // running Envoy shares its store (one per VM id) and must keep its trips.
+        let v1 = match r.take(4)? {
+            m if m == Self::MAGIC => false,
+            m if m == Self::MAGIC_V1 => true,
+            _ => return None,
+        };
         let fingerprint = r.str()?;
         let n = r.u16()?;
         let mut versions = Vec::with_capacity(usize::from(n).min(64));
@@ -132,13 +137,9 @@ impl RuleState {
             let nb = r.u16()?;
             let mut buckets = Vec::with_capacity(usize::from(nb).min(128));
             for _ in 0..nb {
-                buckets.push(window::Bucket {
-                    start_s: r.i64()?,
-                    total: r.u32()?,
-                    errors: r.u32()?,
-                    answers: r.u32()?,
-                    output: r.u64()?,
-                });
+                let (start_s, total, errors) = (r.i64()?, r.u32()?, r.u32()?);
+                let (answers, output) = if v1 { (0, 0) } else { (r.u32()?, r.u64()?) };
+                buckets.push(window::Bucket { start_s, total, errors, answers, output });
             }
             if versions.iter().any(|v: &VersionState| v.name == name) {
                 return None; // never written: one entry per version
@@ -443,6 +444,23 @@ mod tests {
         longer.push(0);
         assert_eq!(RuleState::decode(&longer), None);
         assert_eq!(RuleState::decode(b"nonsense"), None);
+        // What the build before guards on answers wrote: read, trips and counts kept.
+        let mut v1 = b"GSG1".to_vec();
+        put_str(&mut v1, &g.fingerprint);
+        v1.extend_from_slice(&1u16.to_le_bytes());
+        put_str(&mut v1, "v2");
+        v1.push(1);
+        for n in [7i64, 3, 4] {
+            v1.extend_from_slice(&n.to_le_bytes());
+        }
+        v1.extend_from_slice(&1u16.to_le_bytes());
+        v1.extend_from_slice(&5i64.to_le_bytes());
+        v1.extend_from_slice(&4u32.to_le_bytes());
+        v1.extend_from_slice(&3u32.to_le_bytes());
+        let old = RuleState::decode(&v1).unwrap();
+        assert_eq!(old.version("v2").unwrap().trip, Some(Trip { at_ns: 7, errors: 3, total: 4 }));
+        assert_eq!(old.version("v2").unwrap().window.totals(5, 60), (4, 3));
+        assert_eq!(RuleState::decode(&old.encode()), Some(old.clone()), "written back as GSG2");
     }
 
     #[test]

@@ -112,12 +112,31 @@ impl Tally {
         }
     }
 
-    /// An answer of `version` ended: one response, an error when `error` (its status or its
-    /// ending) or when it was late, unless it was already counted as late while it waited; and
-    /// its output tokens, when it reported them.
-    pub fn count_answer(&mut self, context_id: u32, version: usize, error: bool, output: Option<u64>) {
+    /// Its answer is of no known format: no first token is waited for.
+    pub fn no_token(&mut self, context_id: u32) {
+        if let Some(r) = self.inflight_mut(context_id) {
+            r.token = true;
+        }
+    }
+
+    /// An answer of `version` ended at `now_ns`: one response, an error when `error` (its
+    /// status or its ending) or when it was late (its first token after `limit_ns`, or none
+    /// by then), unless it was already counted as late while it waited; and its output tokens,
+    /// when it reported them.
+    pub fn count_answer(
+        &mut self,
+        context_id: u32,
+        version: usize,
+        error: bool,
+        output: Option<u64>,
+        now_ns: i64,
+        limit_ns: Option<i64>,
+    ) {
         let (late, counted) = match self.take_inflight(context_id) {
-            Some(r) => (r.late, r.counted),
+            Some(r) => {
+                let waited = !r.token && limit_ns.is_some_and(|limit| now_ns - r.start_ns > limit);
+                (r.late || waited, r.counted)
+            }
             None => (false, false),
         };
         let mut c = Counts::default();
@@ -214,19 +233,19 @@ mod tests {
         t.headers(1, 10 * MS, Some(100 * MS));
         t.first_token(1, 50 * MS, Some(100 * MS));
         t.count_overdue(60 * MS, Some(100), Some(100));
-        t.count_answer(1, 1, false, Some(40));
+        t.count_answer(1, 1, false, Some(40), 0, None);
         assert_eq!(t.take()[1], Counts { total: 1, errors: 0, answers: 1, output: 40 });
         // Its first token late: an error, once, at its end.
         t.start(2, 1, 0, true);
         t.headers(2, 10 * MS, Some(100 * MS));
         t.first_token(2, 150 * MS, Some(100 * MS));
         t.first_token(2, 160 * MS, Some(100 * MS));
-        t.count_answer(2, 1, false, None);
+        t.count_answer(2, 1, false, None, 0, None);
         assert_eq!(te(&mut t)[1], (1, 1));
         // An ending that counts and a 5xx at once: one error.
         t.start(3, 1, 0, true);
         t.headers(3, 10 * MS, None);
-        t.count_answer(3, 1, true, None);
+        t.count_answer(3, 1, true, None, 0, None);
         assert_eq!(te(&mut t)[1], (1, 1));
         // No first token by first_token_ms: an error on the tick, not again at its end, but its
         // output still counts for the ratio.
@@ -236,8 +255,17 @@ mod tests {
         assert!(t.is_empty());
         t.count_overdue(101 * MS, None, Some(100));
         t.count_overdue(200 * MS, None, Some(100));
-        t.count_answer(4, 1, true, Some(7));
+        t.count_answer(4, 1, true, Some(7), 0, None);
         assert_eq!(t.take()[1], Counts { total: 1, errors: 1, answers: 1, output: 7 });
+        // Ending without a token, past the limit, with no tick in between: late all the same.
+        t.start(6, 1, 0, true);
+        t.count_answer(6, 1, false, None, 150 * MS, Some(100 * MS));
+        assert_eq!(te(&mut t)[1], (1, 1));
+        t.start(7, 1, 0, true);
+        t.no_token(7);
+        t.count_overdue(500 * MS, None, Some(100));
+        t.count_answer(7, 1, false, None, 600 * MS, Some(100 * MS));
+        assert_eq!(te(&mut t)[1], (1, 0), "no known format: no token waited for");
         // A request whose answer is not read waits for no token.
         t.start(5, 0, 0, false);
         t.count_overdue(500 * MS, None, Some(100));

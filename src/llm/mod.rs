@@ -131,6 +131,9 @@ impl Tokens {
 pub struct Answer {
     pub tokens: Tokens,
     pub finish: Finish,
+    /// Its first token counts: an SSE event carried output, or a JSON body was a recognised
+    /// answer below 400 (an error body or another JSON document is no answer to time).
+    pub first_token: bool,
 }
 
 impl Answer {
@@ -201,6 +204,8 @@ pub struct Reader {
     recognised: bool,
     /// The format's final event came.
     done: bool,
+    /// SSE events dispatched so far.
+    events: u32,
     /// The last event was longer than `max_event_bytes` (it may have been the final one).
     last_oversized: bool,
     first_token: bool,
@@ -223,6 +228,7 @@ impl Reader {
             finish: None,
             recognised: false,
             done: false,
+            events: 0,
             last_oversized: false,
             first_token: false,
             shape: Shape::default(),
@@ -230,10 +236,17 @@ impl Reader {
         }
     }
 
-    /// A reader that parses every event (the tests' reference for [`may_signal`]).
-    #[cfg(test)]
-    fn exhaustive(framing: Framing, max_event_bytes: usize) -> Self {
+    /// A reader that parses every event (the tests' and the fuzzer's reference for
+    /// [`may_signal`]).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn exhaustive(framing: Framing, max_event_bytes: usize) -> Self {
         Reader { skip_quiet: false, ..Reader::new(framing, max_event_bytes) }
+    }
+
+    /// Whether events came and none was of a known format (a stream that is no LLM answer, whose
+    /// first token will never come).
+    pub fn unrecognised(&self) -> bool {
+        self.events > 0 && !self.recognised
     }
 
     /// Reads the next piece of the body. True when the answer's first token came with it (once
@@ -278,13 +291,18 @@ impl Reader {
             Framing::Json => !clean,
             // A stream whose last event was too long to read may have ended well: its ending
             // is what was known before it (DESIGN.md: such an event loses only its signals).
-            Framing::Sse => self.recognised && !self.done && !(clean && self.last_oversized),
+            // (A reset before any event is aborted too: a client that gave up waiting.)
+            Framing::Sse => !self.done && (!clean || (self.recognised && !self.last_oversized)),
         } {
             Finish::Aborted
         } else {
             self.finish.unwrap_or(Finish::Unknown)
         };
-        Answer { tokens: self.tokens, finish }
+        let first_token = match self.framing {
+            Framing::Sse => self.first_token,
+            Framing::Json => self.first_token && self.recognised && status.is_some_and(|s| s < 400),
+        };
+        Answer { tokens: self.tokens, finish, first_token }
     }
 
     /// A JSON answer, whole: an OpenAI chat completion or completion, a Responses API response,
@@ -295,20 +313,24 @@ impl Reader {
             if let Some(u) = s.usage() {
                 self.tokens.take(&u);
             }
+            self.recognised = true;
             if s.present(CHOICES) {
-                self.finish = s.str(FINISH_REASON).map(Finish::from_openai);
+                self.finish = s.str(FINISH_REASON).filter(|r| !r.is_empty()).map(Finish::from_openai);
             } else if s.is(OBJECT, "response") {
                 self.finish = s.str(STATUS).map(|st| Finish::from_responses(st, s.str(INCOMPLETE_REASON)));
             } else if s.is(TYPE, "message") {
                 self.finish = s.str(STOP_REASON).map(Finish::from_anthropic);
             } else if matches!(s.str(EVENT), Some("message" | "agent_message" | "message_end")) {
                 self.finish = Some(Finish::Stop);
+            } else {
+                self.recognised = false;
             }
         }
         self.shape = s;
     }
 
     fn event(&mut self, e: Event<'_>) {
+        self.events = self.events.saturating_add(1);
         let Event::Data { name, data } = e else {
             self.last_oversized = true;
             return;
@@ -342,7 +364,8 @@ impl Reader {
             // OpenAI chat completion and completion chunks.
             self.recognised = true;
             self.first_token |= s.any_output(CHOICE_OUTPUT);
-            if let Some(r) = s.str(FINISH_REASON) {
+            // Some OpenAI-compatible servers write `"finish_reason": ""` on every chunk.
+            if let Some(r) = s.str(FINISH_REASON).filter(|r| !r.is_empty()) {
                 self.finish = Some(Finish::from_openai(r));
             }
             return;

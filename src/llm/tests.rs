@@ -34,6 +34,11 @@ fn read(framing: Framing, body: &[u8], clean: bool, status: u16) -> (Answer, Opt
     (whole, first)
 }
 
+/// An answer's tokens and ending.
+fn tf(a: Answer) -> (Tokens, Finish) {
+    (a.tokens, a.finish)
+}
+
 fn sse(body: &str) -> (Answer, Option<usize>) {
     read(Framing::Sse, body.as_bytes(), true, 200)
 }
@@ -57,7 +62,7 @@ const OPENAI_CHAT_STREAM: &str = concat!(
 #[test]
 fn openai_chat_stream_with_usage() {
     let (a, first) = sse(OPENAI_CHAT_STREAM);
-    assert_eq!(a, Answer { tokens: tokens(12, 7, Some(4), Some(2)), finish: Finish::Length });
+    assert_eq!(tf(a), (tokens(12, 7, Some(4), Some(2)), Finish::Length));
     let second_event = OPENAI_CHAT_STREAM.find("\"Hé\"").unwrap();
     assert!(first.unwrap() > second_event, "the role-only chunk carries no token");
     assert_eq!(a.log_line(Some(35)), "in=12 out=7 cached=4 reasoning=2 first_token_ms=35 finish=length");
@@ -95,12 +100,12 @@ fn openai_chat_tool_calls_and_crlf_and_comments() {
 #[test]
 fn openai_chat_json_and_completions() {
     let chat = r#"{"id":"chatcmpl-2","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hello \"there\"","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}"#;
-    assert_eq!(json(chat), Answer { tokens: tokens(9, 12, Some(0), Some(0)), finish: Finish::Stop });
+    assert_eq!(tf(json(chat)), (tokens(9, 12, Some(0), Some(0)), Finish::Stop));
     let completion = r#"{"id":"cmpl-1","object":"text_completion","created":1,"model":"m","choices":[{"text":"x","index":0,"logprobs":null,"finish_reason":"length"}],"usage":{"prompt_tokens":5,"completion_tokens":16,"total_tokens":21}}"#;
-    assert_eq!(json(completion), Answer { tokens: tokens(5, 16, None, None), finish: Finish::Length });
+    assert_eq!(tf(json(completion)), (tokens(5, 16, None, None), Finish::Length));
     let stream = "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"choices\":[{\"text\":\"x\",\"index\":0,\"finish_reason\":null}]}\n\ndata: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"choices\":[{\"text\":\"\",\"index\":0,\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1,\"total_tokens\":6}}\n\ndata: [DONE]\n\n";
     let (a, first) = sse(stream);
-    assert_eq!(a, Answer { tokens: tokens(5, 1, None, None), finish: Finish::Stop });
+    assert_eq!(tf(a), (tokens(5, 1, None, None), Finish::Stop));
     assert!(first.is_some());
     let filtered = r#"{"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":null},"finish_reason":"content_filter"}]}"#;
     assert_eq!(json(filtered).finish, Finish::ContentFilter);
@@ -115,7 +120,7 @@ fn a_json_answer_s_first_token_is_its_first_byte_and_a_cut_one_is_aborted() {
     let (a, _) = read(Framing::Json, b"{\"object\":\"chat.completion\",\"choi", false, 200);
     assert_eq!(a.finish, Finish::Aborted);
     let (a, _) = read(Framing::Json, b"not json", true, 200);
-    assert_eq!(a, Answer { tokens: Tokens::default(), finish: Finish::Unknown });
+    assert_eq!(tf(a), (Tokens::default(), Finish::Unknown));
     let (a, _) =
         read(Framing::Json, br#"{"error":{"message":"overloaded","type":"server_error"}}"#, true, 500);
     assert_eq!(a.finish, Finish::Error);
@@ -134,7 +139,7 @@ const RESPONSES_STREAM: &str = concat!(
 #[test]
 fn responses_api_stream_and_json() {
     let (a, first) = sse(RESPONSES_STREAM);
-    assert_eq!(a, Answer { tokens: tokens(36, 87, Some(8), Some(20)), finish: Finish::Stop });
+    assert_eq!(tf(a), (tokens(36, 87, Some(8), Some(20)), Finish::Stop));
     assert!(first.unwrap() > RESPONSES_STREAM.find("\"delta\":\"Hi\"").unwrap());
     let incomplete = RESPONSES_STREAM.replace("response.completed", "response.incomplete").replace(
         "\"status\":\"completed\",\"incomplete_details\":null",
@@ -146,7 +151,7 @@ fn responses_api_stream_and_json() {
     let cut = &RESPONSES_STREAM[..RESPONSES_STREAM.find("event: response.completed").unwrap()];
     assert_eq!(sse(cut).0.finish, Finish::Aborted);
     let body = r#"{"id":"resp_1","object":"response","created_at":1,"status":"completed","error":null,"incomplete_details":null,"output":[{"type":"function_call","id":"fc_1","call_id":"call_1","name":"f","arguments":"{}","status":"completed"}],"usage":{"input_tokens":10,"input_tokens_details":{"cached_tokens":0},"output_tokens":5,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":15}}"#;
-    assert_eq!(json(body), Answer { tokens: tokens(10, 5, Some(0), Some(0)), finish: Finish::Stop });
+    assert_eq!(tf(json(body)), (tokens(10, 5, Some(0), Some(0)), Finish::Stop));
     let error = "event: error\ndata: {\"type\":\"error\",\"code\":\"server_error\",\"message\":\"x\",\"param\":null,\"sequence_number\":1}\n\n";
     assert_eq!(sse(error).0.finish, Finish::Error);
 }
@@ -164,7 +169,7 @@ const ANTHROPIC_STREAM: &str = concat!(
 #[test]
 fn anthropic_messages_stream_and_json() {
     let (a, first) = sse(ANTHROPIC_STREAM);
-    assert_eq!(a, Answer { tokens: tokens(25, 15, Some(10), None), finish: Finish::Length });
+    assert_eq!(tf(a), (tokens(25, 15, Some(10), None), Finish::Length));
     assert!(first.unwrap() > ANTHROPIC_STREAM.find("\"Hello\"").unwrap(), "an empty text block is no token");
     let thinking = ANTHROPIC_STREAM.replace(
         "{\"type\":\"text_delta\",\"text\":\"Hello\"}",
@@ -186,7 +191,7 @@ fn anthropic_messages_stream_and_json() {
         let body = format!(
             r#"{{"id":"msg_1","type":"message","role":"assistant","model":"claude","content":[{{"type":"text","text":"Hi"}}],"stop_reason":"{reason}","stop_sequence":null,"usage":{{"input_tokens":2095,"output_tokens":503,"cache_read_input_tokens":7}}}}"#
         );
-        assert_eq!(json(&body), Answer { tokens: tokens(2095, 503, Some(7), None), finish: want });
+        assert_eq!(tf(json(&body)), (tokens(2095, 503, Some(7), None), want));
     }
     let overloaded = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\nevent: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
     assert_eq!(sse(overloaded).0.finish, Finish::Error);
@@ -201,7 +206,7 @@ fn dify_streams_and_blocking_answers() {
         "data: {\"event\": \"message_end\", \"task_id\": \"t\", \"id\": \"m\", \"message_id\": \"m\", \"conversation_id\": \"c\", \"metadata\": {\"usage\": {\"prompt_tokens\": 1033, \"prompt_unit_price\": \"0.001\", \"completion_tokens\": 135, \"total_tokens\": 1168, \"currency\": \"USD\", \"latency\": 1.38}, \"retriever_resources\": []}}\n\n",
     );
     let (a, first) = sse(body);
-    assert_eq!(a, Answer { tokens: tokens(1033, 135, None, None), finish: Finish::Stop });
+    assert_eq!(tf(a), (tokens(1033, 135, None, None), Finish::Stop));
     assert!(first.is_some());
     let agent = body.replace("\"event\": \"message\"", "\"event\": \"agent_message\"");
     assert_eq!(sse(&agent).0.finish, Finish::Stop);
@@ -210,7 +215,7 @@ fn dify_streams_and_blocking_answers() {
     let cut = &body[..body.find("data: {\"event\": \"message_end\"").unwrap()];
     assert_eq!(sse(cut).0.finish, Finish::Aborted);
     let blocking = r#"{"event": "message", "task_id": "t", "id": "m", "message_id": "m", "conversation_id": "c", "mode": "chat", "answer": "iPhone 13 Pro Max", "metadata": {"usage": {"prompt_tokens": 1033, "completion_tokens": 128, "total_tokens": 1161}}, "created_at": 1705407629}"#;
-    assert_eq!(json(blocking), Answer { tokens: tokens(1033, 128, None, None), finish: Finish::Stop });
+    assert_eq!(tf(json(blocking)), (tokens(1033, 128, None, None), Finish::Stop));
 }
 
 #[test]
@@ -222,13 +227,10 @@ fn an_event_or_answer_longer_than_max_loses_only_its_signals() {
     let body = format!("{long}{}", &OPENAI_CHAT_STREAM[OPENAI_CHAT_STREAM.find("data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},").unwrap()..]);
     let mut r = Reader::new(Framing::Sse, 4096);
     assert!(!r.feed(body.as_bytes()), "the long event's token is lost");
-    assert_eq!(
-        r.end(true, Some(200)),
-        Answer { tokens: tokens(12, 7, Some(4), Some(2)), finish: Finish::Length }
-    );
+    assert_eq!(tf(r.end(true, Some(200))), (tokens(12, 7, Some(4), Some(2)), Finish::Length));
     let mut r = Reader::new(Framing::Json, 4096);
     r.feed(format!("{{\"choices\":[],\"pad\":\"{}\"}}", "p".repeat(5000)).as_bytes());
-    assert_eq!(r.end(true, Some(200)), Answer { tokens: Tokens::default(), finish: Finish::Unknown });
+    assert_eq!(tf(r.end(true, Some(200))), (Tokens::default(), Finish::Unknown));
 }
 
 #[test]
@@ -262,7 +264,7 @@ fn a_too_long_last_event_loses_its_signals_not_the_answer() {
     );
     let mut r = Reader::new(Framing::Sse, 4096);
     r.feed(responses.as_bytes());
-    assert_eq!(r.end(true, Some(200)), Answer { tokens: Tokens::default(), finish: Finish::Unknown });
+    assert_eq!(tf(r.end(true, Some(200))), (Tokens::default(), Finish::Unknown));
     let mut r = Reader::new(Framing::Sse, 4096);
     r.feed(responses.as_bytes());
     assert_eq!(r.end(false, Some(200)).finish, Finish::Aborted, "reset after it: it may have been cut");
@@ -314,4 +316,61 @@ fn quiet_events_are_told_apart_by_bytes_alone() {
     for (name, d) in loud {
         assert!(may_signal(name, d), "{}", String::from_utf8_lossy(d));
     }
+}
+
+#[test]
+fn a_reset_before_any_event_is_aborted_and_a_clean_end_of_nothing_unknown() {
+    let r = Reader::new(Framing::Sse, 4096);
+    assert_eq!(r.end(false, Some(200)).finish, Finish::Aborted, "the client gave up before the first event");
+    let r = Reader::new(Framing::Sse, 4096);
+    assert_eq!(r.end(true, Some(200)).finish, Finish::Unknown);
+    let mut r = Reader::new(Framing::Sse, 4096);
+    r.feed(b"data: {\"tick\": 1}\n\n");
+    assert!(r.unrecognised(), "events, none of a known format");
+    assert!(!Reader::new(Framing::Sse, 4096).unrecognised(), "no event yet");
+}
+
+#[test]
+fn only_a_json_answer_of_a_known_format_below_400_has_a_first_token() {
+    let chat = br#"{"object":"chat.completion","choices":[{"index":0,"message":{"content":"x"},"finish_reason":"stop"}]}"#;
+    let cases: &[(&[u8], u16, bool)] = &[
+        (chat, 200, true),
+        (chat, 500, false),
+        (br#"{"error":{"message":"bad","type":"invalid_request_error"}}"#, 400, false),
+        (br#"{"status":"ok"}"#, 200, false),
+        (b"[1,2]", 200, false),
+    ];
+    for (body, status, want) in cases {
+        let mut r = Reader::new(Framing::Json, 4096);
+        assert!(r.feed(body), "the first byte is reported as it comes");
+        assert_eq!(
+            r.end(true, Some(*status)).first_token,
+            *want,
+            "{} {status}",
+            String::from_utf8_lossy(body)
+        );
+    }
+}
+
+#[test]
+fn an_empty_finish_reason_changes_no_ending() {
+    let body = OPENAI_CHAT_STREAM.replace("\"finish_reason\":null}],\"usage\":null}\n\ndata: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},", "\"finish_reason\":\"\"}],\"usage\":null}\n\ndata: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},");
+    assert_ne!(body, OPENAI_CHAT_STREAM);
+    let after = format!("{}data: {{\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"\"}}]}}\n\ndata: [DONE]\n\n", body.replace("data: [DONE]\n\n", ""));
+    assert_eq!(sse(&after).0.finish, Finish::Length);
+}
+
+#[test]
+fn an_empty_chunk_keeps_a_cr_waiting_for_its_lf() {
+    let mut r = Reader::new(Framing::Sse, 4096);
+    r.feed(b"data: [DONE]\r");
+    r.feed(b"");
+    r.feed(b"\n\r\n");
+    assert_eq!(r.end(true, Some(200)).finish, Finish::Unknown, "[DONE] alone: recognised, done, no ending");
+    let mut s = crate::llm::sse::Splitter::new(4096);
+    let mut n = 0;
+    s.feed(b"data: a\r", |_| n += 1);
+    s.feed(b"", |_| n += 1);
+    s.feed(b"\n", |_| n += 1);
+    assert_eq!(n, 0, "CR, nothing, LF is one line end, not a blank line");
 }
