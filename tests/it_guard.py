@@ -186,6 +186,8 @@ def it_does_not_trip_below_min_requests(start_envoy, apps):
 
 
 def it_a_trip_holds_across_pushes_until_attempt_re_arms_it(start_envoy, apps):
+    """The same guard pushed again, other rules changed, `llm` added: still tripped; `attempt`
+    re-arms it."""
     config = guarded()
     envoy = start_envoy(config, ecds=True, upstreams=apps.ports)
     gray = sorted(gray_users(50))
@@ -204,6 +206,8 @@ def it_a_trip_holds_across_pushes_until_attempt_re_arms_it(start_envoy, apps):
         {"name": "x-pilot", "exact": "1"}]}, "version": "v3"}, *config["rules"]]}
     push(other)                                           # other rules changed
     assert served(gray[:40]) == {"v1"} and tripped(envoy, "v2")
+    push({**config, "llm": {}})                           # answers read from now on (v3)
+    assert served(gray[:40]) == {"v1"} and tripped(envoy, "v2"), "adding llm is no new guard"
     rearmed = guarded(guard={**GUARD, "attempt": 2})
     push(rearmed)                                         # re-armed: from an empty window
     wait_until(lambda: served(gray[:40]) == {"v2"}, 10, "gray users back on v2 after attempt 2")

@@ -856,6 +856,27 @@ def it_counts_a_stream_the_client_gives_up_on_as_aborted(envoy, apps, how):
     w.expect({"v2": {"finish.aborted": 1}})
 
 
+def it_counts_a_stream_the_client_gives_up_on_before_its_first_event_as_aborted(envoy, apps):
+    """The user who stops waiting for a first token that does not come: the response headers
+    reached the client, no event did, and the client resets. Aborted (DESIGN: a stream reset
+    before its final event), with no first-token time; not `unknown`."""
+    name = new_tag("giveup0")
+    apps["v2"].script(name, first_delay_s=3.0, events=3)
+    w = Watch(envoy)
+    c = Conn(envoy.port, timeout=10)
+    c.sock.sendall(harness.encode_request(
+        "POST", PATHS["chat"], [("content-type", "application/json"),
+                                *headers_for("v2", name, new_tag()).items()],
+        body=raw_request("chat", True)))
+    wait_until(lambda: c._fill() or b"\r\n\r\n" in c.buf or None, 10, "the response headers at the client")
+    assert b"data:" not in c.buf
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+    (line,) = w.lines(1)
+    w.expect({"v2": {"finish.aborted": 1}})
+    assert llm_property(line) == "finish=aborted", line
+
+
 # --------------------------------------------------------------------------- max_event_bytes
 
 @pytest.fixture(scope="module")
