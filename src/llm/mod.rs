@@ -10,9 +10,11 @@
 mod bytes;
 mod shape;
 pub mod sse;
+pub mod text;
 
 use shape::*;
 use sse::{Event, Splitter};
+pub use text::AnswerText;
 
 /// How an answer ended (DESIGN.md): the label `finish` of `graysplit_llm_answers_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -212,8 +214,10 @@ pub struct Reader {
     /// The fields of the event being read (room kept from one event to the next).
     shape: Shape,
     /// Events that can change nothing are not parsed ([`may_signal`]); the tests turn it off to
-    /// show it changes no answer.
+    /// show it changes no answer, and a reader of the text ([`Reader::with_text`]) needs them all.
     skip_quiet: bool,
+    /// The answer's text, when asked for.
+    text: Option<text::Sink>,
 }
 
 impl Reader {
@@ -233,6 +237,17 @@ impl Reader {
             first_token: false,
             shape: Shape::default(),
             skip_quiet: true,
+            text: None,
+        }
+    }
+
+    /// A reader that also gathers the answer's output text, keeping its first `keep` bytes
+    /// (the shadow's pairing: DESIGN.md "Shadow"). It parses every event.
+    pub fn with_text(framing: Framing, max_event_bytes: usize, keep: usize) -> Self {
+        Reader {
+            skip_quiet: false,
+            text: Some(text::Sink::new(keep)),
+            ..Reader::new(framing, max_event_bytes)
         }
     }
 
@@ -279,7 +294,12 @@ impl Reader {
 
     /// The answer ended: `clean` when the body ended (else the stream was reset), `status` its
     /// HTTP status.
-    pub fn end(mut self, clean: bool, status: Option<u16>) -> Answer {
+    pub fn end(self, clean: bool, status: Option<u16>) -> Answer {
+        self.end_with_text(clean, status).0
+    }
+
+    /// [`Reader::end`], and the answer's text for a reader made [`Reader::with_text`].
+    pub fn end_with_text(mut self, clean: bool, status: Option<u16>) -> (Answer, Option<AnswerText>) {
         if self.framing == Framing::Json && !self.json_over && clean {
             let json = std::mem::take(&mut self.json);
             self.json_answer(&json);
@@ -302,12 +322,15 @@ impl Reader {
             Framing::Sse => self.first_token,
             Framing::Json => self.first_token && self.recognised && status.is_some_and(|s| s < 400),
         };
-        Answer { tokens: self.tokens, finish, first_token }
+        (Answer { tokens: self.tokens, finish, first_token }, self.text.map(text::Sink::finish))
     }
 
     /// A JSON answer, whole: an OpenAI chat completion or completion, a Responses API response,
     /// an Anthropic message, a Dify blocking answer.
     fn json_answer(&mut self, json: &[u8]) {
+        if let Some(sink) = &mut self.text {
+            text::json_text(json, sink);
+        }
         let mut s = std::mem::take(&mut self.shape);
         if s.read(json, false) {
             if let Some(u) = s.usage() {
@@ -355,6 +378,13 @@ impl Reader {
         self.shape = s;
     }
 
+    /// The string at pointer `i`, for a reader of the text.
+    fn text_of(&mut self, s: &Shape, i: usize) {
+        if let (Some(sink), Some(t)) = (&mut self.text, s.str(i)) {
+            sink.push(t);
+        }
+    }
+
     /// What one event's fields say.
     fn fields(&mut self, s: &Shape, name: &[u8]) {
         if let Some(u) = s.usage() {
@@ -363,6 +393,8 @@ impl Reader {
         if s.present(CHOICES) {
             // OpenAI chat completion and completion chunks.
             self.recognised = true;
+            self.text_of(s, DELTA_CONTENT);
+            self.text_of(s, CHOICE_TEXT);
             self.first_token |= s.any_output(CHOICE_OUTPUT);
             // Some OpenAI-compatible servers write `"finish_reason": ""` on every chunk.
             if let Some(r) = s.str(FINISH_REASON).filter(|r| !r.is_empty()) {
@@ -383,6 +415,9 @@ impl Reader {
             }
             "content_block_delta" => {
                 self.recognised = true;
+                if s.is(DELTA_TYPE, "text_delta") {
+                    self.text_of(s, DELTA_TEXT);
+                }
                 // Thinking deltas are not the answer's output.
                 self.first_token |= match s.str(DELTA_TYPE) {
                     Some("text_delta") => s.output(DELTA_TEXT),
@@ -411,6 +446,9 @@ impl Reader {
             | "response.refusal.delta"
             | "response.function_call_arguments.delta" => {
                 self.recognised = true;
+                if kind == Some("response.output_text.delta") {
+                    self.text_of(s, DELTA);
+                }
                 self.first_token |= s.output(DELTA);
             }
             "response.output_item.added" => {
@@ -428,6 +466,7 @@ impl Reader {
             // Dify's app API.
             "message" | "agent_message" => {
                 self.recognised = true;
+                self.text_of(s, ANSWER);
                 self.first_token |= s.output(ANSWER);
             }
             "message_end" => {

@@ -50,6 +50,9 @@ pub(super) const OBJECT: usize = 1;
 pub(super) const EVENT: usize = 2;
 pub(super) const CHOICES: usize = 3;
 pub(super) const FINISH_REASON: usize = 4;
+/// A completion choice's `text`, a chat chunk's `delta.content`.
+pub(super) const CHOICE_TEXT: usize = 5;
+pub(super) const DELTA_CONTENT: usize = 6;
 /// The choice fields that carry output: text, content, tool calls, refusals.
 pub(super) const CHOICE_OUTPUT: std::ops::RangeInclusive<usize> = 5..=13;
 pub(super) const DELTA: usize = 14;

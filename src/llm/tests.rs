@@ -374,3 +374,35 @@ fn an_empty_chunk_keeps_a_cr_waiting_for_its_lf() {
     s.feed(b"\n", |_| n += 1);
     assert_eq!(n, 0, "CR, nothing, LF is one line end, not a blank line");
 }
+
+#[test]
+fn a_reader_of_the_text_gathers_each_format_s_output_text() {
+    let text = |framing: Framing, body: &str| {
+        let whole = {
+            let mut r = Reader::with_text(framing, 65536, 1 << 20);
+            r.feed(body.as_bytes());
+            r.end_with_text(true, Some(200))
+        };
+        let mut r = Reader::with_text(framing, 65536, 1 << 20);
+        for c in body.as_bytes().chunks(7) {
+            r.feed(c);
+        }
+        assert_eq!(r.end_with_text(true, Some(200)), whole, "split in pieces of 7");
+        let plain = {
+            let mut r = Reader::new(framing, 65536);
+            r.feed(body.as_bytes());
+            r.end(true, Some(200))
+        };
+        assert_eq!(whole.0, plain, "the same answer as a reader without text");
+        whole.1.unwrap().kept
+    };
+    assert_eq!(text(Framing::Sse, OPENAI_CHAT_STREAM), "Hé");
+    assert_eq!(text(Framing::Sse, ANTHROPIC_STREAM), "Hello");
+    assert_eq!(text(Framing::Sse, RESPONSES_STREAM), "Hi");
+    let dify = "data: {\"event\": \"message\", \"answer\": \" I\"}\n\ndata: {\"event\": \"agent_message\", \"answer\": \" am\"}\n\ndata: {\"event\": \"message_end\", \"metadata\": {}}\n\n";
+    assert_eq!(text(Framing::Sse, dify), " I am");
+    let chat = r#"{"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hello"},"finish_reason":"stop"}]}"#;
+    assert_eq!(text(Framing::Json, chat), "Hello");
+    let r = Reader::new(Framing::Sse, 4096);
+    assert_eq!(r.end_with_text(true, Some(200)).1, None, "no text unless asked");
+}
