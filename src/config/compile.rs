@@ -143,14 +143,18 @@ pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
     }
     let has_identity = !identity.is_empty() || sticky.is_some();
     let llm = raw.llm.map(|Obj(l)| compile_llm(l)).transpose()?;
+    let sink = raw.shadow_sink.map(|Obj(s)| compile_sink(s)).transpose()?;
+    // A shadow reads both answers with the `llm` readers whether or not `llm` is set.
+    let max_event_bytes = llm.as_ref().map_or(MAX_EVENT_BYTES_DEFAULT as usize, |l| l.max_event_bytes);
 
     // Rules, first pass: everything but metrics, so every version is known before the
     // override's metrics are named.
     let raw_rules = raw.rules.unwrap_or_default();
     let mut rules = Vec::with_capacity(raw_rules.len());
     let mut guards: Vec<Guard> = Vec::new();
+    let mut shadows: Vec<ShadowSpec> = Vec::new();
     for (i, Obj(r)) in raw_rules.into_iter().enumerate() {
-        let RawRule { name, when, version, split, salt, starts_at, expires_at, enabled, guard } = r;
+        let RawRule { name, when, version, split, salt, starts_at, expires_at, enabled, guard, shadow } = r;
         let at = |field: &str| format!("rules[{i}].{field}");
         check_rule_name(&at("name"), &name)?;
         if let Some(j) = rules.iter().position(|x: &Rule| x.name == name) {
@@ -183,6 +187,12 @@ pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
                 "only a `split` rule can have a guard (it watches the versions the split gives)",
             ));
         }
+        if shadow.is_some() && split.is_none() {
+            return Err(ConfigError::new(
+                at("shadow"),
+                "only a `split` rule can have a shadow (it shadows the users the split keeps on stable)",
+            ));
+        }
         let action = match (version, split) {
             (Some(v), None) => {
                 check_version(&at("version"), &v)?;
@@ -195,10 +205,21 @@ pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
                         "a split needs a user id: set identity.from or identity.sticky_cookie",
                     ));
                 }
+                let shadow = shadow.map(|Obj(s)| (s, salt.clone()));
                 let mut split = compile_split(&mut b, i, split, salt)?;
                 if let Some(Obj(g)) = guard {
                     split.guard = Some(guards.len());
                     guards.push(compile_guard(i, rules.len(), g, llm.is_some())?);
+                }
+                if let Some((s, rule_salt)) = shadow {
+                    let env = ShadowEnv {
+                        stable: &raw.stable,
+                        rule_salt: &rule_salt,
+                        sink: sink.is_some(),
+                        max_event_bytes,
+                    };
+                    split.shadow = Some(shadows.len());
+                    shadows.push(compile_shadow(&mut b, i, rules.len(), s, &env)?);
                 }
                 Action::Split(split)
             }
@@ -303,6 +324,26 @@ pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
         }
     }
 
+    // With a shadow, its counters and its similarity histogram (only in configs with one).
+    for s in shadows.iter_mut() {
+        let rule = rules.get(s.rule).map_or("", |r| r.name.as_str());
+        let mut m = |result: &str| {
+            intern(&mut b.metrics, &format!("graysplit_shadow_total.rule.{rule}.result.{result}"))
+        };
+        s.metrics = ShadowMetrics {
+            sent: m("sent"),
+            paired: m("paired"),
+            shadow_failed: m("shadow_failed"),
+            timed_out: m("timed_out"),
+            skipped_busy: m("skipped_busy"),
+            skipped_size: m("skipped_size"),
+            sink_failed: m("sink_failed"),
+        };
+        s.similarity = intern(&mut histograms, &format!("graysplit_shadow_similarity_pct.rule.{rule}"));
+    }
+    // A sink no rule sends to is checked above, then left out: nothing is ever sent to it.
+    let sink = if shadows.is_empty() { None } else { sink };
+
     let conds = || rules.iter().flat_map(|r| &r.when);
     let reads_claims = identity.iter().any(|s| matches!(s, IdSource::Claim(_)))
         || conds().any(|c| matches!(c, Cond::Claim(..)));
@@ -370,6 +411,8 @@ pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
         llm,
         histograms,
         answers,
+        shadows,
+        sink,
         read_whole_map,
         route_header,
         response_header,
@@ -629,6 +672,7 @@ fn compile_split(
         guard: None,
         pin_cookie: None,
         stable_watch: None,
+        shadow: None,
     })
 }
 
@@ -711,10 +755,11 @@ fn check_split_sum(i: usize, entries: &[Entry]) -> Result<(), ConfigError> {
 }
 
 const MAX_EVENT_BYTES: std::ops::RangeInclusive<u64> = 4096..=1_048_576;
+const MAX_EVENT_BYTES_DEFAULT: u64 = 65_536;
 
 /// `llm` (DESIGN.md "Reading LLM answers").
 fn compile_llm(l: RawLlm) -> Result<LlmSpec, ConfigError> {
-    let max = l.max_event_bytes.unwrap_or(65_536);
+    let max = l.max_event_bytes.unwrap_or(MAX_EVENT_BYTES_DEFAULT);
     if !MAX_EVENT_BYTES.contains(&max) {
         return Err(ConfigError::new(
             "llm.max_event_bytes",
@@ -747,6 +792,185 @@ fn compile_llm(l: RawLlm) -> Result<LlmSpec, ConfigError> {
         None => {}
     }
     Ok(LlmSpec { paths, max_event_bytes: max as usize })
+}
+
+const SHADOW_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=600_000;
+const SHADOW_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+const SHADOW_MAX_IN_FLIGHT: std::ops::RangeInclusive<u64> = 1..=256;
+const SHADOW_MAX_IN_FLIGHT_DEFAULT: u64 = 8;
+/// `shadow.max_bytes`: at most what `body.max_bytes` may be (Envoy's default 1 MiB buffer less
+/// 64 KiB), at least 1 KiB as there: a smaller limit would skip nearly every chat request.
+const SHADOW_MAX_BYTES: std::ops::RangeInclusive<u64> = MAX_BYTES;
+const SHADOW_MAX_BYTES_DEFAULT: u64 = 262_144;
+const SINK_BATCH: std::ops::RangeInclusive<u64> = 1..=1000;
+const SINK_BATCH_DEFAULT: u64 = 50;
+const SINK_PATH_DEFAULT: &str = "/v1/logs";
+
+/// What a rule's shadow is checked against: the config's stable, the rule's salt (written or
+/// its name), whether there is a `shadow_sink`, and how much of an answer event is read.
+struct ShadowEnv<'a> {
+    stable: &'a str,
+    rule_salt: &'a str,
+    sink: bool,
+    max_event_bytes: usize,
+}
+
+/// `rules[].shadow` (DESIGN.md "Shadow: the same question to the gray version, answers
+/// paired"). Its version becomes a known version of the plan (the override reaches it) whether
+/// or not a split names it: a version can be shadowed before anyone is sent to it.
+fn compile_shadow(
+    b: &mut Builder,
+    i: usize,
+    rule: usize,
+    s: RawShadow,
+    env: &ShadowEnv<'_>,
+) -> Result<ShadowSpec, ConfigError> {
+    let at = |field: &str| format!("rules[{i}].shadow.{field}");
+    if !env.sink {
+        return Err(ConfigError::new(
+            format!("rules[{i}].shadow"),
+            "needs `shadow_sink`, where the paired records go: add \"shadow_sink\": {\"cluster\": \"<the Envoy cluster of your OTLP/HTTP collector>\"}",
+        ));
+    }
+    check_version(&at("version"), &s.version)?;
+    if s.version == env.stable {
+        return Err(ConfigError::new(
+            at("version"),
+            format!(
+                "must be a version other than stable {}: the shadow asks another version the question stable answers",
+                quote(env.stable)
+            ),
+        ));
+    }
+    let bound_bp = percent_to_basis_points(s.percent).map_err(|e| ConfigError::new(at("percent"), e))?;
+    let salt = match s.salt {
+        Some(salt) if salt == env.rule_salt => {
+            return Err(ConfigError::new(
+                at("salt"),
+                format!(
+                    "must differ from the rule's salt {}: with the same salt the shadow's buckets are the split's, and the users the split keeps on stable would be shadowed only above the split's percents; leave `salt` out for {}",
+                    quote(env.rule_salt),
+                    quote(&format!("{}:shadow", env.rule_salt))
+                ),
+            ))
+        }
+        Some(salt) => non_empty(&at("salt"), salt)?,
+        None => format!("{}:shadow", env.rule_salt),
+    };
+    let cluster = non_empty(&at("cluster"), s.cluster)?;
+    let authority = s.authority.map(|a| authority(&at("authority"), a)).transpose()?;
+    let mut path_prefixes = Vec::new();
+    if let Some(list) = s.path_prefixes {
+        if list.is_empty() {
+            return Err(ConfigError::new(
+                at("path_prefixes"),
+                "must not be empty (leave `path_prefixes` out to shadow every path)",
+            ));
+        }
+        for (k, p) in list.into_iter().enumerate() {
+            if !p.starts_with('/') {
+                return Err(ConfigError::new(
+                    format!("rules[{i}].shadow.path_prefixes[{k}]"),
+                    format!("must be a path prefix starting with \"/\", got {}", quote(&p)),
+                ));
+            }
+            path_prefixes.push(p.into_bytes().into_boxed_slice());
+        }
+    }
+    let in_range =
+        |field: &str, v: Option<u64>, default: u64, range: std::ops::RangeInclusive<u64>, unit: &str| {
+            let v = v.unwrap_or(default);
+            if range.contains(&v) {
+                Ok(v)
+            } else {
+                Err(ConfigError::new(
+                    at(field),
+                    format!("must be between {} and {}{unit}, got {v}", range.start(), range.end()),
+                ))
+            }
+        };
+    let timeout_ms =
+        in_range("timeout_ms", s.timeout_ms, SHADOW_TIMEOUT_MS_DEFAULT, SHADOW_TIMEOUT_MS, " ms")?;
+    let max_in_flight =
+        in_range("max_in_flight", s.max_in_flight, SHADOW_MAX_IN_FLIGHT_DEFAULT, SHADOW_MAX_IN_FLIGHT, "")?;
+    let max_bytes = in_range("max_bytes", s.max_bytes, SHADOW_MAX_BYTES_DEFAULT, SHADOW_MAX_BYTES, " bytes")?;
+    let mut salt_colon = salt.clone().into_bytes();
+    salt_colon.push(b':');
+    Ok(ShadowSpec {
+        rule,
+        version: b.version(&s.version),
+        bound_bp,
+        salt,
+        salt_colon: salt_colon.into(),
+        cluster,
+        authority,
+        path_prefixes,
+        timeout_ms: timeout_ms as u32,
+        max_in_flight: max_in_flight as u32,
+        max_bytes: max_bytes as usize,
+        max_event_bytes: env.max_event_bytes,
+        metrics: ShadowMetrics::default(),
+        similarity: 0,
+    })
+}
+
+/// `shadow_sink` (DESIGN.md "Shadow"): where paired records are POSTed.
+fn compile_sink(s: RawSink) -> Result<SinkSpec, ConfigError> {
+    let cluster = non_empty("shadow_sink.cluster", s.cluster)?;
+    let path = s.path.unwrap_or_else(|| SINK_PATH_DEFAULT.to_string());
+    if !path.starts_with('/') || !path.bytes().all(|c| c.is_ascii_graphic()) {
+        return Err(ConfigError::new(
+            "shadow_sink.path",
+            format!(
+                "must be a path starting with \"/\", in visible ASCII (percent-encode anything else), got {}",
+                quote(&path)
+            ),
+        ));
+    }
+    let authority = match s.authority {
+        Some(a) => authority("shadow_sink.authority", a)?,
+        None if is_authority(&cluster) => cluster.clone(),
+        None => {
+            return Err(ConfigError::new(
+                "shadow_sink.authority",
+                format!(
+                    "is required: the cluster's name {} is not a host or host:port, which the authority defaults to",
+                    quote(&cluster)
+                ),
+            ))
+        }
+    };
+    let batch = s.batch.unwrap_or(SINK_BATCH_DEFAULT);
+    if !SINK_BATCH.contains(&batch) {
+        return Err(ConfigError::new(
+            "shadow_sink.batch",
+            format!("must be between {} and {} records, got {batch}", SINK_BATCH.start(), SINK_BATCH.end()),
+        ));
+    }
+    Ok(SinkSpec {
+        cluster,
+        path,
+        authority,
+        capture_text: s.capture_text.unwrap_or(false),
+        batch: batch as u32,
+    })
+}
+
+/// A `:authority` value: a host or host:port, in visible ASCII without `/`, `?`, `#` or `@`
+/// (an IPv6 literal in brackets included).
+fn is_authority(a: &str) -> bool {
+    !a.is_empty() && a.bytes().all(|c| c.is_ascii_graphic() && !b"/?#@".contains(&c))
+}
+
+fn authority(path: &str, a: String) -> Result<String, ConfigError> {
+    if is_authority(&a) {
+        Ok(a)
+    } else {
+        Err(ConfigError::new(
+            path,
+            format!("must be a host or host:port (visible ASCII, no /, ?, # or @), got {}", quote(&a)),
+        ))
+    }
 }
 
 const MIN_REQUESTS: std::ops::RangeInclusive<u64> = 1..=1_000_000;

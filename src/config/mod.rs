@@ -630,6 +630,255 @@ mod tests {
         }
     }
 
+    /// DESIGN.md "Configuration v3"'s example, less what other issues add and the config does
+    /// not know yet: `versions`, `lane` and the first rule's `when.prompt` (that rule is left
+    /// as a plain split).
+    const V3_EXAMPLE_KNOWN_PARTS: &str = r#"{
+      "stable": "v2.0",
+      "identity": {"from": [{"body": "/user"}, {"header": "x-user-id"}]},
+      "llm": {},
+      "shadow_sink": {"cluster": "otel-collector", "authority": "otel-collector:4318"},
+      "rules": [
+        {"name": "ppt-pilot",
+         "split": [{"version": "v2.1", "percent": 50}]},
+        {"name": "ramp", "salt": "release-2.1",
+         "split": [{"version": "v2.1", "percent": 5}],
+         "guard": {"max_error_percent": 5, "first_token_ms": 3000, "max_output_ratio": 1.5},
+         "shadow": {"version": "v2.1", "percent": 2, "cluster": "app-v2-1", "salt": "shadow-2.1"}}
+      ]
+    }"#;
+
+    const SHADOW_RESULTS: [&str; 7] =
+        ["sent", "paired", "shadow_failed", "timed_out", "skipped_busy", "skipped_size", "sink_failed"];
+
+    #[test]
+    fn design_v3_example_compiles_with_its_shadow_and_sink() {
+        let plan = parse(V3_EXAMPLE_KNOWN_PARTS.as_bytes()).unwrap();
+        assert!(plan.rule_shadow(0).is_none(), "ppt-pilot has no shadow");
+        let s = plan.rule_shadow(1).unwrap();
+        assert_eq!(plan.shadows.len(), 1);
+        assert_eq!((s.rule, plan.version_name(s.version), s.bound_bp), (1, "v2.1", 200));
+        assert_eq!((s.salt.as_str(), &s.salt_colon[..]), ("shadow-2.1", &b"shadow-2.1:"[..]));
+        assert_eq!((s.cluster.as_str(), s.authority.as_deref()), ("app-v2-1", None));
+        assert!(s.path_prefixes.is_empty() && s.covers(b"/v1/chat/completions") && s.covers(b"/"));
+        assert_eq!(
+            (s.timeout_ms, s.max_in_flight, s.max_bytes, s.max_event_bytes),
+            (60_000, 8, 262_144, 65_536)
+        );
+        assert_eq!(
+            plan.sink,
+            Some(SinkSpec {
+                cluster: "otel-collector".into(),
+                path: "/v1/logs".into(),
+                authority: "otel-collector:4318".into(),
+                capture_text: false,
+                batch: 50,
+            })
+        );
+        let m = s.metrics;
+        let ids =
+            [m.sent, m.paired, m.shadow_failed, m.timed_out, m.skipped_busy, m.skipped_size, m.sink_failed];
+        for (id, result) in ids.iter().zip(SHADOW_RESULTS) {
+            assert_eq!(plan.metrics[*id], format!("graysplit_shadow_total.rule.ramp.result.{result}"));
+        }
+        assert_eq!(plan.histograms[s.similarity], "graysplit_shadow_similarity_pct.rule.ramp");
+        assert!(
+            !plan.metrics.iter().any(|x| x.starts_with("graysplit_shadow_total.rule.ppt-pilot")),
+            "only rules with a shadow have its counters"
+        );
+        assert_eq!(
+            plan.histograms.iter().filter(|h| h.starts_with("graysplit_shadow_")).count(),
+            1,
+            "one similarity histogram per shadow"
+        );
+        assert!(plan.rule_guard(1).is_some() && plan.llm.is_some());
+    }
+
+    #[test]
+    fn shadow_and_sink_defaults_and_limits() {
+        // Defaults: salt the rule's salt (here its name) + ":shadow", authority the request's,
+        // every path; the sink's path /v1/logs and authority its cluster's name. A version no
+        // split names may be shadowed: it becomes known (the override reaches it).
+        let plan = parse(
+            format!(
+                r#"{{"stable": "v1", {ID}, "shadow_sink": {{"cluster": "otel"}},
+                "override": {{"header": "x-o", "trusted_cidrs": ["127.0.0.1/32"]}},
+                "rules": [{{"name": "r", "split": [{{"version": "v2", "percent": 5}}],
+                  "shadow": {{"version": "v3", "percent": 12.34, "cluster": "gray"}}}}]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(plan.versions, ["v1", "v2", "v3"]);
+        assert!(plan.metrics.iter().any(|x| x == "graysplit_decisions_total.rule.override.version.v3"));
+        let s = plan.rule_shadow(0).unwrap();
+        assert_eq!((s.version, s.bound_bp, s.salt.as_str()), (2, 1234, "r:shadow"));
+        let mut cohort = 0;
+        for n in 0..2000 {
+            let user = format!("user-{n}");
+            let inside = crate::bucket::bucket(b"r:shadow:", user.as_bytes()) < 1234;
+            assert_eq!(s.in_cohort(user.as_bytes()), inside, "{user}");
+            cohort += usize::from(inside);
+        }
+        assert!((150..350).contains(&cohort), "about 12.34% of 2000 users, got {cohort}");
+        assert_eq!(s.max_event_bytes, 65_536, "no llm: its default");
+        assert!(
+            plan.llm.is_none() && !plan.metrics.iter().any(|m| m.contains("llm")),
+            "a shadow does not turn on llm"
+        );
+        let sink = plan.sink.as_ref().unwrap();
+        assert_eq!(
+            (sink.path.as_str(), sink.authority.as_str(), sink.capture_text, sink.batch),
+            ("/v1/logs", "otel", false, 50)
+        );
+
+        // Every field written, at the ends of its range.
+        let both = |shadow: &str, sink: &str| {
+            parse(
+                format!(
+                    r#"{{"stable": "v1", {ID}, "llm": {{"max_event_bytes": 8192}}, "shadow_sink": {sink},
+                    "rules": [{{"name": "r", "salt": "s1", "split": [{{"version": "v2", "percent": 5}}], "shadow": {shadow}}}]}}"#
+                )
+                .as_bytes(),
+            )
+            .unwrap()
+        };
+        let low = both(
+            r#"{"version": "v2", "percent": 0, "salt": "other", "cluster": "gray", "authority": "gray.example:8443",
+                "path_prefixes": ["/v1/chat/", "/v1/responses"], "timeout_ms": 100, "max_in_flight": 1, "max_bytes": 1024}"#,
+            r#"{"cluster": "otel", "path": "/otlp/v1/logs?x=1", "authority": "[::1]:4318", "capture_text": true, "batch": 1}"#,
+        );
+        let s = low.rule_shadow(0).unwrap();
+        assert_eq!(
+            (s.bound_bp, s.salt.as_str(), s.authority.as_deref()),
+            (0, "other", Some("gray.example:8443"))
+        );
+        assert_eq!((s.timeout_ms, s.max_in_flight, s.max_bytes, s.max_event_bytes), (100, 1, 1024, 8192));
+        assert!(s.covers(b"/v1/chat/completions") && s.covers(b"/v1/responses") && !s.covers(b"/v1/models"));
+        assert!(!s.in_cohort(b"anyone"), "0 percent shadows nobody");
+        assert_eq!(
+            low.sink,
+            Some(SinkSpec {
+                cluster: "otel".into(),
+                path: "/otlp/v1/logs?x=1".into(),
+                authority: "[::1]:4318".into(),
+                capture_text: true,
+                batch: 1,
+            })
+        );
+        let high = both(
+            r#"{"version": "v2", "percent": 100, "cluster": "gray", "timeout_ms": 600000, "max_in_flight": 256, "max_bytes": 983040}"#,
+            r#"{"cluster": "otel", "batch": 1000}"#,
+        );
+        let s = high.rule_shadow(0).unwrap();
+        assert_eq!((s.bound_bp, s.salt.as_str()), (10_000, "s1:shadow"), "the rule's written salt + :shadow");
+        assert_eq!((s.timeout_ms, s.max_in_flight, s.max_bytes), (600_000, 256, 983_040));
+        assert!(s.in_cohort(b"anyone"), "100 percent shadows every stable-decided user");
+        assert_eq!(high.sink.as_ref().unwrap().batch, 1000);
+
+        // No shadow: no shadow metrics, and a sink no rule uses is checked, then left out.
+        let unused = parse(
+            format!(r#"{{"stable": "v1", {ID}, "shadow_sink": {{"cluster": "otel"}}, "rules": [{{"name": "r", "split": [{{"version": "v2", "percent": 5}}]}}]}}"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        assert!(unused.sink.is_none() && unused.shadows.is_empty() && unused.rule_shadow(0).is_none());
+        assert!(!unused.metrics.iter().any(|m| m.contains("shadow")) && unused.histograms.is_empty());
+        assert!(err(r#"{"stable": "v1", "shadow_sink": {"cluster": "otel", "batch": 0}}"#)
+            .starts_with("shadow_sink.batch: must be between 1 and 1000 records, got 0"));
+    }
+
+    #[test]
+    fn bad_shadow_and_sink_fields_name_their_path() {
+        let shadow = |sh: &str| {
+            err(&format!(
+                r#"{{"stable": "v1", {ID}, "shadow_sink": {{"cluster": "otel"}},
+                "rules": [{{"name": "r", "split": [{{"version": "v2", "percent": 5}}], "shadow": {sh}}}]}}"#
+            ))
+        };
+        let with = |fields: &str| {
+            shadow(&format!(r#"{{"version": "v2", "percent": 5, "cluster": "gray", {fields}}}"#))
+        };
+        let sink = |sk: &str| {
+            err(&format!(
+                r#"{{"stable": "v1", {ID}, "shadow_sink": {sk},
+                "rules": [{{"name": "r", "split": [{{"version": "v2", "percent": 5}}], "shadow": {{"version": "v2", "percent": 5, "cluster": "gray"}}}}]}}"#
+            ))
+        };
+        let cases: &[(String, &str)] = &[
+            (
+                err(&format!(r#"{{"stable": "v1", {ID}, "shadow_sink": {{"cluster": "otel"}}, "rules": [{{"name": "r", "version": "v2", "shadow": {{"version": "v2", "percent": 5, "cluster": "gray"}}}}]}}"#)),
+                "rules[0].shadow: only a `split` rule can have a shadow (it shadows the users the split keeps on stable)",
+            ),
+            (
+                err(&format!(r#"{{"stable": "v1", {ID}, "rules": [{{"name": "a", "version": "v2"}}, {{"name": "r", "split": [{{"version": "v2", "percent": 5}}], "shadow": {{"version": "v2", "percent": 5, "cluster": "gray"}}}}]}}"#)),
+                "rules[1].shadow: needs `shadow_sink`, where the paired records go: add \"shadow_sink\": {\"cluster\": ",
+            ),
+            (shadow(r#"[]"#), "rules[0].shadow: invalid type: sequence, expected an object"),
+            (shadow(r#"{"percent": 5, "cluster": "gray"}"#), "rules[0].shadow.version: is required"),
+            (shadow(r#"{"version": "v2", "cluster": "gray"}"#), "rules[0].shadow.percent: is required"),
+            (shadow(r#"{"version": "v2", "percent": 5}"#), "rules[0].shadow.cluster: is required"),
+            (with(r#""timeout": 5"#), "rules[0].shadow.timeout: unknown field `timeout`"),
+            (
+                shadow(r#"{"version": "v1", "percent": 5, "cluster": "gray"}"#),
+                "rules[0].shadow.version: must be a version other than stable \"v1\"",
+            ),
+            (shadow(r#"{"version": "v 2", "percent": 5, "cluster": "gray"}"#), "rules[0].shadow.version: must be a version name"),
+            (shadow(r#"{"version": "v2", "percent": 120, "cluster": "gray"}"#), "rules[0].shadow.percent: must be between 0 and 100, got 120"),
+            (shadow(r#"{"version": "v2", "percent": -1, "cluster": "gray"}"#), "rules[0].shadow.percent: must be between 0 and 100, got -1"),
+            (
+                shadow(r#"{"version": "v2", "percent": 10.555, "cluster": "gray"}"#),
+                "rules[0].shadow.percent: at most two decimals are allowed, got 10.555",
+            ),
+            (shadow(r#"{"version": "v2", "percent": "5", "cluster": "gray"}"#), "rules[0].shadow.percent: invalid type: string \"5\", expected f64"),
+            (with(r#""salt": """#), "rules[0].shadow.salt: must not be empty"),
+            (
+                with(r#""salt": "r""#),
+                "rules[0].shadow.salt: must differ from the rule's salt \"r\": with the same salt the shadow's buckets are the split's",
+            ),
+            (shadow(r#"{"version": "v2", "percent": 5, "cluster": ""}"#), "rules[0].shadow.cluster: must not be empty"),
+            (with(r#""authority": """#), "rules[0].shadow.authority: must be a host or host:port (visible ASCII, no /, ?, # or @), got \"\""),
+            (with(r#""authority": "gray app""#), "rules[0].shadow.authority: must be a host or host:port"),
+            (with(r#""authority": "http://gray""#), "rules[0].shadow.authority: must be a host or host:port"),
+            (with(r#""path_prefixes": []"#), "rules[0].shadow.path_prefixes: must not be empty (leave `path_prefixes` out to shadow every path)"),
+            (
+                with(r#""path_prefixes": ["/v1/", "v1/chat"]"#),
+                "rules[0].shadow.path_prefixes[1]: must be a path prefix starting with \"/\", got \"v1/chat\"",
+            ),
+            (with(r#""path_prefixes": "/v1/""#), "rules[0].shadow.path_prefixes: invalid type: string \"/v1/\", expected a sequence"),
+            (with(r#""timeout_ms": 99"#), "rules[0].shadow.timeout_ms: must be between 100 and 600000 ms, got 99"),
+            (with(r#""timeout_ms": 600001"#), "rules[0].shadow.timeout_ms: must be between 100 and 600000 ms, got 600001"),
+            (with(r#""max_in_flight": 0"#), "rules[0].shadow.max_in_flight: must be between 1 and 256, got 0"),
+            (with(r#""max_in_flight": 257"#), "rules[0].shadow.max_in_flight: must be between 1 and 256, got 257"),
+            (with(r#""max_bytes": 1023"#), "rules[0].shadow.max_bytes: must be between 1024 and 983040 bytes, got 1023"),
+            (with(r#""max_bytes": 983041"#), "rules[0].shadow.max_bytes: must be between 1024 and 983040 bytes, got 983041"),
+            (with(r#""max_bytes": -1"#), "rules[0].shadow.max_bytes: invalid value: integer `-1`, expected u64"),
+            (sink(r#"[]"#), "shadow_sink: invalid type: sequence, expected an object"),
+            (sink(r#"{}"#), "shadow_sink.cluster: is required"),
+            (sink(r#"{"cluster": ""}"#), "shadow_sink.cluster: must not be empty"),
+            (sink(r#"{"cluster": "otel", "url": "http://otel"}"#), "shadow_sink.url: unknown field `url`"),
+            (
+                sink(r#"{"cluster": "otel", "path": "v1/logs"}"#),
+                "shadow_sink.path: must be a path starting with \"/\", in visible ASCII (percent-encode anything else), got \"v1/logs\"",
+            ),
+            (sink(r#"{"cluster": "otel", "path": "/v1/my logs"}"#), "shadow_sink.path: must be a path starting with \"/\""),
+            (sink(r#"{"cluster": "otel", "authority": ""}"#), "shadow_sink.authority: must be a host or host:port"),
+            (
+                sink(r#"{"cluster": "otel collector"}"#),
+                "shadow_sink.authority: is required: the cluster's name \"otel collector\" is not a host or host:port",
+            ),
+            (sink(r#"{"cluster": "otel", "capture_text": "yes"}"#), "shadow_sink.capture_text: invalid type: string \"yes\", expected a boolean"),
+            (sink(r#"{"cluster": "otel", "batch": 0}"#), "shadow_sink.batch: must be between 1 and 1000 records, got 0"),
+            (sink(r#"{"cluster": "otel", "batch": 1001}"#), "shadow_sink.batch: must be between 1 and 1000 records, got 1001"),
+        ];
+        let wrong: Vec<String> = cases
+            .iter()
+            .filter(|(got, want)| !got.starts_with(want))
+            .map(|(got, want)| format!("  want prefix: {want}\n  got:         {got}"))
+            .collect();
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
     #[test]
     fn design_v2_example_compiles_with_its_metrics() {
         let plan = parse(

@@ -21,6 +21,8 @@ pub type GuardId = usize;
 pub type HistogramId = usize;
 /// Index into [`Plan::watches`]: one version of a guarded rule, whose responses its guard counts.
 pub type WatchId = usize;
+/// Index into [`Plan::shadows`].
+pub type ShadowId = usize;
 
 /// From this many distinct request headers a plan may read (cookies and pseudo-headers
 /// included), one host call for the whole map is cheaper than one call per header. Measured with
@@ -74,6 +76,11 @@ pub struct Plan {
     /// With `llm`, per decision metric (by [`MetricId`]: `None` for other metrics): the answer
     /// metrics of that rule and version.
     pub answers: Vec<Option<AnswerMetrics>>,
+    /// The shadows of split rules (DESIGN.md "Shadow"), in rule order.
+    pub shadows: Vec<ShadowSpec>,
+    /// Where paired records go: only in a config with a shadow (a `shadow_sink` that no rule
+    /// uses is checked, then left out: nothing is ever sent).
+    pub sink: Option<SinkSpec>,
     pub(crate) identity: Vec<IdSource>,
     pub(crate) sticky: Option<Sticky>,
     pub(crate) override_: Option<Override>,
@@ -124,6 +131,81 @@ pub struct AnswerMetrics {
     /// `graysplit_llm_first_token_ms...` and `graysplit_llm_output_tokens...`.
     pub first_token_ms: HistogramId,
     pub output_tokens: HistogramId,
+}
+
+/// A split rule's shadow (DESIGN.md "Shadow: the same question to the gray version, answers
+/// paired"), compiled: a request the rule decided for stable, from a user in the cohort, under
+/// one of the path prefixes, is also sent to `cluster` with the route header set to `version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowSpec {
+    /// The rule it belongs to (index into the plan's rules; [`Plan::rule_name`] names it).
+    pub rule: usize,
+    /// The version the shadow is routed to; never stable (`VersionId` 0).
+    pub version: VersionId,
+    /// `percent` in basis points: a user whose shadow bucket is below it is in the cohort.
+    pub bound_bp: u32,
+    /// `shadow.salt` as written or defaulted (the rule's salt + `:shadow`): what
+    /// `graysplit.user_hash` hashes with the user id.
+    pub salt: String,
+    /// The salt followed by `:`, the prefix of the cohort's bucket hash.
+    pub salt_colon: Box<[u8]>,
+    /// The Envoy cluster the shadow call goes to.
+    pub cluster: String,
+    /// `:authority` of the shadow call; `None`: the request's.
+    pub authority: Option<String>,
+    /// Path prefixes whose requests are shadowed; empty: every path.
+    pub path_prefixes: Vec<Box<[u8]>>,
+    pub timeout_ms: u32,
+    /// Shadows in flight at once, per worker; more are skipped.
+    pub max_in_flight: u32,
+    /// A request body longer than this is not shadowed.
+    pub max_bytes: usize,
+    /// The most of one SSE event, or of one JSON answer, kept to read either answer:
+    /// `llm.max_event_bytes`, or its default in a config without `llm` (a shadow reads both
+    /// answers whether or not `llm` is set).
+    pub max_event_bytes: usize,
+    pub metrics: ShadowMetrics,
+    /// The histogram `graysplit_shadow_similarity_pct.rule.<r>`.
+    pub similarity: HistogramId,
+}
+
+impl ShadowSpec {
+    /// Whether a request for `path` may be shadowed.
+    pub fn covers(&self, path: &[u8]) -> bool {
+        self.path_prefixes.is_empty() || self.path_prefixes.iter().any(|p| path.starts_with(p))
+    }
+
+    /// Whether `user` is in the shadow cohort: `murmur3_x86_32(salt + ":" + user) mod 10000`
+    /// below `percent x 100`.
+    pub fn in_cohort(&self, user: &[u8]) -> bool {
+        crate::bucket::bucket(&self.salt_colon, user) < self.bound_bp
+    }
+}
+
+/// `graysplit_shadow_total.rule.<r>.result.<result>`, one counter per result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ShadowMetrics {
+    pub sent: MetricId,
+    pub paired: MetricId,
+    pub shadow_failed: MetricId,
+    pub timed_out: MetricId,
+    pub skipped_busy: MetricId,
+    pub skipped_size: MetricId,
+    pub sink_failed: MetricId,
+}
+
+/// `shadow_sink`, compiled: where paired records are POSTed as OTLP/HTTP JSON logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkSpec {
+    pub cluster: String,
+    /// Starts with `/`; default `/v1/logs`.
+    pub path: String,
+    /// `:authority` of the POST; default the cluster's name.
+    pub authority: String,
+    /// Records carry the answer texts (`primary.text`, `shadow.text`).
+    pub capture_text: bool,
+    /// Records per POST (or whatever is pending at least every second).
+    pub batch: u32,
 }
 
 /// Reading JSON request bodies (DESIGN.md "JSON request bodies").
@@ -213,6 +295,8 @@ pub(crate) struct Split {
     pub guard: Option<GuardId>,
     /// What the guard counts for responses the rule sent to stable.
     pub stable_watch: Option<WatchId>,
+    /// The rule's shadow, if any.
+    pub shadow: Option<ShadowId>,
     /// With session pins: this rule's pin cookie, `<session_pin.cookie>.<rule>`.
     pub pin_cookie: Option<Box<str>>,
 }
@@ -393,6 +477,11 @@ impl Plan {
     /// The guard of rule `rule`, if it has one.
     pub fn rule_guard(&self, rule: usize) -> Option<&Guard> {
         self.split(rule)?.guard.and_then(|g| self.guards.get(g))
+    }
+
+    /// The shadow of rule `rule`, if it has one.
+    pub fn rule_shadow(&self, rule: usize) -> Option<&ShadowSpec> {
+        self.split(rule)?.shadow.and_then(|s| self.shadows.get(s))
     }
 
     /// The name of version `v`.

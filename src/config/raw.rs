@@ -46,6 +46,18 @@ pub struct RawConfig {
     pub body: Option<Obj<RawBody>>,
     pub session_pin: Option<Obj<RawPin>>,
     pub llm: Option<Obj<RawLlm>>,
+    pub shadow_sink: Option<Obj<RawSink>>,
+}
+
+/// `shadow_sink`: where paired shadow records go, as OTLP/HTTP JSON logs (DESIGN.md "Shadow").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    pub cluster: String,
+    pub path: Option<String>,
+    pub authority: Option<String>,
+    pub capture_text: Option<bool>,
+    pub batch: Option<u64>,
 }
 
 /// `llm`: which answers are read, and how much of one event (or JSON answer) is kept to read it.
@@ -126,6 +138,23 @@ pub struct RawRule {
     pub expires_at: Option<String>,
     pub enabled: Option<bool>,
     pub guard: Option<Obj<RawGuard>>,
+    pub shadow: Option<Obj<RawShadow>>,
+}
+
+/// `rules[].shadow` (DESIGN.md "Shadow"): `{"version", "percent", "salt", "cluster",
+/// "authority", "path_prefixes", "timeout_ms", "max_in_flight", "max_bytes"}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadow {
+    pub version: String,
+    pub percent: f64,
+    pub salt: Option<String>,
+    pub cluster: String,
+    pub authority: Option<String>,
+    pub path_prefixes: Option<Vec<String>>,
+    pub timeout_ms: Option<u64>,
+    pub max_in_flight: Option<u64>,
+    pub max_bytes: Option<u64>,
 }
 
 /// DESIGN.md "Guards": `{"max_error_percent", "min_requests", "window_s", "statuses",
