@@ -911,6 +911,7 @@ fn compile_shadow(
         max_event_bytes: env.max_event_bytes,
         metrics: ShadowMetrics::default(),
         similarity: 0,
+        marker_slot: b.slot(crate::config::SHADOW_HEADER),
     })
 }
 

@@ -18,6 +18,9 @@ use raw::{Obj, RawConfig};
 /// The default routing header (DESIGN.md `route_header`).
 pub const DEFAULT_ROUTE_HEADER: &str = "x-graysplit-version";
 
+/// The header a shadow request carries (DESIGN.md "Shadow"): `x-graysplit-shadow: 1`.
+pub const SHADOW_HEADER: &str = "x-graysplit-shadow";
+
 /// Parses, validates and compiles a plugin configuration.
 pub fn parse(json: &[u8]) -> Result<Plan, ConfigError> {
     if json.iter().all(u8::is_ascii_whitespace) {

@@ -165,6 +165,9 @@ pub struct ShadowSpec {
     /// answers whether or not `llm` is set).
     pub max_event_bytes: usize,
     pub metrics: ShadowMetrics,
+    /// The slot of `x-graysplit-shadow`: a request that carries it is already a shadow and is
+    /// never shadowed again.
+    pub marker_slot: HeaderSlot,
     /// The histogram `graysplit_shadow_similarity_pct.rule.<r>`.
     pub similarity: HistogramId,
 }

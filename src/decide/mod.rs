@@ -55,6 +55,17 @@ pub struct Decision {
     pub pin_cookies: Vec<String>,
     /// `Set-Cookie` value to send back, when a sticky-cookie id was minted for this request.
     pub set_cookie: Option<String>,
+    /// When a shadowed rule decided stable for a user of its shadow cohort (DESIGN.md
+    /// "Shadow"): the request is also to be sent to the shadow.
+    pub shadow: Option<ShadowPick>,
+}
+
+/// A request to shadow: which shadow, and the user's hash for its record (never the id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShadowPick {
+    pub shadow: crate::config::ShadowId,
+    /// The first 8 bytes of SHA-256 of the shadow's salt, `:` and the user id.
+    pub user_hash: [u8; 8],
 }
 
 impl Decision {
@@ -83,6 +94,7 @@ impl Decision {
             pin: None,
             pin_cookies: Vec::new(),
             set_cookie: None,
+            shadow: None,
         }
     }
 }
@@ -232,6 +244,44 @@ mod tests {
 
     fn vr(v: &str, r: &str) -> (String, String) {
         (v.to_string(), r.to_string())
+    }
+
+    #[test]
+    fn a_stable_decided_user_of_the_shadow_cohort_is_shadowed_once_and_by_hash() {
+        let p = plan(
+            r#"{"stable": "v1", "identity": {"from": [{"header": "x-user-id"}]},
+              "shadow_sink": {"cluster": "otel"},
+              "rules": [{"name": "ramp", "salt": "r", "split": [{"version": "v2", "percent": 30}],
+                "shadow": {"version": "v2", "percent": 40, "cluster": "app-v2", "path_prefixes": ["/v1/"]}}]}"#,
+        );
+        let (mut shadowed, mut gray, mut stable_out) = (0, 0, 0);
+        for i in 0..2000 {
+            let user = format!("user-{i}");
+            let d = decide(&p, &req("/v1/chat/completions", &[("x-user-id", &user)]));
+            let b = crate::bucket::bucket(b"r:", user.as_bytes());
+            let sb = crate::bucket::bucket(b"r:shadow:", user.as_bytes());
+            let want = b >= 3000 && sb < 4000;
+            assert_eq!(d.version == 0, b >= 3000, "{user}");
+            assert_eq!(d.shadow.is_some(), want, "{user}: bucket {b}, shadow bucket {sb}");
+            if let Some(pick) = d.shadow {
+                let hex: String = pick.user_hash.iter().map(|b| format!("{b:02x}")).collect();
+                assert_eq!(hex, crate::shadow::record::user_hash("r:shadow", user.as_bytes()));
+                shadowed += 1;
+                // Not outside its paths, not a request that is a shadow already.
+                let elsewhere = decide(&p, &req("/v2/x", &[("x-user-id", &user)]));
+                assert_eq!((elsewhere.version, elsewhere.shadow), (0, None));
+                let again =
+                    decide(&p, &req("/v1/chat", &[("x-user-id", &user), ("x-graysplit-shadow", "1")]));
+                assert_eq!((again.version, again.shadow), (0, None));
+            } else if b < 3000 {
+                gray += 1;
+            } else {
+                stable_out += 1;
+            }
+        }
+        assert!(shadowed > 400 && gray > 400 && stable_out > 400, "{shadowed} {gray} {stable_out}");
+        let anonymous = decide(&p, &req("/v1/chat", &[]));
+        assert_eq!((anonymous.version, anonymous.shadow), (0, None), "no user id: never shadowed");
     }
 
     const FULL: &str = r#"{

@@ -4,7 +4,7 @@
 
 use super::identity::user_id;
 use super::session::{self, PinOutcome};
-use super::{Ctx, DecidedBy, Decision};
+use super::{Ctx, DecidedBy, Decision, ShadowPick};
 use crate::bucket::bucket;
 use crate::config::{Entry, MetricId, Plan, Rule, Split, VersionId, WatchId};
 use crate::request::{Host, Pending};
@@ -17,6 +17,7 @@ pub(super) struct SplitOutcome {
     pub watch: Option<WatchId>,
     pub pin: Option<PinOutcome>,
     pub pin_cookies: Vec<String>,
+    pub shadow: Option<ShadowPick>,
 }
 
 impl SplitOutcome {
@@ -29,6 +30,7 @@ impl SplitOutcome {
             watch: split.stable_watch,
             pin: None,
             pin_cookies: Vec::new(),
+            shadow: None,
         }
     }
 
@@ -38,6 +40,7 @@ impl SplitOutcome {
         d.watch = self.watch;
         d.pin = self.pin;
         d.pin_cookies = self.pin_cookies;
+        d.shadow = self.shadow;
         d
     }
 }
@@ -60,6 +63,12 @@ pub(super) fn decide<H: Host>(
     }
     let Some(user) = user_id(plan, cx, false)? else { return Ok(SplitOutcome::stable(split, None)) };
     let b = bucket(&split.salt_colon, user);
+    // The shadow cohort, from the id while it is at hand (the path and header checks below
+    // need the request again).
+    let cohort = split.shadow.and_then(|sid| {
+        let spec = plan.shadows.get(sid)?;
+        spec.in_cohort(user).then(|| ShadowPick { shadow: sid, user_hash: user_hash(&spec.salt_colon, user) })
+    });
     let mut upper = 0;
     let mut hashed = SplitOutcome::stable(split, Some(b));
     for e in &split.entries {
@@ -72,10 +81,29 @@ pub(super) fn decide<H: Host>(
             break;
         }
     }
-    Ok(match &plan.pin {
+    let mut out = match &plan.pin {
         Some(spec) => session::keep(plan, rule, split, spec, hashed, now, cx),
         None => hashed,
-    })
+    };
+    // DESIGN.md "Shadow": a stable-decided request of the cohort, under the shadow's paths,
+    // that is not itself a shadow.
+    if let Some(pick) = cohort.filter(|_| out.version == 0) {
+        if let Some(spec) = plan.shadows.get(pick.shadow) {
+            if spec.covers(cx.facts.path()) && cx.facts.header(spec.marker_slot).is_none() {
+                out.shadow = Some(pick);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The first 8 bytes of SHA-256 of `salt_colon` (the shadow's salt and `:`) and `user`.
+fn user_hash(salt_colon: &[u8], user: &[u8]) -> [u8; 8] {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new().chain_update(salt_colon).chain_update(user).finalize();
+    let mut out = [0u8; 8];
+    out.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
+    out
 }
 
 /// Whether an entry gives its version to anyone now: a share above 0, its guard not tripped.

@@ -255,6 +255,13 @@ fn configure(vm: &mut Vm, raw: &[u8]) -> Option<Active> {
             (w.guard, book.flatten().unwrap_or(usize::MAX))
         })
         .collect();
+    for s in &plan.shadows {
+        // Issue 18 in progress: the config is checked and the cohort decided, nothing is sent.
+        log::warn!(
+            "graysplit: rules[{}].shadow: this build does not send shadow requests yet; the rest of the config applies",
+            s.rule
+        );
+    }
     log::info!(
         "graysplit: config applied: stable {}, {} rules, versions [{}], route header {}",
         plan.versions.first().map_or("", String::as_str),
