@@ -39,6 +39,8 @@ pub(super) struct Stream {
     /// being read.
     started_ns: i64,
     reading: Option<Reading>,
+    /// The copy of this request for its rule's shadow, until the request is whole.
+    shadow: Option<super::shadows::Copy>,
 }
 
 /// What a request's decision leaves for its response.
@@ -52,6 +54,8 @@ pub(super) struct Outcome {
     metric: MetricId,
     /// With `llm`, the request is under `llm.paths`: its answer is read.
     answer: bool,
+    /// The decision picked the request for its rule's shadow.
+    shadow: Option<crate::decide::ShadowPick>,
 }
 
 impl Stream {
@@ -65,6 +69,27 @@ impl Stream {
             body_size: 0,
             started_ns: 0,
             reading: None,
+            shadow: None,
+        }
+    }
+
+    /// A decision that picked a shadow: its copy starts, with the `held` bytes of body Envoy
+    /// holds now; `whole`: the request has ended, and the copy is sent.
+    fn begin_shadow(&mut self, held: usize, whole: bool) {
+        let (Some(active), Some(pick)) = (self.active.clone(), self.out.shadow.take()) else { return };
+        let Some(mut copy) = super::shadows::start(&active, &self.vm, pick) else { return };
+        copy.body(&active, held);
+        if whole {
+            copy.send(&active, &self.vm);
+        } else {
+            self.shadow = Some(copy);
+        }
+    }
+
+    /// The request ended: its shadow copy, if any, is sent.
+    fn end_shadow(&mut self) {
+        if let (Some(copy), Some(active)) = (self.shadow.take(), &self.active) {
+            copy.send(active, &self.vm);
         }
     }
 
@@ -89,8 +114,10 @@ impl Stream {
             return;
         }
         let decided = self.vm.borrow_mut().take_decided(self.context_id);
-        if let Some(o) = decided {
+        if let Some(mut o) = decided {
             self.awaiting_body = false;
+            // Its body never reached the filter: nothing to copy for a shadow.
+            o.shadow = None;
             self.out = o;
         }
     }
@@ -178,7 +205,7 @@ fn apply(active: &Active, context_id: u32, d: Decision, started_ns: i64) -> Outc
         Some(b) => log::debug!("graysplit: version {version} by rule {rule} (bucket {b})"),
         None => log::debug!("graysplit: version {version} by rule {rule}"),
     }
-    let mut out = Outcome { metric: d.metric, ..Outcome::default() };
+    let mut out = Outcome { metric: d.metric, shadow: d.shadow, ..Outcome::default() };
     if let Some(llm) = &plan.llm {
         out.answer = llm.paths.is_empty()
             || hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path")
@@ -246,6 +273,7 @@ impl HttpContext for Stream {
         match decided {
             Some(d) => {
                 self.out = apply(&active, self.context_id, d, self.started_ns);
+                self.begin_shadow(0, end_of_stream);
                 Action::Continue
             }
             None => {
@@ -262,6 +290,13 @@ impl HttpContext for Stream {
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.picked_up();
         if !self.awaiting_body {
+            // Decided: the body passes, and a shadow's copy takes each chunk.
+            if let (Some(copy), Some(active)) = (&mut self.shadow, &self.active) {
+                copy.body(active, body_size);
+            }
+            if end_of_stream {
+                self.end_shadow();
+            }
             return Action::Continue;
         }
         if self.vm.borrow_mut().watchdog.body(self.context_id) {
@@ -277,6 +312,7 @@ impl HttpContext for Stream {
         // The whole body within max_bytes, or none (longer: the decision goes on without it).
         let whole = end_of_stream && body_size <= max;
         self.decide_held(whole.then_some(body_size));
+        self.begin_shadow(body_size, end_of_stream);
         Action::Continue
     }
 
@@ -286,7 +322,9 @@ impl HttpContext for Stream {
         if self.awaiting_body {
             let (size, max) = (self.body_size, self.max_body());
             self.decide_held((size <= max).then_some(size));
+            self.begin_shadow(size, true);
         }
+        self.end_shadow();
         Action::Continue
     }
 

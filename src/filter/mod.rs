@@ -11,6 +11,7 @@ mod heap;
 mod host;
 mod http;
 mod root;
+mod shadows;
 mod vm;
 
 use proxy_wasm::hostcalls;
@@ -21,7 +22,7 @@ pub(crate) fn start() {
     // Host calls are not allowed yet in `_initialize`: the level is read in `on_vm_start`.
     proxy_wasm::set_log_level(LogLevel::Info);
     // The VM's state, made once and handed to every root context (STYLE.md 16).
-    proxy_wasm::set_root_context(|_| Box::new(root::Root::new(vm::shared())));
+    proxy_wasm::set_root_context(|id| Box::new(root::Root::new(id, vm::shared())));
 }
 
 /// Filters `log` records at Envoy's level for the `wasm` component, so per-request debug lines

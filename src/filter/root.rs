@@ -62,17 +62,29 @@ impl Active {
 }
 
 pub(super) struct Root {
+    id: u32,
     vm: SharedVm,
     active: Option<Rc<Active>>,
 }
 
 impl Root {
-    pub(super) fn new(vm: SharedVm) -> Self {
-        Root { vm, active: None }
+    pub(super) fn new(id: u32, vm: SharedVm) -> Self {
+        Root { id, vm, active: None }
     }
 }
 
-impl Context for Root {}
+impl Context for Root {
+    /// A shadow call this root context made ended (DESIGN.md "Shadow").
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        _body_size: usize,
+        _num_trailers: usize,
+    ) {
+        super::shadows::answered(&self.vm, token_id, num_headers);
+    }
+}
 
 fn gauges_in_use(vm: &mut Vm, plan: &Plan, ids: &[u32], delta: isize) {
     let live = &mut vm.gauges;
@@ -93,6 +105,7 @@ fn gauges_in_use(vm: &mut Vm, plan: &Plan, ids: &[u32], delta: isize) {
 
 impl Drop for Root {
     fn drop(&mut self) {
+        self.vm.borrow_mut().shadows.leave(self.id);
         if let Some(active) = &self.active {
             gauges_in_use(&mut self.vm.borrow_mut(), &active.plan, &active.gauge_ids, -1);
         }
@@ -120,6 +133,11 @@ impl RootContext for Root {
             gauges_in_use(&mut vm, &old.plan, &old.gauge_ids, -1);
         }
         drop(vm);
+        if active.plan.shadows.is_empty() {
+            self.vm.borrow_mut().shadows.leave(self.id);
+        } else {
+            self.vm.borrow_mut().shadows.adopt(self.id);
+        }
         let ticks = !active.plan.guards.is_empty()
             || !active.plan.split_gauges.is_empty()
             || active.plan.body.is_some();
@@ -141,6 +159,11 @@ impl RootContext for Root {
         if active.plan.body.is_some() {
             check_held(&self.vm, now);
         }
+    }
+
+    /// Shadow copies are waiting: this root context sends them (its calls outlive the requests).
+    fn on_queue_ready(&mut self, _queue_id: u32) {
+        super::shadows::send_queued(&self.vm);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -258,7 +281,7 @@ fn configure(vm: &mut Vm, raw: &[u8]) -> Option<Active> {
     for s in &plan.shadows {
         // Issue 18 in progress: the config is checked and the cohort decided, nothing is sent.
         log::warn!(
-            "graysplit: rules[{}].shadow: this build does not send shadow requests yet; the rest of the config applies",
+            "graysplit: rules[{}].shadow: this build sends shadow requests and counts their answers, but writes no paired records to shadow_sink yet",
             s.rule
         );
     }

@@ -31,6 +31,8 @@ pub(super) struct Vm {
     pub last_check_ns: i64,
     /// Ids minted without a random source, for `fill_random`'s fallback.
     pub minted: Cell<u64>,
+    /// Shadow copies on their way to the root context, and the calls in flight.
+    pub shadows: super::shadows::Shadows,
 }
 
 pub(super) type SharedVm = Rc<RefCell<Vm>>;

@@ -1,0 +1,202 @@
+"""Shadow requests (DESIGN.md "Shadow"; issue 18, first part): a stable-decided user of a rule's
+shadow cohort is also sent, by Envoy, to the shadow's cluster, with the same method, path,
+headers (the routing header set to the shadow's version, `x-graysplit-shadow: 1` added) and body,
+while the user gets only the primary answer, never held by the shadow. What the shadow answered
+is counted in `graysplit_shadow_total`. (Pairing the answers into OTLP records comes next.)
+
+The cohort is checked against an independent murmur3 (mmh3), the copy against what the test
+sent, byte for byte."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import socketserver
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import harness
+from harness import bucket, plugin_config, wait_until
+
+SALT = "shadowed"
+USERS = [f"user-{i}" for i in range(120)]
+SPLIT_BP = 2000       # v2 gets 20 %
+SHADOW_BP = 5000      # half of the rest is shadowed to v2
+
+
+class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class RecordingApp:
+    """A version's app that records every request it gets (headers, body) by `x-test-id`."""
+
+    def __init__(self, version: str):
+        self.version, self.delay_s, self.lock = version, 0.0, threading.Lock()
+        self.got: dict[str, list[tuple[dict, bytes]]] = {}
+        app = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                n = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(n)
+                tag = self.headers.get("x-test-id", "")
+                with app.lock:
+                    app.got.setdefault(tag, []).append(
+                        ({k.lower(): v for k, v in self.headers.items()}, body))
+                if app.delay_s and self.headers.get("x-graysplit-shadow"):
+                    time.sleep(app.delay_s)
+                out = app.version.encode()
+                self.send_response(200)
+                self.send_header("content-type", "text/plain")
+                self.send_header("content-length", str(len(out)))
+                self.send_header("x-app-version", app.version)
+                self.end_headers()
+                self.wfile.write(out)
+
+            do_GET = do_POST
+
+        self.server = _Server(("127.0.0.1", 0), H)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def requests(self, tag: str) -> list[tuple[dict, bytes]]:
+        with self.lock:
+            return list(self.got.get(tag, []))
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def apps():
+    a = {"v1": RecordingApp("v1"), "v2": RecordingApp("v2")}
+    yield a
+    for x in a.values():
+        x.close()
+
+
+def config(cluster: str = "app-1", **shadow) -> dict:
+    return plugin_config([{
+        "name": "ramp", "salt": SALT, "split": [{"version": "v2", "percent": SPLIT_BP / 100}],
+        "shadow": {"version": "v2", "percent": SHADOW_BP / 100, "cluster": cluster, **shadow},
+    }], shadow_sink={"cluster": "app-0"})
+
+
+@pytest.fixture
+def envoy(apps, tmp_path):
+    started = []
+
+    def go(cfg):
+        doc = harness.bootstrap(cfg, access_log=tmp_path / f"access{len(started)}.log",
+                                upstreams={v: a.port for v, a in apps.items()})
+        e = harness.Envoy(tmp_path / f"envoy{len(started)}", doc).launch()
+        started.append(e)
+        return e
+    yield go
+    for e in started:
+        e.stop()
+
+
+def shadow_stat(envoy, result: str) -> int:
+    return envoy.stats(r"^wasmcustom\.graysplit_shadow_total\.").get(
+        f"wasmcustom.graysplit_shadow_total.rule.ramp.result.{result}", 0)
+
+
+def expected(user: str) -> tuple[str, bool]:
+    """(the primary's version, whether the user is shadowed), from mmh3 alone."""
+    gray = bucket(SALT, user) < SPLIT_BP
+    return ("v2" if gray else "v1"), (not gray and bucket(SALT + ":shadow", user) < SHADOW_BP)
+
+
+def ask(envoy, user: str, tag: str, body: bytes, extra=()) -> harness.Resp:
+    with envoy.conn() as c:
+        return c.request("POST", "/v1/chat/completions", [
+            ("content-type", "application/json"), ("x-user-id", user), ("x-test-id", tag),
+            ("x-custom", "kept as sent"), *extra], body)
+
+
+def it_shadows_exactly_the_stable_users_of_the_cohort_with_a_faithful_copy(envoy, apps):
+    e = envoy(config())
+    assert "writes no paired records to shadow_sink yet" in e.log()
+    want_shadowed = []
+    for i, user in enumerate(USERS):
+        body = json.dumps({"model": "m", "user": user, "n": i, "text": "é" * (i % 7)}).encode()
+        r = ask(e, user, f"t{i}", body)
+        version, shadowed = expected(user)
+        assert r.status == 200 and r.header("x-app-version") == version, (user, r)
+        if shadowed:
+            want_shadowed.append((i, user, body))
+    assert 20 < len(want_shadowed) < 80
+    wait_until(lambda: shadow_stat(e, "paired") == len(want_shadowed), 10, "every shadow answered")
+    assert shadow_stat(e, "sent") == len(want_shadowed)
+    for i, user in enumerate(USERS):
+        version, shadowed = expected(user)
+        at_v2 = apps["v2"].requests(f"t{i}")
+        shadows = [(h, b) for h, b in at_v2 if h.get("x-graysplit-shadow") == "1"]
+        assert len(shadows) == int(shadowed), (user, at_v2)
+        if version == "v1":
+            (primary,) = apps["v1"].requests(f"t{i}")
+        else:
+            assert not apps["v1"].requests(f"t{i}")
+            primary = next(x for x in at_v2 if "x-graysplit-shadow" not in x[0])
+        if not shadowed:
+            continue
+        (h, b), (ph, pb) = shadows[0], primary
+        assert hashlib.sha256(b).hexdigest() == hashlib.sha256(pb).hexdigest(), "the same body"
+        assert h["x-graysplit-version"] == "v2" and ph["x-graysplit-version"] == "v1"
+        assert h["x-custom"] == "kept as sent" and h["x-user-id"] == user
+        assert h["content-type"] == "application/json"
+        assert h.get(":path", "/v1/chat/completions")
+
+
+def it_never_holds_the_primary_for_a_slow_shadow(envoy, apps):
+    """The shadow's app answers 3 s late: the primary answers while the shadow is still
+    unanswered (an order, not a timing), and the shadow is counted when it comes."""
+    e = envoy(config())
+    apps["v2"].delay_s = 3.0
+    user = next(u for u in USERS if expected(u)[1])
+    r = ask(e, user, "slow", b'{"q": 1}')
+    assert r.status == 200 and r.header("x-app-version") == "v1"
+    assert shadow_stat(e, "sent") == 1 and shadow_stat(e, "paired") == 0, "answered before the shadow"
+    wait_until(lambda: shadow_stat(e, "paired") == 1, 10, "the slow shadow's answer")
+
+
+def it_counts_a_shadow_to_a_cluster_envoy_does_not_have_as_failed_and_the_user_sees_nothing(envoy, apps):
+    e = envoy(config(cluster="nowhere"))
+    user = next(u for u in USERS if expected(u)[1])
+    r = ask(e, user, "absent", b'{"q": 1}')
+    assert r.status == 200 and r.header("x-app-version") == "v1"
+    wait_until(lambda: shadow_stat(e, "shadow_failed") == 1, 10, "the failed shadow counted")
+    assert shadow_stat(e, "paired") == 0
+
+
+def it_skips_a_body_longer_than_max_bytes_and_a_request_already_a_shadow(envoy, apps):
+    e = envoy(config(max_bytes=1024))
+    user = next(u for u in USERS if expected(u)[1])
+    r = ask(e, user, "big", b'{"pad": "' + b"x" * 2000 + b'"}')
+    assert r.status == 200
+    wait_until(lambda: shadow_stat(e, "skipped_size") == 1, 10, "the long body skipped")
+    r = ask(e, user, "marked", b'{"q": 1}', extra=[("x-graysplit-shadow", "1")])
+    assert r.status == 200
+    # A shadowed request after it, on the same connection's worker: once its shadow is
+    # answered, the marked one would have been sent before it.
+    with e.conn() as c:
+        c.request("POST", "/v1/chat/completions", [("content-type", "application/json"),
+                                                   ("x-user-id", user), ("x-test-id", "after")],
+                  b'{"q": 2}')
+    wait_until(lambda: shadow_stat(e, "paired") == 1, 10, "the next request's shadow")
+    assert shadow_stat(e, "sent") == 1
+    assert not [h for h, _ in apps["v2"].requests("marked") if h.get("x-graysplit-shadow")]
+    assert [h for h, _ in apps["v2"].requests("after") if h.get("x-graysplit-shadow") == "1"]
