@@ -180,7 +180,9 @@ impl Copy {
             self.body = Vec::new();
             return;
         }
-        if let Ok(Some(chunk)) = hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpRequestBody, 0, size) {
+        if let Ok(Some(chunk)) =
+            hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpRequestBody, 0, size)
+        {
             self.body.extend_from_slice(&chunk);
         }
     }
