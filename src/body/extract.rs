@@ -112,6 +112,58 @@ impl Pointers {
     }
 }
 
+/// For a walker's `Visitor` (here and in the answer readers): the scalars it has no use for,
+/// each giving `$value` (serde's default visits would refuse them as the wrong type).
+macro_rules! scalars_are {
+    ($value:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+}
+
+/// Lists a walker passes over (without serde_json's depth limit), giving `$value`.
+macro_rules! lists_are {
+    ($de:lifetime, $value:expr) => {
+        fn visit_seq<A: serde::de::SeqAccess<$de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok($value)
+        }
+    };
+}
+
+/// Objects a walker passes over, giving `$value`.
+macro_rules! objects_are {
+    ($de:lifetime, $value:expr) => {
+        fn visit_map<A: serde::de::MapAccess<$de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            while a.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+            Ok($value)
+        }
+    };
+}
+
+/// Lists and objects a walker passes over, giving `$value`.
+macro_rules! containers_are {
+    ($de:lifetime, $value:expr) => {
+        $crate::body::extract::lists_are!($de, $value);
+        $crate::body::extract::objects_are!($de, $value);
+    };
+}
+
+pub(crate) use {containers_are, lists_are, objects_are, scalars_are};
+
 /// The value at `node`: kept when a pointer ends here, walked into where one goes deeper.
 struct At<'a> {
     node: &'a Node,
@@ -291,22 +343,8 @@ impl<'de> Visitor<'de> for Skip {
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
+    scalars_are!(());
     fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
         Ok(())
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
