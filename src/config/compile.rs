@@ -759,38 +759,19 @@ const MAX_EVENT_BYTES_DEFAULT: u64 = 65_536;
 
 /// `llm` (DESIGN.md "Reading LLM answers").
 fn compile_llm(l: RawLlm) -> Result<LlmSpec, ConfigError> {
-    let max = l.max_event_bytes.unwrap_or(MAX_EVENT_BYTES_DEFAULT);
-    if !MAX_EVENT_BYTES.contains(&max) {
-        return Err(ConfigError::new(
-            "llm.max_event_bytes",
-            format!(
-                "must be between {} and {} bytes, got {max}",
-                MAX_EVENT_BYTES.start(),
-                MAX_EVENT_BYTES.end()
-            ),
-        ));
-    }
-    let mut paths = Vec::new();
-    match l.paths {
-        Some(list) if list.is_empty() => {
-            return Err(ConfigError::new(
-                "llm.paths",
-                "must not be empty (leave `paths` out to read the answers of every path)",
-            ))
-        }
+    let max = in_range(
+        "llm.max_event_bytes",
+        l.max_event_bytes,
+        MAX_EVENT_BYTES_DEFAULT,
+        MAX_EVENT_BYTES,
+        " bytes",
+    )?;
+    let paths = match l.paths {
         Some(list) => {
-            for (k, p) in list.into_iter().enumerate() {
-                if !p.starts_with('/') {
-                    return Err(ConfigError::new(
-                        format!("llm.paths[{k}]"),
-                        format!("must be a path prefix starting with \"/\", got {}", quote(&p)),
-                    ));
-                }
-                paths.push(p.into_bytes().into_boxed_slice());
-            }
+            path_prefixes("llm.paths", list, "leave `paths` out to read the answers of every path")?
         }
-        None => {}
-    }
+        None => Vec::new(),
+    };
     Ok(LlmSpec { paths, max_event_bytes: max as usize })
 }
 
@@ -859,41 +840,23 @@ fn compile_shadow(
     };
     let cluster = non_empty(&at("cluster"), s.cluster)?;
     let authority = s.authority.map(|a| authority(&at("authority"), a)).transpose()?;
-    let mut path_prefixes = Vec::new();
-    if let Some(list) = s.path_prefixes {
-        if list.is_empty() {
-            return Err(ConfigError::new(
-                at("path_prefixes"),
-                "must not be empty (leave `path_prefixes` out to shadow every path)",
-            ));
+    let path_prefixes = match s.path_prefixes {
+        Some(list) => {
+            path_prefixes(&at("path_prefixes"), list, "leave `path_prefixes` out to shadow every path")?
         }
-        for (k, p) in list.into_iter().enumerate() {
-            if !p.starts_with('/') {
-                return Err(ConfigError::new(
-                    format!("rules[{i}].shadow.path_prefixes[{k}]"),
-                    format!("must be a path prefix starting with \"/\", got {}", quote(&p)),
-                ));
-            }
-            path_prefixes.push(p.into_bytes().into_boxed_slice());
-        }
-    }
-    let in_range =
-        |field: &str, v: Option<u64>, default: u64, range: std::ops::RangeInclusive<u64>, unit: &str| {
-            let v = v.unwrap_or(default);
-            if range.contains(&v) {
-                Ok(v)
-            } else {
-                Err(ConfigError::new(
-                    at(field),
-                    format!("must be between {} and {}{unit}, got {v}", range.start(), range.end()),
-                ))
-            }
-        };
+        None => Vec::new(),
+    };
     let timeout_ms =
-        in_range("timeout_ms", s.timeout_ms, SHADOW_TIMEOUT_MS_DEFAULT, SHADOW_TIMEOUT_MS, " ms")?;
-    let max_in_flight =
-        in_range("max_in_flight", s.max_in_flight, SHADOW_MAX_IN_FLIGHT_DEFAULT, SHADOW_MAX_IN_FLIGHT, "")?;
-    let max_bytes = in_range("max_bytes", s.max_bytes, SHADOW_MAX_BYTES_DEFAULT, SHADOW_MAX_BYTES, " bytes")?;
+        in_range(&at("timeout_ms"), s.timeout_ms, SHADOW_TIMEOUT_MS_DEFAULT, SHADOW_TIMEOUT_MS, " ms")?;
+    let max_in_flight = in_range(
+        &at("max_in_flight"),
+        s.max_in_flight,
+        SHADOW_MAX_IN_FLIGHT_DEFAULT,
+        SHADOW_MAX_IN_FLIGHT,
+        "",
+    )?;
+    let max_bytes =
+        in_range(&at("max_bytes"), s.max_bytes, SHADOW_MAX_BYTES_DEFAULT, SHADOW_MAX_BYTES, " bytes")?;
     let mut salt_colon = salt.clone().into_bytes();
     salt_colon.push(b':');
     Ok(ShadowSpec {
@@ -941,13 +904,7 @@ fn compile_sink(s: RawSink) -> Result<SinkSpec, ConfigError> {
             ))
         }
     };
-    let batch = s.batch.unwrap_or(SINK_BATCH_DEFAULT);
-    if !SINK_BATCH.contains(&batch) {
-        return Err(ConfigError::new(
-            "shadow_sink.batch",
-            format!("must be between {} and {} records, got {batch}", SINK_BATCH.start(), SINK_BATCH.end()),
-        ));
-    }
+    let batch = in_range("shadow_sink.batch", s.batch, SINK_BATCH_DEFAULT, SINK_BATCH, " records")?;
     Ok(SinkSpec {
         cluster,
         path,
@@ -1002,23 +959,9 @@ fn compile_guard(i: usize, rule: usize, g: RawGuard, llm: bool) -> Result<Guard,
             "must be above 0 (a guard that trips on the first error: write 0.01)",
         ));
     }
-    let in_range = |field: &str, v: Option<u64>, default: u64, range: std::ops::RangeInclusive<u64>| {
-        let v = v.unwrap_or(default);
-        if range.contains(&v) {
-            Ok(v)
-        } else {
-            Err(ConfigError::new(
-                at(field),
-                format!("must be between {} and {}, got {v}", range.start(), range.end()),
-            ))
-        }
-    };
-    let min_requests = in_range("min_requests", g.min_requests, 20, MIN_REQUESTS)?;
-    let window_s = in_range("window_s", g.window_s, 60, WINDOW_S)?;
-    let slow_ms = match g.slow_ms {
-        Some(ms) => Some(in_range("slow_ms", Some(ms), 0, SLOW_MS)?),
-        None => None,
-    };
+    let min_requests = in_range(&at("min_requests"), g.min_requests, 20, MIN_REQUESTS, "")?;
+    let window_s = in_range(&at("window_s"), g.window_s, 60, WINDOW_S, "")?;
+    let slow_ms = g.slow_ms.map(|ms| in_range(&at("slow_ms"), Some(ms), 0, SLOW_MS, "")).transpose()?;
     let attempt = match g.attempt {
         Some(0) => return Err(ConfigError::new(at("attempt"), "must be a positive integer, got 0")),
         Some(a) => a,
@@ -1055,7 +998,7 @@ fn compile_guard(i: usize, rule: usize, g: RawGuard, llm: bool) -> Result<Guard,
         }
     }
     let first_token_ms = match g.first_token_ms {
-        Some(ms) => Some(in_range("first_token_ms", Some(ms), 0, FIRST_TOKEN_MS)? as u32),
+        Some(ms) => Some(in_range(&at("first_token_ms"), Some(ms), 0, FIRST_TOKEN_MS, "")? as u32),
         None => None,
     };
     let mut finishes = 0u8;
@@ -1082,22 +1025,21 @@ fn compile_guard(i: usize, rule: usize, g: RawGuard, llm: bool) -> Result<Guard,
         }
     }
     let max_output_ratio = match g.max_output_ratio {
-        Some(r) => {
-            let centi = (r * 100.0).round();
-            if !(1.01..=100.0).contains(&r) {
-                return Err(ConfigError::new(
-                    at("max_output_ratio"),
-                    format!("must be between 1.01 and 100, got {}", fmt_num(r)),
-                ));
-            }
-            if centi / 100.0 != r {
+        Some(r) if !(1.01..=100.0).contains(&r) => {
+            return Err(ConfigError::new(
+                at("max_output_ratio"),
+                format!("must be between 1.01 and 100, got {}", fmt_num(r)),
+            ))
+        }
+        Some(r) => match hundredths(r) {
+            Some(centi) => Some(centi),
+            None => {
                 return Err(ConfigError::new(
                     at("max_output_ratio"),
                     format!("at most two decimals are allowed, got {}", fmt_num(r)),
-                ));
+                ))
             }
-            Some(centi as u32)
-        }
+        },
         None => None,
     };
     let codes: Vec<String> = statuses.codes.iter().map(u16::to_string).collect();
@@ -1140,19 +1082,12 @@ fn compile_guard(i: usize, rule: usize, g: RawGuard, llm: bool) -> Result<Guard,
     })
 }
 
-/// `percent` as hundredths of a percent. At most two decimals means `percent * 100` is an
-/// integer; checked exactly: the f64 nearest `n / 100` must be the very f64 that was parsed
-/// (division is correctly rounded), so 10.555 and 10.1000000001 are rejected, 0.29 is not.
+/// `percent` as hundredths of a percent, at most two decimals ([`hundredths`]).
 fn percent_to_basis_points(p: f64) -> Result<u32, String> {
     if !(0.0..=100.0).contains(&p) {
         return Err(format!("must be between 0 and 100, got {}", fmt_num(p)));
     }
-    let n = (p * 100.0).round();
-    if n / 100.0 != p {
-        return Err(format!("at most two decimals are allowed, got {}", fmt_num(p)));
-    }
-    // In 0..=10000 after the range check above.
-    Ok(n as u32)
+    hundredths(p).ok_or_else(|| format!("at most two decimals are allowed, got {}", fmt_num(p)))
 }
 
 fn fmt_bp(bp: u32) -> String {

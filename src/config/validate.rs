@@ -41,6 +41,57 @@ pub(super) fn cookie_name(path: &str, name: String) -> Result<String, ConfigErro
     Ok(name)
 }
 
+/// `v`, or `default` when it is absent, within `range`; `unit` follows the bounds in the error:
+/// `must be between 1 and 600000 ms, got 0`.
+pub(super) fn in_range(
+    path: &str,
+    v: Option<u64>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+    unit: &str,
+) -> Result<u64, ConfigError> {
+    let v = v.unwrap_or(default);
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(ConfigError::new(
+            path,
+            format!("must be between {} and {}{unit}, got {v}", range.start(), range.end()),
+        ))
+    }
+}
+
+/// A list of path prefixes, each starting with `/`, as bytes. An empty list could never match:
+/// refused at `path` with `if_empty` (what to write instead).
+pub(super) fn path_prefixes(
+    path: &str,
+    list: Vec<String>,
+    if_empty: &str,
+) -> Result<Vec<Box<[u8]>>, ConfigError> {
+    if list.is_empty() {
+        return Err(ConfigError::new(path, format!("must not be empty ({if_empty})")));
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (k, p) in list.into_iter().enumerate() {
+        if !p.starts_with('/') {
+            return Err(ConfigError::new(
+                format!("{path}[{k}]"),
+                format!("must be a path prefix starting with \"/\", got {}", quote(&p)),
+            ));
+        }
+        out.push(p.into_bytes().into_boxed_slice());
+    }
+    Ok(out)
+}
+
+/// `x` in hundredths, when it has at most two decimals: `x * 100` rounded must divide back to
+/// the very f64 that was parsed (division is correctly rounded), so 10.555 and 10.1000000001
+/// are refused, 0.29 is not. `x` must be in 0..=10^7 (the callers' ranges).
+pub(super) fn hundredths(x: f64) -> Option<u32> {
+    let n = (x * 100.0).round();
+    (n / 100.0 == x && (0.0..=1e9).contains(&n)).then_some(n as u32)
+}
+
 pub(super) fn non_empty(path: &str, s: String) -> Result<String, ConfigError> {
     if s.is_empty() {
         return Err(ConfigError::new(path, "must not be empty"));
