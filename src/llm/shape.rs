@@ -87,7 +87,10 @@ const COUNTS: [&str; 9] = [
 
 struct Table {
     pointers: Pointers,
-    /// Per usage place, the index of each of [`COUNTS`].
+    /// Per pointer of [`POINTERS`] (by the constants above), its field in this table, if the
+    /// table has it.
+    at: [Option<usize>; POINTERS.len()],
+    /// Per usage place, the field of each of [`COUNTS`].
     counts: [[usize; 9]; 4],
 }
 
@@ -100,17 +103,15 @@ fn is_output(i: usize) -> bool {
 
 fn build(with_output: bool) -> Table {
     let mut pointers = Pointers::default();
-    for (i, p) in POINTERS.iter().enumerate() {
+    let mut at = [None; POINTERS.len()];
+    for ((i, p), slot) in POINTERS.iter().enumerate().zip(at.iter_mut()) {
         if with_output || !is_output(i) {
-            pointers.add(p);
-        } else {
-            // Holds the index, under one key no answer has.
-            pointers.add(&format!("/\u{0}/{i}"));
+            *slot = Some(pointers.add(p));
         }
     }
     let counts =
         USAGE_AT.map(|u| COUNTS.map(|c| pointers.add(&format!("{}/{c}", POINTERS.get(u).unwrap_or(&"")))));
-    Table { pointers, counts }
+    Table { pointers, at, counts }
 }
 
 /// Every pointer; or (`with_output` false) those of the signals alone.
@@ -125,11 +126,17 @@ fn table(with_output: bool) -> &'static Table {
 }
 
 /// One event's fields, or a whole JSON answer's; its room is kept from one event to the next.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(super) struct Shape {
     fields: Vec<Option<Field>>,
-    /// Which table the fields were read with.
-    with_output: bool,
+    /// The table the fields were read with.
+    table: Option<&'static Table>,
+}
+
+impl std::fmt::Debug for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shape").field("fields", &self.fields).finish()
+    }
 }
 
 /// A usage object's counts.
@@ -145,20 +152,20 @@ impl Shape {
     /// Reads `json` (`with_output`: the fields that carry output too): false when it is not one
     /// JSON document (every field then absent).
     pub fn read(&mut self, json: &[u8], with_output: bool) -> bool {
-        self.with_output = with_output;
-        table(with_output).pointers.extract_signals(json, &mut self.fields)
+        let t = table(with_output);
+        self.table = Some(t);
+        t.pointers.extract_signals(json, &mut self.fields)
     }
 
+    /// The field of pointer `i` (one of the constants above).
     fn field(&self, i: usize) -> Option<&Field> {
-        self.fields.get(i)?.as_ref()
+        let at = self.table?.at.get(i).copied().flatten()?;
+        self.fields.get(at)?.as_ref()
     }
 
     /// The string at pointer `i` (a number's or boolean's text too).
     pub fn str(&self, i: usize) -> Option<&str> {
-        match self.field(i)? {
-            Field::Scalar(b) => std::str::from_utf8(b).ok(),
-            Field::Other => None,
-        }
+        text(self.field(i))
     }
 
     pub fn is(&self, i: usize, s: &str) -> bool {
@@ -183,17 +190,25 @@ impl Shape {
 
     /// The usage at any of the formats' places: the first place that has one.
     pub fn usage(&self) -> Option<Usage> {
-        let t = table(self.with_output);
-        USAGE_AT.iter().zip(&t.counts).find(|(u, _)| matches!(self.field(**u), Some(Field::Other))).map(
-            |(_, c)| {
-                let n = |k: usize| self.str(*c.get(k)?).and_then(|s| s.parse::<u64>().ok());
-                Usage {
-                    input: n(0).or(n(2)),
-                    output: n(1).or(n(3)),
-                    cached: n(5).or(n(6)).or(n(4)),
-                    reasoning: n(7).or(n(8)),
-                }
-            },
-        )
+        let t = self.table?;
+        let (_, c) =
+            USAGE_AT.iter().zip(&t.counts).find(|(u, _)| matches!(self.field(**u), Some(Field::Other)))?;
+        let n = |k: usize| {
+            text(self.fields.get(*c.get(k)?).and_then(Option::as_ref)).and_then(|s| s.parse::<u64>().ok())
+        };
+        Some(Usage {
+            input: n(0).or(n(2)),
+            output: n(1).or(n(3)),
+            cached: n(5).or(n(6)).or(n(4)),
+            reasoning: n(7).or(n(8)),
+        })
+    }
+}
+
+/// A field's string (a number's or boolean's text too).
+fn text(f: Option<&Field>) -> Option<&str> {
+    match f? {
+        Field::Scalar(b) => std::str::from_utf8(b).ok(),
+        Field::Other => None,
     }
 }
