@@ -76,7 +76,8 @@ impl Stream {
     /// A decision that picked a shadow: its copy starts, with the `held` bytes of body Envoy
     /// holds now; `whole`: the request has ended, and the copy is sent.
     fn begin_shadow(&mut self, held: usize, whole: bool) {
-        let (Some(active), Some(pick)) = (self.active.clone(), self.out.shadow.take()) else { return };
+        let Some(pick) = self.out.shadow.take() else { return };
+        let Some(active) = self.active.clone() else { return };
         let Some(mut copy) = super::shadows::start(&active, &self.vm, pick) else { return };
         copy.body(&active, held);
         if whole {

@@ -150,11 +150,11 @@ pub(super) fn start(active: &Active, vm: &SharedVm, pick: ShadowPick) -> Option<
     for (name, value) in map.iter() {
         // The SDK's call takes strings: a header that is not UTF-8 is left out of the copy.
         let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else { continue };
-        let lower = name.to_ascii_lowercase();
-        if HOP_BY_HOP.contains(&lower.as_str())
-            || lower == route
-            || lower == SHADOW_HEADER
-            || (lower == ":authority" && spec.authority.is_some())
+        // Envoy's header maps hold lower-case names (as the plan's are): compared as they are.
+        if HOP_BY_HOP.contains(&name)
+            || name == route
+            || name == SHADOW_HEADER
+            || (name == ":authority" && spec.authority.is_some())
         {
             continue;
         }
