@@ -868,7 +868,9 @@ class Sample:
 class Traffic:
     """Keep-alive GETs with `x-user-id` from threads, one connection each, on every worker,
     each response recorded as a `Sample`. For tests that watch what the filter does on its own
-    (schedules stepping, guards tripping) while requests flow."""
+    (schedules stepping, guards tripping) while requests flow. A subclass may ask something
+    else (`ask`), count a connection cut short otherwise (`cut`) or read the version otherwise
+    (`version_of`)."""
 
     def __init__(self, envoy: "Envoy", users: Sequence[str], *, conns: int = 4,
                  max_seconds: float = 120.0):
@@ -898,18 +900,29 @@ class Traffic:
         for c in self.conns:
             c.close()
 
+    def ask(self, conn: Conn, user: str, k: int) -> Resp:
+        """The `k`-th request of a connection, for `user`."""
+        return conn.get("/", [("x-user-id", user)])
+
+    def cut(self, i: int, user: str, sent: float, exc: Exception) -> None:
+        """Connection `i` failed a request: an error (the traffic stops if every one does)."""
+        with self.lock:
+            self.errors.append(f"conn {i} user {user}: {exc!r}")
+
+    def version_of(self, r: Resp) -> str:
+        return r.header("x-app-version") or r.text
+
     def _run(self, i: int) -> None:
         mine = self.users[i::len(self.conns)] or self.users
         conn, k = self.conns[i], 0
         while not self.stop_event.is_set() and time.monotonic() < self.deadline:
             user = mine[k % len(mine)]
-            k += 1
+            n, k = k, k + 1
             sent = time.time()
             try:
-                r = conn.get("/", [("x-user-id", user)])
+                r = self.ask(conn, user, n)
             except (OSError, ConnectionError, ValueError, IndexError) as exc:
-                with self.lock:
-                    self.errors.append(f"conn {i} user {user}: {exc!r}")
+                self.cut(i, user, sent, exc)
                 conn.close()
                 try:
                     conn = self.conns[i] = Conn(self.envoy.port)
@@ -918,9 +931,8 @@ class Traffic:
                         self.errors.append(f"conn {i}: reconnect failed: {exc2!r}")
                     return
                 continue
-            version = r.header("x-app-version") or r.text
             with self.lock:
-                self.samples.append(Sample(i, user, sent, time.time(), r.status, version))
+                self.samples.append(Sample(i, user, sent, time.time(), r.status, self.version_of(r)))
 
     def snapshot(self) -> list[Sample]:
         with self.lock:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 
 import pytest
@@ -82,70 +81,25 @@ def start(apps, tmp_path):
         e.stop()
 
 
-class Answers:
+class Answers(harness.Traffic):
     """Chat answers asked from threads, one keep-alive connection each, on every worker, each
     recorded as a harness `Sample` (version: the app's x-app-version; a stream the app cut
     short: status 0, version "?"). `stream` alternates streamed and JSON answers when None."""
 
     def __init__(self, envoy, users, *, conns: int = 4, stream: bool | None = True,
                  max_seconds: float = 90.0):
-        self.envoy, self.users, self.stream = envoy, list(users), stream
-        self.deadline = time.monotonic() + max_seconds
-        self.conns = harness.open_on_every_worker(envoy, conns)
-        self.lock = threading.Lock()
-        self.samples: list[Sample] = []
-        self.errors: list[str] = []
-        self.stop_event = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
-                        for i in range(len(self.conns))]
+        self.stream = stream
+        super().__init__(envoy, users, conns=conns, max_seconds=max_seconds)
 
-    def __enter__(self) -> "Answers":
-        for t in self.threads:
-            t.start()
-        return self
+    def ask(self, conn: Conn, user: str, k: int) -> harness.Resp:
+        return post(conn, user, (k % 2 == 0) if self.stream is None else self.stream)
 
-    def __exit__(self, *exc) -> None:
-        self.stop_event.set()
-        for t in self.threads:
-            t.join(timeout=30)
-        for c in self.conns:
-            c.close()
+    def cut(self, i: int, user: str, sent: float, exc: Exception) -> None:
+        with self.lock:                           # cut short: the connection is gone
+            self.samples.append(Sample(i, user, sent, time.time(), 0, "?"))
 
-    def _run(self, i: int) -> None:
-        mine = self.users[i::len(self.conns)] or self.users
-        conn, k = self.conns[i], 0
-        while not self.stop_event.is_set() and time.monotonic() < self.deadline:
-            user = mine[k % len(mine)]
-            stream = (k % 2 == 0) if self.stream is None else self.stream
-            k += 1
-            sent = time.time()
-            try:
-                r = post(conn, user, stream)
-                status, version = r.status, r.header("x-app-version") or "?"
-            except (OSError, ConnectionError, ValueError, IndexError):
-                status, version = 0, "?"           # cut short: the connection is gone
-                conn.close()
-                try:
-                    conn = self.conns[i] = Conn(self.envoy.port)
-                except OSError as exc:
-                    with self.lock:
-                        self.errors.append(f"conn {i}: reconnect failed: {exc!r}")
-                    return
-            with self.lock:
-                self.samples.append(Sample(i, user, sent, time.time(), status, version))
-
-    def snapshot(self) -> list[Sample]:
-        with self.lock:
-            return list(self.samples)
-
-    def wait_for(self, n: int, what: str, where=lambda s: True, timeout: float = 30.0) -> None:
-        def enough():
-            snap = self.snapshot()
-            if self.errors and not any(t.is_alive() for t in self.threads):
-                raise AssertionError(f"{what}: the traffic stopped: {self.errors[-1]}")
-            per = [sum(1 for s in snap if s.conn == c and where(s)) for c in range(len(self.conns))]
-            return min(per) >= n
-        wait_until(enough, timeout, what)
+    def version_of(self, r: harness.Resp) -> str:
+        return r.header("x-app-version") or "?"
 
 
 def stable_everywhere(envoy, user: str) -> list[float]:
