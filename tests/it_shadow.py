@@ -10,17 +10,14 @@ sent, byte for byte."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
-import socketserver
-import threading
 import time
-from pathlib import Path
 
 import pytest
 
 import harness
 from harness import bucket, plugin_config, wait_until
+from upstream import App
 
 SALT = "shadowed"
 USERS = [f"user-{i}" for i in range(120)]
@@ -28,55 +25,26 @@ SPLIT_BP = 2000       # v2 gets 20 %
 SHADOW_BP = 5000      # half of the rest is shadowed to v2
 
 
-class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class RecordingApp:
-    """A version's app that records every request it gets (headers, body) by `x-test-id`."""
+class RecordingApp(App):
+    """A version's app (tests/upstream.py) that also keeps every request it gets (its headers,
+    its body) by `x-test-id`, and answers shadows `shadow_delay_s` late."""
 
     def __init__(self, version: str):
-        self.version, self.delay_s, self.lock = version, 0.0, threading.Lock()
+        super().__init__(version)
+        self.shadow_delay_s = 0.0
         self.got: dict[str, list[tuple[dict, bytes]]] = {}
-        app = self
 
-        class H(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                n = int(self.headers.get("content-length") or 0)
-                body = self.rfile.read(n)
-                tag = self.headers.get("x-test-id", "")
-                with app.lock:
-                    app.got.setdefault(tag, []).append(
-                        ({k.lower(): v for k, v in self.headers.items()}, body))
-                if app.delay_s and self.headers.get("x-graysplit-shadow"):
-                    time.sleep(app.delay_s)
-                out = app.version.encode()
-                self.send_response(200)
-                self.send_header("content-type", "text/plain")
-                self.send_header("content-length", str(len(out)))
-                self.send_header("x-app-version", app.version)
-                self.end_headers()
-                self.wfile.write(out)
-
-            do_GET = do_POST
-
-        self.server = _Server(("127.0.0.1", 0), H)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def respond(self, h, body: bytes) -> None:
+        with self.records_lock:
+            self.got.setdefault(h.headers.get("x-test-id", ""), []).append(
+                ({k.lower(): v for k, v in h.headers.items()}, body))
+        if self.shadow_delay_s and h.headers.get("x-graysplit-shadow"):
+            time.sleep(self.shadow_delay_s)
+        super().respond(h, body)
 
     def requests(self, tag: str) -> list[tuple[dict, bytes]]:
-        with self.lock:
+        with self.records_lock:
             return list(self.got.get(tag, []))
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -165,7 +133,7 @@ def it_never_holds_the_primary_for_a_slow_shadow(envoy, apps):
     """The shadow's app answers 3 s late: the primary answers while the shadow is still
     unanswered (an order, not a timing), and the shadow is counted when it comes."""
     e = envoy(config())
-    apps["v2"].delay_s = 3.0
+    apps["v2"].shadow_delay_s = 3.0
     user = next(u for u in USERS if expected(u)[1])
     r = ask(e, user, "slow", b'{"q": 1}')
     assert r.status == 200 and r.header("x-app-version") == "v1"
