@@ -36,16 +36,8 @@ if ! command -v dockerd >/dev/null; then
     exit 3
   fi
   echo "installing Debian's docker.io (dockerd is missing)"
-  export DEBIAN_FRONTEND=noninteractive
-  # A fresh machine may have no package lists yet.
-  if [ -z "$(apt-cache policy docker.io 2>/dev/null | awk '/Candidate:/ && $2 != "(none)"')" ]; then
-    apt-get update -q >/dev/null || { echo "apt-get update failed" >&2; exit 1; }
-  fi
-  apt-get install -y -q docker.io >/tmp/graysplit-docker-install.log 2>&1 || {
-    tail -n 20 /tmp/graysplit-docker-install.log >&2
-    echo "apt-get install docker.io failed (log above, all of it in /tmp/graysplit-docker-install.log)" >&2
-    exit 1
-  }
+  . "$(dirname "$0")/debian.sh"
+  debian_install docker.io || exit 1
 fi
 
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then

@@ -28,17 +28,9 @@ if ! command -v apt-get >/dev/null; then
 fi
 
 echo "installing Debian's prometheus (prometheus or promtool is missing)"
-export DEBIAN_FRONTEND=noninteractive
-# A fresh machine may have no package lists yet.
-if [ -z "$(apt-cache policy prometheus 2>/dev/null | awk '/Candidate:/ && $2 != "(none)"')" ]; then
-  apt-get update -q >/dev/null || { echo "apt-get update failed" >&2; exit 1; }
-fi
+. "$(dirname "$0")/debian.sh"
 # --no-install-recommends: the server and promtool only, not the node exporter it recommends.
-apt-get install -y -q --no-install-recommends prometheus >/tmp/graysplit-prometheus-install.log 2>&1 || {
-  tail -n 20 /tmp/graysplit-prometheus-install.log >&2
-  echo "apt-get install prometheus failed (log above, all of it in /tmp/graysplit-prometheus-install.log)" >&2
-  exit 1
-}
+debian_install prometheus --no-install-recommends || exit 1
 if ! have; then
   echo "Debian's prometheus is installed but prometheus or promtool is still not on PATH" >&2
   exit 1
