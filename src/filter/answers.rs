@@ -29,28 +29,29 @@ pub(super) struct Reading {
 }
 
 impl Reading {
-    /// The response headers of request `context_id` came: an answer to read, or none (its
-    /// guard, if any, then counts it as a plain response).
+    /// The response headers of request `context_id` came (a plan with `llm`): an answer to
+    /// read, or not one, with the response's status for its guard to count it as a plain
+    /// response (the map is read once for both).
     pub(super) fn at_headers(
         active: &Active,
         context_id: u32,
         start_ns: i64,
         metric: MetricId,
         guarded: Option<(usize, usize)>,
-    ) -> Option<Reading> {
-        let llm = active.plan.llm.as_ref()?;
+    ) -> Result<Reading, Option<u16>> {
         let map = super::ffi::header_pairs(MapType::HttpResponseHeaders);
-        let status = map.first(b":status").and_then(|s| std::str::from_utf8(s).ok()?.parse::<u16>().ok());
+        let status = map.first(b":status").and_then(super::http::status);
+        let Some(llm) = active.plan.llm.as_ref() else { return Err(status) };
         let framing = Framing::of(map.first(b"content-type"), map.first(b"content-encoding"));
         if framing.is_none() && !status.is_some_and(|s| s >= 500) {
-            return None;
+            return Err(status);
         }
         if let Some((g, _)) = guarded {
             if let Some(link) = active.guards.get(g) {
                 link.book.borrow_mut().answer_headers(context_id);
             }
         }
-        Some(Reading {
+        Ok(Reading {
             reader: framing.map(|f| Reader::new(f, llm.max_event_bytes)),
             status,
             start_ns,

@@ -335,16 +335,19 @@ impl HttpContext for Stream {
         let guarded = self.out.guarded.take();
         let reading = if self.out.answer {
             Reading::at_headers(active, self.context_id, self.started_ns, self.out.metric, guarded)
+        } else if guarded.is_some() {
+            let s = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status").ok().flatten();
+            Err(s.as_deref().and_then(status))
         } else {
-            None
+            Err(None)
         };
         match reading {
             // Its guard counts an answer when it ends.
-            Some(r) if end_of_stream => r.end(active, self.context_id, true),
-            Some(r) => self.reading = Some(r),
-            None => {
+            Ok(r) if end_of_stream => r.end(active, self.context_id, true),
+            Ok(r) => self.reading = Some(r),
+            Err(status) => {
                 if let Some((g, v)) = guarded {
-                    count_response(active, self.context_id, g, v);
+                    count_response(active, self.context_id, g, v, status);
                 }
             }
         }
@@ -394,11 +397,13 @@ impl Stream {
 }
 
 /// Counts a guarded rule's response for its guard (Envoy's own local replies pass here too).
-fn count_response(active: &Active, context_id: u32, g: usize, v: usize) {
-    let Some(link) = active.guards.get(g) else { return };
-    let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
-        .ok()
-        .flatten()
-        .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
-    link.book.borrow_mut().count_response(context_id, v, status);
+fn count_response(active: &Active, context_id: u32, g: usize, v: usize, status: Option<u16>) {
+    if let Some(link) = active.guards.get(g) {
+        link.book.borrow_mut().count_response(context_id, v, status);
+    }
+}
+
+/// A `:status` value as a number.
+pub(super) fn status(value: &[u8]) -> Option<u16> {
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
