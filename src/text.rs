@@ -1,5 +1,6 @@
-//! How graysplit writes values: quoted for a message or a log line ([`quote`]), and a number as
-//! its text ([`fmt_num`]: config errors, JSON body numbers, claims, guard log lines). The bottom
+//! How graysplit writes values: quoted for a message or a log line ([`quote`]), a number as its
+//! text ([`fmt_num`]: config errors, JSON body numbers, claims, guard log lines), bytes as
+//! lower-case hex ([`push_hex`]: pins, minted ids, hashes of answers and users). The bottom
 //! of the pure modules: it depends on none of them.
 
 /// `s` in double quotes for a message, with `"`, `\`, control characters and the invisible
@@ -33,6 +34,23 @@ pub fn fmt_num(n: f64) -> String {
     } else {
         serde_json::Number::from_f64(n).map_or_else(|| "a non-finite number".to_string(), |x| x.to_string())
     }
+}
+
+/// `bytes` as lower-case hex, appended to `out` (pins, minted ids, answer hashes).
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    let mut buf = [0u8; 64];
+    for chunk in bytes.chunks(32) {
+        if let Ok(s) = base16ct::lower::encode_str(chunk, &mut buf) {
+            out.push_str(s);
+        }
+    }
+}
+
+/// `bytes` as lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    out
 }
 
 #[cfg(test)]

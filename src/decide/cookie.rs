@@ -15,15 +15,7 @@ pub fn expire_cookie(name: &str, secure: bool) -> String {
     set_cookie(name, "", 0, secure)
 }
 
-/// `bytes` as lower-case hex, appended to `out`.
-pub fn push_hex(out: &mut String, bytes: &[u8]) {
-    let mut buf = [0u8; 64];
-    for chunk in bytes.chunks(32) {
-        if let Ok(s) = base16ct::lower::encode_str(chunk, &mut buf) {
-            out.push_str(s);
-        }
-    }
-}
+pub use crate::text::push_hex;
 
 /// Decodes exactly `N` bytes from lower-case hex; any other spelling (upper case, odd length,
 /// other characters) is `None`.

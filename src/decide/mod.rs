@@ -264,8 +264,10 @@ mod tests {
             assert_eq!(d.version == 0, b >= 3000, "{user}");
             assert_eq!(d.shadow.is_some(), want, "{user}: bucket {b}, shadow bucket {sb}");
             if let Some(pick) = d.shadow {
-                let hex: String = pick.user_hash.iter().map(|b| format!("{b:02x}")).collect();
-                assert_eq!(hex, crate::shadow::record::user_hash("r:shadow", user.as_bytes()));
+                assert_eq!(
+                    crate::text::hex(&pick.user_hash),
+                    crate::shadow::record::user_hash("r:shadow", user.as_bytes())
+                );
                 shadowed += 1;
                 // Not outside its paths, not a request that is a shadow already.
                 let elsewhere = decide(&p, &req("/v2/x", &[("x-user-id", &user)]));

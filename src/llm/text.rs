@@ -10,6 +10,8 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
 use crate::body::extract::{containers_are, lists_are, objects_are, scalars_are};
 use sha2::{Digest, Sha256};
 
+use crate::text::hex;
+
 /// What was kept of an answer's text.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AnswerText {
@@ -29,12 +31,6 @@ impl fmt::Debug for AnswerText {
             .field("sha256", &hex(&self.sha256))
             .finish()
     }
-}
-
-/// 64 lower-case hex digits.
-pub fn hex(sha: &[u8; 32]) -> String {
-    let mut buf = [0u8; 64];
-    base16ct::lower::encode_str(sha, &mut buf).unwrap_or_default().to_string()
 }
 
 /// The text being gathered.

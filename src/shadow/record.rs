@@ -6,6 +6,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::llm::Finish;
+use crate::text::hex;
 
 /// The most of an answer's text a record carries (`primary.text`, `shadow.text`).
 pub const TEXT_CAP: usize = 16 * 1024;
@@ -218,12 +219,6 @@ impl Attrs<'_> {
 fn json_string(s: &str, out: &mut Vec<u8>) {
     // Writing into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut buf = [0u8; 64];
-    let take = bytes.get(..32).unwrap_or(bytes);
-    base16ct::lower::encode_str(take, &mut buf).unwrap_or_default().to_string()
 }
 
 #[cfg(test)]
