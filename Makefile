@@ -16,7 +16,7 @@ ENVOY_IMAGE ?= $(ENVOY_LOCAL_IMAGE)
 export ENVOY_IMAGE
 CONTAINER_TESTS := tests/it_config.py tests/it_ecds.py tests/it_override.py tests/it_split.py tests/it_observability.py
 
-.PHONY: help build wasm-target venv test unit functional lint run demo clean sha256 cli bench bench-probe soak fuzz istio-pin
+.PHONY: help build wasm-target venv test unit functional lint run demo shadow-demo clean sha256 cli bench bench-probe soak fuzz istio-pin
 .PHONY: engine envoy-image image container-or-skip functional-container test-container
 .PHONY: prometheus prometheus-rules
 CLI := target/release/graysplit
@@ -29,6 +29,7 @@ wasm-target:
 
 build: wasm-target ## Build the filter: target/wasm32-wasip1/release/graysplit.wasm
 	cargo build --release --target $(WASM_TARGET) --lib
+	@scripts/wasm_opt.sh
 	@ls -l $(WASM) | awk '{print "built " $$NF " (" $$5 " bytes)"}'
 
 cli: ## Build the operator CLI: target/release/graysplit (check, explain, simulate, bucket)

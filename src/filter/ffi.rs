@@ -29,6 +29,7 @@ extern "C" {
         value_data: *const u8,
         value_size: usize,
     ) -> u32;
+    fn proxy_done() -> u32;
     fn proxy_get_property(
         path_data: *const u8,
         path_size: usize,
@@ -79,4 +80,11 @@ pub(super) fn get_property(path: &[u8]) -> Result<Option<Vec<u8>>, u32> {
         NOT_FOUND => Ok(None),
         other => Err(other),
     }
+}
+
+/// Tells the host that the current root context, which answered `on_done` with false, is done
+/// now; false when the host did not expect it.
+pub(super) fn done() -> bool {
+    // SAFETY: no arguments; the host only looks up the current context.
+    unsafe { proxy_done() == 0 }
 }

@@ -41,6 +41,9 @@ pub(super) struct Stream {
     reading: Option<Reading>,
     /// The copy of this request for its rule's shadow, until the request is whole.
     shadow: Option<super::shadows::Copy>,
+    /// A shadowed request's pair (its id, and the `max_event_bytes` its answer is read with),
+    /// until its answer is in.
+    pair: Option<(u32, usize)>,
 }
 
 /// What a request's decision leaves for its response.
@@ -70,6 +73,7 @@ impl Stream {
             started_ns: 0,
             reading: None,
             shadow: None,
+            pair: None,
         }
     }
 
@@ -78,10 +82,14 @@ impl Stream {
     fn begin_shadow(&mut self, held: usize, whole: bool) {
         let Some(pick) = self.out.shadow.take() else { return };
         let Some(active) = self.active.clone() else { return };
-        let Some(mut copy) = super::shadows::start(&active, &self.vm, pick) else { return };
+        let Some(mut copy) = super::shadows::start(&active, &self.vm, pick, self.started_ns) else { return };
+        let max = active.plan.shadows.get(pick.shadow).map_or(0, |s| s.max_event_bytes);
+        self.pair = Some((copy.pair, max));
         copy.body(&active, held);
         if whole {
-            copy.send(&active, &self.vm);
+            if !copy.send(&active, &self.vm) {
+                self.pair = None;
+            }
         } else {
             self.shadow = Some(copy);
         }
@@ -90,7 +98,9 @@ impl Stream {
     /// The request ended: its shadow copy, if any, is sent.
     fn end_shadow(&mut self) {
         if let (Some(copy), Some(active)) = (self.shadow.take(), &self.active) {
-            copy.send(active, &self.vm);
+            if !copy.send(active, &self.vm) {
+                self.pair = None;
+            }
         }
     }
 
@@ -157,6 +167,10 @@ impl Drop for Stream {
         self.forget(self.out.guarded);
         if let Some(r) = self.reading.take() {
             self.forget(r.guarded());
+        }
+        if let Some((pair, _)) = self.pair.take() {
+            // Its answer never came: no record.
+            super::shadows::primary_gone(&self.vm, pair);
         }
         if self.awaiting_body {
             let decided = {
@@ -255,7 +269,7 @@ impl HttpContext for Stream {
         };
         #[cfg(feature = "heap-stats")]
         super::heap::mark();
-        if active.plan.llm.is_some() {
+        if active.plan.llm.is_some() || !active.plan.shadows.is_empty() {
             self.started_ns = now_ns();
         }
         let vm = self.vm.clone();
@@ -333,24 +347,27 @@ impl HttpContext for Stream {
         self.picked_up();
         let Some(active) = &self.active else { return Action::Continue };
         let guarded = self.out.guarded.take();
-        let reading = if self.out.answer {
-            Reading::at_headers(active, self.context_id, self.started_ns, self.out.metric, guarded)
+        let paired = self.pair.map(|(_, max)| max);
+        let (reading, status) = if self.out.answer || paired.is_some() {
+            let (start, metric) = (self.started_ns, self.out.metric);
+            Reading::at_headers(active, self.context_id, start, metric, guarded, self.out.answer, paired)
         } else if guarded.is_some() {
             let s = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status").ok().flatten();
-            Err(s.as_deref().and_then(status))
+            (None, s.as_deref().and_then(status))
         } else {
-            Err(None)
+            (None, None)
         };
-        match reading {
-            // Its guard counts an answer when it ends.
-            Ok(r) if end_of_stream => r.end(active, self.context_id, true),
-            Ok(r) => self.reading = Some(r),
-            Err(status) => {
-                if let Some((g, v)) = guarded {
-                    count_response(active, self.context_id, g, v, status);
-                }
+        if let Some((g, v)) = guarded.filter(|_| reading.as_ref().map_or(true, |r| r.guarded().is_none())) {
+            // Not an answer its guard counts at its end: counted as a response now.
+            count_response(active, self.context_id, g, v, status);
+        }
+        if let Some(r) = reading {
+            self.reading = Some(r);
+            if end_of_stream {
+                self.answer_ended(true);
             }
         }
+        let Some(active) = &self.active else { return Action::Continue };
         let Some(version) = self.out.version else { return Action::Continue };
         if let Some(name) = &active.plan.response_header {
             if let Some(v) = active.plan.versions.get(version) {
@@ -391,7 +408,11 @@ impl Stream {
     /// The answer being read ended (`clean`: its body ended; else the stream was reset).
     fn answer_ended(&mut self, clean: bool) {
         if let (Some(r), Some(active)) = (self.reading.take(), &self.active) {
-            r.end(active, self.context_id, clean);
+            if let (Some(primary), Some((pair, _))) =
+                (r.end(active, self.context_id, clean), self.pair.take())
+            {
+                super::shadows::primary_done(&self.vm, pair, primary);
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 //! previous plugin (DESIGN.md "Behaviour on bad input"). Plans with a guard or a schedule also
 //! tick: guards flush their counts, gauges follow the clock.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -30,6 +31,9 @@ pub(super) struct Active {
     pub guards: Vec<Link>,
     /// Per `plan.watches`: (guard, the version's index in that guard's book).
     pub watch_slots: Vec<(usize, usize)>,
+    /// The config was replaced and its root context waits for its shadows (DESIGN.md "Shadow":
+    /// the old configuration drains): its records are sent as they come.
+    pub draining: Cell<bool>,
 }
 
 impl Active {
@@ -65,24 +69,50 @@ pub(super) struct Root {
     id: u32,
     vm: SharedVm,
     active: Option<Rc<Active>>,
+    /// It answered `on_done` with false: it tells the host when its shadows are done.
+    draining: bool,
 }
 
 impl Root {
     pub(super) fn new(id: u32, vm: SharedVm) -> Self {
-        Root { id, vm, active: None }
+        Root { id, vm, active: None, draining: false }
+    }
+
+    /// A draining root context whose shadows are all done tells the host it is done.
+    fn drain(&mut self) {
+        let Some(active) = self.active.as_ref().filter(|_| self.draining) else { return };
+        if super::shadows::drained(&self.vm, self.id, active) {
+            self.draining = false;
+            super::ffi::done();
+        }
     }
 }
 
 impl Context for Root {
-    /// A shadow call this root context made ended (DESIGN.md "Shadow").
+    /// A call this root context made ended: a shadow's, or a batch's to the sink (DESIGN.md
+    /// "Shadow").
     fn on_http_call_response(
         &mut self,
         token_id: u32,
         num_headers: usize,
-        _body_size: usize,
+        body_size: usize,
         _num_trailers: usize,
     ) {
-        super::shadows::answered(&self.vm, token_id, num_headers);
+        super::shadows::call_ended(&self.vm, self.id, token_id, num_headers, body_size);
+        self.drain();
+    }
+
+    /// The config is replaced (or the proxy stops): a config with shadows drains first, its
+    /// records sent as they come, then it tells the host it is done.
+    fn on_done(&mut self) -> bool {
+        let Some(active) = self.active.as_ref().filter(|a| !a.plan.shadows.is_empty()) else { return true };
+        active.draining.set(true);
+        super::shadows::flush(&self.vm, self.id, false);
+        if super::shadows::drained(&self.vm, self.id, active) {
+            return true;
+        }
+        self.draining = true;
+        false
     }
 }
 
@@ -140,6 +170,7 @@ impl RootContext for Root {
         }
         let ticks = !active.plan.guards.is_empty()
             || !active.plan.split_gauges.is_empty()
+            || !active.plan.shadows.is_empty()
             || active.plan.body.is_some();
         active.record_gauges(now_ns());
         self.active = Some(Rc::new(active));
@@ -159,11 +190,17 @@ impl RootContext for Root {
         if active.plan.body.is_some() {
             check_held(&self.vm, now);
         }
+        if !active.plan.shadows.is_empty() {
+            super::shadows::flush(&self.vm, self.id, true);
+            self.drain();
+        }
     }
 
-    /// Shadow copies are waiting: this root context sends them (its calls outlive the requests).
+    /// Shadow copies are waiting, or a batch of records is due: this root context sends them
+    /// (its calls outlive the requests).
     fn on_queue_ready(&mut self, _queue_id: u32) {
-        super::shadows::send_queued(&self.vm);
+        super::shadows::queue_ready(&self.vm, self.id);
+        self.drain();
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -278,13 +315,6 @@ fn configure(vm: &mut Vm, raw: &[u8]) -> Option<Active> {
             (w.guard, book.flatten().unwrap_or(usize::MAX))
         })
         .collect();
-    for s in &plan.shadows {
-        // Issue 18 in progress: the config is checked and the cohort decided, nothing is sent.
-        log::warn!(
-            "graysplit: rules[{}].shadow: this build sends shadow requests and counts their answers, but writes no paired records to shadow_sink yet",
-            s.rule
-        );
-    }
     log::info!(
         "graysplit: config applied: stable {}, {} rules, versions [{}], route header {}",
         plan.versions.first().map_or("", String::as_str),
@@ -292,5 +322,13 @@ fn configure(vm: &mut Vm, raw: &[u8]) -> Option<Active> {
         plan.versions.join(", "),
         plan.route_header
     );
-    Some(Active { plan, metric_ids, gauge_ids, histogram_ids, guards, watch_slots })
+    Some(Active {
+        plan,
+        metric_ids,
+        gauge_ids,
+        histogram_ids,
+        guards,
+        watch_slots,
+        draining: Cell::new(false),
+    })
 }

@@ -1,12 +1,17 @@
-//! Shadow requests' host side (DESIGN.md "Shadow"), first part (issue 18, in progress): a
-//! request the decision picked for its rule's shadow is copied as it passes (its headers when
-//! decided, its body as it streams by, never held) and, once whole, sent with
-//! `dispatch_http_call` to the shadow's cluster. The call is made by the root context, not the
-//! request's: the SDK answers a call to the context that made it, and a request's context ends
-//! with the primary answer, which must never wait for the shadow's. A request context hands the
-//! copy over through a shared queue of this VM, whose readiness Envoy reports to the root
-//! context at once. What the shadow answered is counted (`graysplit_shadow_total`); pairing it
-//! with the primary answer into a record for `shadow_sink` comes next.
+//! Shadow requests' host side (DESIGN.md "Shadow"): a request the decision picked for its
+//! rule's shadow is copied as it passes (its headers when decided, its body as it streams by,
+//! never held) and, once whole, sent with `dispatch_http_call` to the shadow's cluster. The call
+//! is made by a root context, not the request's: the SDK answers a call to the context that made
+//! it, and a request's context ends with the primary answer, which must never wait for the
+//! shadow's. A request context hands the copy over through a shared queue of this VM, whose
+//! readiness Envoy reports to the root context at once.
+//!
+//! The two answers meet in a [`Pair`]: the primary's, read as it passes
+//! ([`super::answers::Reading`], with its text), and the shadow's, read whole when the call
+//! ends. When both are in (or the shadow failed or timed out) the pair is one record, encoded at
+//! once into its config's pending batch; a root context POSTs the batch to `shadow_sink` when it
+//! is full, or at its tick (every 500 ms), and counts a lost one as `sink_failed`. A config that
+//! is replaced drains: its root context stays until its pairs, batches and calls are done.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -14,10 +19,23 @@ use std::time::Duration;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MapType;
 
+use proxy_wasm::types::BufferType;
+
+use super::answers::{read_whole, Primary};
 use super::root::{now_ns, Active};
 use super::vm::SharedVm;
 use crate::config::{MetricId, SHADOW_HEADER};
 use crate::decide::ShadowPick;
+use crate::llm::{Answer, AnswerText, Finish};
+use crate::shadow::record::{Batch, Outcome, Record, Side};
+use crate::shadow::similarity::similarity;
+use crate::text::hex;
+use sha2::Digest;
+
+/// A batch is sent once it holds this many bytes of records, whatever its `batch`.
+const BATCH_MAX_BYTES: usize = 1 << 20;
+/// How long a sink has to answer a batch (DESIGN.md: "none within 5 s loses that batch").
+const SINK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Hop-by-hop headers (RFC 9110 7.6.1, and HTTP/1.1's), never copied to the shadow; Envoy's
 /// own `content-length` for the copy is the body's.
@@ -36,6 +54,8 @@ const HOP_BY_HOP: [&str; 9] = [
 /// A request being copied for its shadow.
 pub(super) struct Copy {
     pub pick: ShadowPick,
+    /// Its pair's id.
+    pub pair: u32,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
     /// The body grew past the shadow's `max_bytes`: it is not shadowed.
@@ -46,6 +66,7 @@ pub(super) struct Copy {
 pub(super) struct Queued {
     active: Rc<Active>,
     shadow: usize,
+    pair: u32,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
@@ -55,11 +76,51 @@ pub(super) struct InFlight {
     token: u32,
     active: Rc<Active>,
     shadow: usize,
+    pair: u32,
     sent_ns: i64,
+    /// The root context that sent it (and that Envoy answers).
+    root: u32,
+}
+
+/// A shadowed question's two answers, as they come in.
+pub(super) struct Pair {
+    id: u32,
+    active: Rc<Active>,
+    shadow: usize,
+    /// When the primary request arrived (Unix ns).
+    started_ns: i64,
+    user_hash: [u8; 8],
+    request_id: Option<String>,
+    primary: Option<Primary>,
+    other: Option<Shadowed>,
+}
+
+/// How the shadow went.
+struct Shadowed {
+    result: Outcome,
+    status: Option<u16>,
+    total_ms: u64,
+    /// None when it gave no answer (failed, timed out).
+    answer: Option<(Answer, AnswerText)>,
+}
+
+/// A config's records not sent yet: the batch, and each record's shadow (its rule's counters).
+struct Pending {
+    active: Rc<Active>,
+    batch: Batch,
+    shadows: Vec<usize>,
+}
+
+/// A batch POSTed to the sink, not yet answered.
+struct SinkCall {
+    token: u32,
+    active: Rc<Active>,
+    shadows: Vec<usize>,
+    root: u32,
 }
 
 /// What a VM keeps for its shadows: the queue request contexts hand copies over by, the copies
-/// in it, and the calls in flight.
+/// in it, the calls in flight, the pairs, and the records not yet sent.
 #[derive(Default)]
 pub(super) struct Shadows {
     /// This VM's queue (its name is the VM's own: shared queues are one per name in the
@@ -72,6 +133,10 @@ pub(super) struct Shadows {
     roots: Vec<u32>,
     queued: Vec<Queued>,
     inflight: Vec<InFlight>,
+    pairs: Vec<Pair>,
+    next_pair: u32,
+    pending: Vec<Pending>,
+    sinks: Vec<SinkCall>,
 }
 
 impl Shadows {
@@ -119,7 +184,9 @@ impl Shadows {
             let _ = hostcalls::set_effective_context(root);
         }
         if self.owner.is_none() {
-            self.queued.clear();
+            // Nobody will send them: their pairs go with them.
+            let unsent: Vec<u32> = self.queued.drain(..).map(|q| q.pair).collect();
+            self.pairs.retain(|p| !unsent.contains(&p.id));
         }
     }
 }
@@ -130,13 +197,18 @@ fn count(active: &Active, metric: MetricId) {
     }
 }
 
-/// The copy of request `pick`'s headers (the host's current context), or none when this
-/// worker already has `max_in_flight` of that shadow's calls waiting (`skipped_busy`).
-pub(super) fn start(active: &Active, vm: &SharedVm, pick: ShadowPick) -> Option<Copy> {
+fn same(a: &Rc<Active>, b: &Active) -> bool {
+    std::ptr::eq(Rc::as_ptr(a), b)
+}
+
+/// The copy of request `pick`'s headers (the host's current context) and its pair (the primary
+/// request arrived at `started_ns`), or none when this worker already has `max_in_flight` of
+/// that shadow's calls waiting (`skipped_busy`).
+pub(super) fn start(active: &Rc<Active>, vm: &SharedVm, pick: ShadowPick, started_ns: i64) -> Option<Copy> {
     let spec = active.plan.shadows.get(pick.shadow)?;
     let busy = {
         let vm = vm.borrow();
-        let waiting = |s: usize, a: &Rc<Active>| s == pick.shadow && std::ptr::eq(Rc::as_ptr(a), active);
+        let waiting = |s: usize, a: &Rc<Active>| s == pick.shadow && Rc::ptr_eq(a, active);
         vm.shadows.inflight.iter().filter(|f| waiting(f.shadow, &f.active)).count()
             + vm.shadows.queued.iter().filter(|q| waiting(q.shadow, &q.active)).count()
     };
@@ -147,6 +219,7 @@ pub(super) fn start(active: &Active, vm: &SharedVm, pick: ShadowPick) -> Option<
     let map = super::ffi::header_pairs(MapType::HttpRequestHeaders);
     let route = active.plan.route_header.as_str();
     let mut headers = Vec::with_capacity(map.len() + 2);
+    let mut request_id = None;
     for (name, value) in map.iter() {
         // The SDK's call takes strings: a header that is not UTF-8 is left out of the copy.
         let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else { continue };
@@ -158,6 +231,9 @@ pub(super) fn start(active: &Active, vm: &SharedVm, pick: ShadowPick) -> Option<
         {
             continue;
         }
+        if name == "x-request-id" && request_id.is_none() {
+            request_id = Some(value.to_string());
+        }
         headers.push((name.to_string(), value.to_string()));
     }
     if let Some(a) = &spec.authority {
@@ -165,7 +241,20 @@ pub(super) fn start(active: &Active, vm: &SharedVm, pick: ShadowPick) -> Option<
     }
     headers.push((route.to_string(), active.plan.version_name(spec.version).to_string()));
     headers.push((SHADOW_HEADER.to_string(), "1".to_string()));
-    Some(Copy { pick, headers, body: Vec::new(), too_big: false })
+    let mut v = vm.borrow_mut();
+    let id = v.shadows.next_pair;
+    v.shadows.next_pair = id.wrapping_add(1);
+    v.shadows.pairs.push(Pair {
+        id,
+        active: Rc::clone(active),
+        shadow: pick.shadow,
+        started_ns,
+        user_hash: pick.user_hash,
+        request_id,
+        primary: None,
+        other: None,
+    });
+    Some(Copy { pick, pair: id, headers, body: Vec::new(), too_big: false })
 }
 
 impl Copy {
@@ -180,37 +269,57 @@ impl Copy {
             self.body = Vec::new();
             return;
         }
-        if let Ok(Some(chunk)) =
-            hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpRequestBody, 0, size)
-        {
+        if let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size) {
             self.body.extend_from_slice(&chunk);
         }
     }
 
     /// The request is whole: its copy goes to the root context to be sent (or, too long, is
-    /// counted `skipped_size`).
-    pub(super) fn send(self, active: &Rc<Active>, vm: &SharedVm) {
-        let Some(spec) = active.plan.shadows.get(self.pick.shadow) else { return };
-        if self.too_big {
-            count(active, spec.metrics.skipped_size);
-            return;
-        }
-        let mut vm = vm.borrow_mut();
-        let (Some(queue), Some(_)) = (vm.shadows.queue, vm.shadows.owner) else { return };
-        vm.shadows.queued.push(Queued {
+    /// counted `skipped_size`). False when it is not sent: its pair is gone.
+    pub(super) fn send(self, active: &Rc<Active>, vm: &SharedVm) -> bool {
+        let Some(spec) = active.plan.shadows.get(self.pick.shadow) else { return false };
+        let mut v = vm.borrow_mut();
+        let queue = v.shadows.queue.filter(|_| v.shadows.owner.is_some());
+        let Some(queue) = queue.filter(|_| !self.too_big) else {
+            if self.too_big {
+                count(active, spec.metrics.skipped_size);
+            }
+            v.shadows.pairs.retain(|p| p.id != self.pair);
+            return false;
+        };
+        v.shadows.queued.push(Queued {
             active: Rc::clone(active),
             shadow: self.pick.shadow,
+            pair: self.pair,
             headers: self.headers,
             body: self.body,
         });
-        drop(vm);
+        drop(v);
         let _ = hostcalls::enqueue_shared_queue(queue, Some(b"s"));
+        true
     }
 }
 
-/// On the root context, when the queue is ready: every queued copy is sent. A call the host
-/// refuses (an unknown cluster) is `shadow_failed` at once.
-pub(super) fn send_queued(vm: &SharedVm) {
+/// The primary answer of pair `id` ended: the pair is whole if the shadow's is in.
+pub(super) fn primary_done(vm: &SharedVm, id: u32, primary: Primary) {
+    let mut v = vm.borrow_mut();
+    let Some(pair) = v.shadows.pairs.iter_mut().find(|p| p.id == id) else { return };
+    pair.primary = Some(primary);
+    if pair.other.is_some() {
+        v.shadows.complete(id, None);
+    }
+}
+
+/// The primary request of pair `id` ended with no answer (the client went away before one):
+/// the pair is dropped, no record is written (its shadow is still counted).
+pub(super) fn primary_gone(vm: &SharedVm, id: u32) {
+    vm.borrow_mut().shadows.pairs.retain(|p| p.id != id || p.primary.is_some());
+}
+
+/// On root context `root`, when the queue is ready: every queued copy is sent (a call the host
+/// refuses, an unknown cluster, is `shadow_failed` at once), and the batches that are full, or
+/// whose config is draining, go to the sink.
+pub(super) fn queue_ready(vm: &SharedVm, root: u32) {
     let queued = {
         let mut v = vm.borrow_mut();
         if let Some(q) = v.shadows.queue {
@@ -223,42 +332,212 @@ pub(super) fn send_queued(vm: &SharedVm) {
         let headers: Vec<(&str, &str)> = q.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         let body = (!q.body.is_empty()).then_some(q.body.as_slice());
         let timeout = Duration::from_millis(u64::from(spec.timeout_ms));
+        count(&q.active, spec.metrics.sent);
+        let sent_ns = now_ns();
+        let mut v = vm.borrow_mut();
         match hostcalls::dispatch_http_call(&spec.cluster, headers, body, vec![], timeout) {
-            Ok(token) => {
-                count(&q.active, spec.metrics.sent);
-                let sent_ns = now_ns();
-                vm.borrow_mut().shadows.inflight.push(InFlight {
-                    token,
-                    active: Rc::clone(&q.active),
-                    shadow: q.shadow,
-                    sent_ns,
-                });
-            }
+            Ok(token) => v.shadows.inflight.push(InFlight {
+                token,
+                active: Rc::clone(&q.active),
+                shadow: q.shadow,
+                pair: q.pair,
+                sent_ns,
+                root,
+            }),
             Err(_) => {
-                count(&q.active, spec.metrics.sent);
                 count(&q.active, spec.metrics.shadow_failed);
+                let failed =
+                    Shadowed { result: Outcome::ShadowFailed, status: None, total_ms: 0, answer: None };
+                v.shadows.shadow_done(q.pair, failed, Some(root));
+            }
+        }
+    }
+    flush(vm, root, false);
+}
+
+/// On root context `root`: its call `token` ended, with `num_headers` response headers (0: no
+/// HTTP answer at all) and `body_size` bytes of body: a shadow's, or a batch's.
+pub(super) fn call_ended(vm: &SharedVm, root: u32, token: u32, num_headers: usize, body_size: usize) {
+    let mut v = vm.borrow_mut();
+    if let Some(i) = v.shadows.sinks.iter().position(|c| c.token == token) {
+        let call = v.shadows.sinks.swap_remove(i);
+        drop(v);
+        let map = super::ffi::header_pairs(MapType::HttpCallResponseHeaders);
+        let ok = num_headers > 0
+            && map.first(b":status").and_then(super::http::status).is_some_and(|s| (200..300).contains(&s));
+        if !ok {
+            for s in &call.shadows {
+                if let Some(spec) = call.active.plan.shadows.get(*s) {
+                    count(&call.active, spec.metrics.sink_failed);
+                }
+            }
+        }
+        return;
+    }
+    let Some(i) = v.shadows.inflight.iter().position(|f| f.token == token) else { return };
+    let call = v.shadows.inflight.swap_remove(i);
+    drop(v);
+    let Some(spec) = call.active.plan.shadows.get(call.shadow) else { return };
+    let total_ms = u64::try_from((now_ns() - call.sent_ns).max(0) / 1_000_000).unwrap_or(0);
+    // At or after timeout_ms it is timed out (Envoy answers a call it gave up on with a 504 of
+    // its own, not the shadow's answer); without an answer failed; else paired.
+    let (metric, shadowed) = if total_ms >= u64::from(spec.timeout_ms) {
+        (spec.metrics.timed_out, Shadowed { result: Outcome::TimedOut, status: None, total_ms, answer: None })
+    } else if num_headers == 0 {
+        (
+            spec.metrics.shadow_failed,
+            Shadowed { result: Outcome::ShadowFailed, status: None, total_ms, answer: None },
+        )
+    } else {
+        let map = super::ffi::header_pairs(MapType::HttpCallResponseHeaders);
+        let status = map.first(b":status").and_then(super::http::status);
+        let body = match body_size {
+            0 => Vec::new(),
+            n => hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, n)
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+        };
+        let answer = read_whole(
+            map.first(b"content-type"),
+            map.first(b"content-encoding"),
+            status,
+            spec.max_event_bytes,
+            &body,
+        );
+        (spec.metrics.paired, Shadowed { result: Outcome::Paired, status, total_ms, answer: Some(answer) })
+    };
+    count(&call.active, metric);
+    vm.borrow_mut().shadows.shadow_done(call.pair, shadowed, Some(root));
+    flush(vm, root, false);
+}
+
+/// On root context `root` (its tick, or a draining config): every pending batch is sent when
+/// `all`, else those that are full or whose config is draining.
+pub(super) fn flush(vm: &SharedVm, root: u32, all: bool) {
+    let due: Vec<Pending> = {
+        let mut v = vm.borrow_mut();
+        let (due, kept) = std::mem::take(&mut v.shadows.pending).into_iter().partition(|p: &Pending| {
+            let batch = p.active.plan.sink.as_ref().map_or(1, |s| s.batch as usize);
+            all || p.active.draining.get() || p.batch.len() >= batch || p.batch.bytes() >= BATCH_MAX_BYTES
+        });
+        v.shadows.pending = kept;
+        due
+    };
+    for p in due {
+        let Some(sink) = &p.active.plan.sink else { continue };
+        let headers = vec![
+            (":method", "POST"),
+            (":path", sink.path.as_str()),
+            (":authority", sink.authority.as_str()),
+            ("content-type", "application/json"),
+        ];
+        let body = p.batch.finish();
+        match hostcalls::dispatch_http_call(&sink.cluster, headers, Some(&body), vec![], SINK_TIMEOUT) {
+            Ok(token) => vm.borrow_mut().shadows.sinks.push(SinkCall {
+                token,
+                active: p.active,
+                shadows: p.shadows,
+                root,
+            }),
+            Err(_) => {
+                for s in &p.shadows {
+                    if let Some(spec) = p.active.plan.shadows.get(*s) {
+                        count(&p.active, spec.metrics.sink_failed);
+                    }
+                }
             }
         }
     }
 }
 
-/// On the root context: the shadow call `token` ended, with `num_headers` response headers (0:
-/// no HTTP answer at all). At or after `timeout_ms` it is `timed_out` (Envoy answers a call
-/// it gave up on with a 504 of its own); without an answer `shadow_failed`; else `paired`.
-pub(super) fn answered(vm: &SharedVm, token: u32, num_headers: usize) {
-    let call = {
-        let mut v = vm.borrow_mut();
-        let Some(i) = v.shadows.inflight.iter().position(|f| f.token == token) else { return };
-        v.shadows.inflight.swap_remove(i)
-    };
-    let Some(spec) = call.active.plan.shadows.get(call.shadow) else { return };
-    let elapsed_ms = (now_ns() - call.sent_ns).max(0) / 1_000_000;
-    let metric = if elapsed_ms >= i64::from(spec.timeout_ms) {
-        spec.metrics.timed_out
-    } else if num_headers == 0 {
-        spec.metrics.shadow_failed
-    } else {
-        spec.metrics.paired
-    };
-    count(&call.active, metric);
+/// Whether root context `root`, whose config is `active`, may end: none of its config's pairs,
+/// copies or records is left, and no call it made is in flight.
+pub(super) fn drained(vm: &SharedVm, root: u32, active: &Active) -> bool {
+    let v = vm.borrow();
+    let s = &v.shadows;
+    !s.pairs.iter().any(|p| same(&p.active, active))
+        && !s.queued.iter().any(|q| same(&q.active, active))
+        && !s.pending.iter().any(|p| same(&p.active, active))
+        && !s.inflight.iter().any(|f| f.root == root)
+        && !s.sinks.iter().any(|c| c.root == root)
+}
+
+impl Shadows {
+    /// The shadow of pair `id` is done: the pair is whole if the primary answer is in.
+    fn shadow_done(&mut self, id: u32, shadowed: Shadowed, root: Option<u32>) {
+        let Some(pair) = self.pairs.iter_mut().find(|p| p.id == id) else { return };
+        pair.other = Some(shadowed);
+        if pair.primary.is_some() {
+            self.complete(id, root);
+        }
+    }
+
+    /// Pair `id` is whole: its record goes into its config's pending batch, its similarity into
+    /// the histogram. A batch that is now due is sent by a root context: the one this runs on
+    /// (`root`, which does so after), or, from a request's context, the queue's owner, told
+    /// through the queue.
+    fn complete(&mut self, id: u32, root: Option<u32>) {
+        let Some(i) = self.pairs.iter().position(|p| p.id == id) else { return };
+        let pair = self.pairs.swap_remove(i);
+        let (Some(primary), Some(other)) = (pair.primary, pair.other) else { return };
+        let active = pair.active;
+        let (Some(spec), Some(sink)) = (active.plan.shadows.get(pair.shadow), &active.plan.sink) else {
+            return;
+        };
+        let plan = &active.plan;
+        let side = |version: &str, total_ms: u64, answer: Option<&(Answer, AnswerText)>| {
+            let text = answer.map(|(_, t)| t);
+            Side {
+                version: version.to_string(),
+                total_ms,
+                tokens_input: answer.and_then(|(a, _)| a.tokens.input),
+                tokens_output: answer.and_then(|(a, _)| a.tokens.output),
+                finish: answer.map_or(Finish::Aborted, |(a, _)| a.finish),
+                answer_chars: text.map_or(0, |t| t.chars),
+                answer_sha256: text.map_or_else(|| sha2::Sha256::digest(b"").into(), |t| t.sha256),
+                text: sink.capture_text.then(|| text.map(|t| t.kept.clone()).unwrap_or_default()),
+            }
+        };
+        let first = (primary.answer, primary.text);
+        let similarity = other.answer.as_ref().map(|(_, t)| similarity(&first.1.kept, &t.kept));
+        let record = Record {
+            time_unix_nano: u64::try_from(pair.started_ns).unwrap_or(0),
+            rule: plan.rule_name(spec.rule).to_string(),
+            result: other.result,
+            user_hash: hex(&pair.user_hash),
+            request_id: pair.request_id,
+            primary_status: primary.status.unwrap_or(0),
+            shadow_status: other.status,
+            first_token_ms: primary.first_token_ms,
+            primary: side(plan.version_name(0), primary.total_ms, Some(&first)),
+            shadow: side(plan.version_name(spec.version), other.total_ms, other.answer.as_ref()),
+            similarity,
+        };
+        if let (Some(x), Some(id)) = (similarity, active.histogram_ids.get(spec.similarity)) {
+            let _ = hostcalls::record_metric(*id, (x * 100.0).round() as u64);
+        }
+        let at = match self.pending.iter().position(|p| Rc::ptr_eq(&p.active, &active)) {
+            Some(at) => at,
+            None => {
+                self.pending.push(Pending {
+                    active: Rc::clone(&active),
+                    batch: Batch::default(),
+                    shadows: Vec::new(),
+                });
+                self.pending.len() - 1
+            }
+        };
+        let Some(pending) = self.pending.get_mut(at) else { return };
+        pending.batch.push(&record);
+        pending.shadows.push(pair.shadow);
+        let due = pending.batch.len() >= sink.batch as usize
+            || pending.batch.bytes() >= BATCH_MAX_BYTES
+            || active.draining.get();
+        if due && root.is_none() {
+            if let (Some(q), Some(_)) = (self.queue, self.owner) {
+                let _ = hostcalls::enqueue_shared_queue(q, Some(b"f"));
+            }
+        }
+    }
 }

@@ -406,3 +406,31 @@ fn a_reader_of_the_text_gathers_each_format_s_output_text() {
     let r = Reader::new(Framing::Sse, 4096);
     assert_eq!(r.end_with_text(true, Some(200)).1, None, "no text unless asked");
 }
+
+#[test]
+fn an_answer_of_no_known_format_is_its_body_as_text() {
+    use super::text::RawText;
+    use sha2::{Digest, Sha256};
+    let body = "plain é text, 中文 and more".as_bytes();
+    // Fed a byte at a time, characters split across pieces.
+    let mut raw = RawText::new(1 << 16);
+    for b in body {
+        raw.push(std::slice::from_ref(b));
+    }
+    let t = raw.finish();
+    assert_eq!(t.kept, "plain é text, 中文 and more");
+    assert_eq!(t.chars, "plain é text, 中文 and more".chars().count() as u64);
+    assert_eq!(t.sha256, <[u8; 32]>::from(Sha256::digest(body)));
+    // Kept at most `keep` bytes, a character the cap cuts left out, not replaced.
+    let mut raw = RawText::new(7);
+    raw.push(body);
+    let t = raw.finish();
+    assert_eq!(t.kept, "plain ", "é's first byte is the 7th");
+    assert_eq!(t.chars, 25);
+    // Bytes that are not UTF-8: replaced in the text kept, hashed as they came.
+    let mut raw = RawText::new(100);
+    raw.push(b"a\xffb");
+    let t = raw.finish();
+    assert_eq!((t.kept.as_str(), t.chars), ("a\u{fffd}b", 3));
+    assert_eq!(t.sha256, <[u8; 32]>::from(Sha256::digest(b"a\xffb")));
+}

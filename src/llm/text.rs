@@ -71,6 +71,44 @@ impl Sink {
     }
 }
 
+/// The text of an answer of no format the readers know (a body that is neither JSON nor an
+/// event stream, or has a content-encoding): its bytes as they pass, as text (DESIGN.md
+/// "Shadow": "the body as text for other answers"). Its length counts the bytes that start a
+/// UTF-8 character and its SHA-256 covers the bytes as they came; the start kept is cut at a
+/// character boundary, anything not UTF-8 in it replaced by U+FFFD.
+pub struct RawText {
+    keep: usize,
+    kept: Vec<u8>,
+    chars: u64,
+    sha: Sha256,
+}
+
+impl RawText {
+    pub fn new(keep: usize) -> Self {
+        RawText { keep, kept: Vec::new(), chars: 0, sha: Sha256::new() }
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.sha.update(bytes);
+        // Every byte but a continuation byte (0b10xx_xxxx) starts a character.
+        self.chars = self.chars.saturating_add(bytes.iter().filter(|&&b| (b as i8) >= -0x40).count() as u64);
+        let room = self.keep.saturating_sub(self.kept.len());
+        self.kept.extend_from_slice(bytes.get(..room.min(bytes.len())).unwrap_or_default());
+    }
+
+    pub fn finish(mut self) -> AnswerText {
+        // A character cut by the cap is left out, not replaced.
+        if let Err(e) = std::str::from_utf8(&self.kept) {
+            if e.error_len().is_none() {
+                self.kept.truncate(e.valid_up_to());
+            }
+        }
+        let text = String::from_utf8_lossy(&self.kept);
+        let kept = crate::shadow::record::text_cap(&text, self.keep).to_string();
+        AnswerText { kept, chars: self.chars, sha256: self.sha.finalize().into() }
+    }
+}
+
 /// The output text of a whole JSON answer, into `sink`: an OpenAI chat completion's first
 /// choice's `message.content` (a completion's `text`), an Anthropic message's `text` blocks, a
 /// Responses API response's `output_text` parts of its `message` items, a Dify answer's

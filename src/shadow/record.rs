@@ -109,16 +109,56 @@ pub fn text_cap(s: &str, max: usize) -> &str {
 /// resource (`service.name` = `graysplit`), one scope (`graysplit`), a LogRecord per record
 /// with its attributes in DESIGN's order.
 pub fn encode_batch(records: &[Record], out: &mut Vec<u8>) {
-    out.extend_from_slice(
-        br#"{"resourceLogs":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"graysplit"}}]},"scopeLogs":[{"scope":{"name":"graysplit"},"logRecords":["#,
-    );
-    for (i, r) in records.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        encode_record(r, out);
+    let mut batch = Batch::default();
+    for r in records {
+        batch.push(r);
     }
-    out.extend_from_slice(b"]}]}]}");
+    out.extend_from_slice(&batch.finish());
+}
+
+/// A batch being written as records come: each record is encoded when it is pushed (the wasm
+/// keeps the bytes, not the records), the request closed when it is sent.
+#[derive(Debug, Default)]
+pub struct Batch {
+    body: Vec<u8>,
+    records: usize,
+}
+
+impl Batch {
+    const OPEN: &'static [u8] = br#"{"resourceLogs":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"graysplit"}}]},"scopeLogs":[{"scope":{"name":"graysplit"},"logRecords":["#;
+
+    pub fn push(&mut self, r: &Record) {
+        if self.records == 0 {
+            self.body.extend_from_slice(Self::OPEN);
+        } else {
+            self.body.push(b',');
+        }
+        encode_record(r, &mut self.body);
+        self.records += 1;
+    }
+
+    /// Records pushed.
+    pub fn len(&self) -> usize {
+        self.records
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// Bytes written so far.
+    pub fn bytes(&self) -> usize {
+        self.body.len()
+    }
+
+    /// The whole `ExportLogsServiceRequest`.
+    pub fn finish(mut self) -> Vec<u8> {
+        if self.records == 0 {
+            self.body.extend_from_slice(Self::OPEN);
+        }
+        self.body.extend_from_slice(b"]}]}]}");
+        self.body
+    }
 }
 
 fn encode_record(r: &Record, out: &mut Vec<u8>) {
