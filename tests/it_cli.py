@@ -115,6 +115,43 @@ def it_explain_says_which_rule_decided_and_why(design):
     assert fields(r.stdout)["rule"] == "ramp", r.stdout
 
 
+SHADOWED = {"stable": "v1", "identity": {"from": [{"header": "x-user-id"}]},
+            "shadow_sink": {"cluster": "otel"},
+            "rules": [{"name": "ramp", "salt": "r", "split": [{"version": "v2", "percent": 10}],
+                       "shadow": {"version": "v2", "percent": 40, "cluster": "app-v2",
+                                  "path_prefixes": ["/v1/"]}}]}
+
+
+def it_explain_says_whether_the_shadow_takes_the_request(tmp_path):
+    """The `shadow:` line against the cohort computed here: stable-decided (mmh3 of the rule's
+    salt), shadow bucket of salt + ":shadow" below 4000, the path under /v1/; the user hash as
+    DESIGN's SHA-256 of salt:user."""
+    import hashlib
+    path = tmp_path / "shadowed.json"
+    path.write_text(json.dumps(SHADOWED))
+    seen = set()
+    for user in [f"user-{i}" for i in range(40)]:
+        out = cli("explain", path, "--user", user, "--path", "/v1/chat").stdout
+        (line,) = [ln for ln in out.splitlines() if ln.startswith("shadow:")]
+        sb = bucket("r:shadow", user)
+        if bucket("r", user) < 1000:
+            assert "not shadowed: only requests decided for stable" in line, (user, line)
+            seen.add("gray")
+        elif sb < 4000:
+            h = hashlib.sha256(f"r:shadow:{user}".encode()).hexdigest()[:16]
+            assert line == (f"shadow:  also sent to cluster app-v2 as v2 (shadow bucket {sb} of 10000, "
+                            f"below 4000 = 40%); its record's user_hash {h}"), (user, line)
+            seen.add("shadowed")
+        else:
+            assert f"not shadowed: shadow bucket {sb} of 10000 is not below 4000" in line, (user, line)
+            seen.add("outside")
+    assert seen == {"gray", "shadowed", "outside"}
+    out = cli("explain", path, "--user", "user-1", "--path", "/other").stdout
+    assert "shadow:  not shadowed: path /other is not under its path_prefixes" in out or \
+        "only requests decided for stable" in out, out
+    assert "shadow:  not shadowed: no user id" in cli("explain", path, "--path", "/v1/x").stdout
+
+
 def it_explain_honours_the_override_only_from_a_trusted_source(design):
     stable_user = next(u for u in (f"u{i}" for i in range(1000)) if bucket("release-2.1", u) >= 1000)
     args = ["explain", design, "--user", stable_user, "--header", "x-gray-release: v2.1"]

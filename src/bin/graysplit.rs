@@ -7,9 +7,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use graysplit::bucket::{bucket, BUCKETS};
 use graysplit::config::time::{format_rfc3339, parse_rfc3339};
-use graysplit::config::{self, Plan, Share};
+use graysplit::config::{self, Plan, ShadowSpec, Share};
 use graysplit::decide::pin::Refused;
-use graysplit::decide::{decide, decide_traced, DecidedBy, OverrideVerdict, PinOutcome, RuleVerdict, Tracer};
+use graysplit::decide::{
+    decide, decide_traced, DecidedBy, Decision, OverrideVerdict, PinOutcome, RuleVerdict, Tracer,
+};
 use graysplit::request::claims::Claims;
 use graysplit::request::fake::StaticRequest;
 use graysplit::shadow::read::Pairs;
@@ -540,7 +542,42 @@ fn explain(args: &[String]) -> Result<ExitCode, String> {
     if d.by == DecidedBy::Default {
         println!("  no rule decided: stable");
     }
+    if let DecidedBy::Rule(i) = d.by {
+        if let Some(s) = plan.rule_shadow(i) {
+            println!("shadow:  {}", explain_shadow(&plan, s, &d, o.user.as_deref(), &o.path));
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the deciding rule's shadow does with the request (DESIGN.md "Shadow").
+fn explain_shadow(plan: &Plan, s: &ShadowSpec, d: &Decision, user: Option<&str>, path: &str) -> String {
+    let version = plan.version_name(s.version);
+    let bound = fmt_bp(s.bound_bp);
+    if let Some(pick) = &d.shadow {
+        let b = user.map_or(0, |u| bucket(&s.salt_colon, u.as_bytes()));
+        return format!(
+            "also sent to cluster {} as {version} (shadow bucket {b} of {BUCKETS}, below {} = {bound}%); its record's user_hash {}",
+            s.cluster,
+            s.bound_bp,
+            graysplit::text::hex(&pick.user_hash)
+        );
+    }
+    if d.version != 0 {
+        return format!("not shadowed: only requests decided for stable are ({version} at {bound}%)");
+    }
+    let Some(u) = user else { return "not shadowed: no user id".to_string() };
+    if !s.covers(path.as_bytes()) {
+        return format!("not shadowed: path {path} is not under its path_prefixes");
+    }
+    let b = bucket(&s.salt_colon, u.as_bytes());
+    if b >= s.bound_bp {
+        return format!(
+            "not shadowed: shadow bucket {b} of {BUCKETS} is not below {} = {bound}%",
+            s.bound_bp
+        );
+    }
+    "not shadowed: the request carries x-graysplit-shadow (it is a shadow already)".to_string()
 }
 
 fn refused(why: Refused) -> &'static str {
