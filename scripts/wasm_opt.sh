@@ -30,13 +30,16 @@ fi
 
 src_sha=$(sha256sum "$SRC" | cut -d' ' -f1)
 if ! { [ -f "$STAMP" ] && [ -f "$KEPT" ] && [ "$(cat "$STAMP")" = "$src_sha" ]; }; then
+  tmp=$(mktemp "$KEPT.XXXXXX")
   wasm-opt -O3 --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
     --enable-mutable-globals --enable-multivalue --enable-reference-types \
-    "$SRC" -o "$KEPT.tmp"
-  mv "$KEPT.tmp" "$KEPT"
+    "$SRC" -o "$tmp"
+  mv "$tmp" "$KEPT"
   echo "$src_sha" >"$STAMP"
   echo "wasm-opt -O3: $(stat -c %s "$SRC") -> $(stat -c %s "$KEPT") bytes"
 fi
 # A new file, not a write through cargo's hard link to its own output.
-cp "$KEPT" "$OUT.tmp"
-mv "$OUT.tmp" "$OUT"
+tmp=$(mktemp "$OUT.XXXXXX")
+cp "$KEPT" "$tmp"
+chmod 755 "$tmp"
+mv "$tmp" "$OUT"

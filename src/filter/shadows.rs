@@ -379,18 +379,20 @@ pub(super) fn call_ended(vm: &SharedVm, root: u32, token: u32, num_headers: usiz
     drop(v);
     let Some(spec) = call.active.plan.shadows.get(call.shadow) else { return };
     let total_ms = u64::try_from((now_ns() - call.sent_ns).max(0) / 1_000_000).unwrap_or(0);
-    // At or after timeout_ms it is timed out (Envoy answers a call it gave up on with a 504 of
-    // its own, not the shadow's answer); without an answer failed; else paired.
-    let (metric, shadowed) = if total_ms >= u64::from(spec.timeout_ms) {
-        (spec.metrics.timed_out, Shadowed { result: Outcome::TimedOut, status: None, total_ms, answer: None })
-    } else if num_headers == 0 {
-        (
-            spec.metrics.shadow_failed,
-            Shadowed { result: Outcome::ShadowFailed, status: None, total_ms, answer: None },
-        )
+    // Envoy's router marks an upstream's answer with x-envoy-upstream-service-time; an answer
+    // without it is Envoy's own local reply: a 504 when it gave up at timeout_ms (its timer
+    // fires on the monotonic clock, this one reads the wall clock, a ms or two apart), a 503
+    // when it could not connect or the upstream reset. At or after timeout_ms, or Envoy's 504,
+    // it is timed out; no answer at all, or another local reply, failed; else paired.
+    let map = super::ffi::header_pairs(MapType::HttpCallResponseHeaders);
+    let status = map.first(b":status").and_then(super::http::status);
+    let upstream = num_headers > 0 && map.first(b"x-envoy-upstream-service-time").is_some();
+    let no_answer = |result| Shadowed { result, status: None, total_ms, answer: None };
+    let (metric, shadowed) = if total_ms >= u64::from(spec.timeout_ms) || (!upstream && status == Some(504)) {
+        (spec.metrics.timed_out, no_answer(Outcome::TimedOut))
+    } else if !upstream {
+        (spec.metrics.shadow_failed, no_answer(Outcome::ShadowFailed))
     } else {
-        let map = super::ffi::header_pairs(MapType::HttpCallResponseHeaders);
-        let status = map.first(b":status").and_then(super::http::status);
         let body = match body_size {
             0 => Vec::new(),
             n => hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, n)

@@ -1,10 +1,10 @@
 //! Shadowing (DESIGN.md "Shadow: the same question to the gray version, answers paired"): the
-//! pure parts. Work in progress for issue 18; nothing here is reachable from a config yet.
+//! pure parts (the host side is `filter/shadows.rs`).
 //!
 //! - [`similarity`]: how similar two answers are (the Jaccard index of character 3-grams),
 //!   bounded for the wasm, which computes it once per pair.
-//! - [`record`]: the paired record, the user hash, the text cap, and a batch of records as
-//!   one OTLP/JSON `ExportLogsServiceRequest` for `shadow_sink`.
+//! - [`record`]: the paired record, the user hash, the text cap, and a batch of records
+//!   encoded as they come into one OTLP/JSON `ExportLogsServiceRequest` for `shadow_sink`.
 //! - [`read`]: records read back from files (the Collector's file exporter, POSTed bodies), for
 //!   `graysplit compare`.
 //! - [`compare`]: `graysplit compare`'s figures per rule, as a table and as JSON.
