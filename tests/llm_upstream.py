@@ -29,9 +29,9 @@ and writes split at odd places (inside multi-byte UTF-8 characters, between CR a
 per write) or all events in one write. A test registers scripts by name (`app.scripts[name]`)
 and picks one per request with the `x-script` header; `app.default` answers the rest.
 
-Every answer is recorded (`Answer`): the exact bytes written as the HTTP body (after any
-content-encoding, before the chunked framing), their sha256, when each event left, and whether
-the answer was sent whole, cut, or broken off by the peer. By `x-test-id` (`app.answer(tag)`)
+Every answer is recorded (`Answer`): the request's headers, the exact bytes written as the HTTP
+body (after any content-encoding, before the chunked framing), their sha256, when each event
+left, and whether the answer was sent whole, cut, or broken off by the peer. By `x-test-id` (`app.answer(tag)`)
 or in order (`app.answers`).
 
 The second half of this file: what the tests read back (counters, Prometheus histograms, the
@@ -145,6 +145,7 @@ class Answer:
     done: bool = False                  # sent whole (the last chunk too)
     cut: bool = False                   # closed on purpose before the end
     broken: str | None = None           # the peer went away while we wrote
+    headers: dict = field(default_factory=dict)   # the request's headers (lower-case names)
 
     @property
     def sha256(self) -> str:
@@ -603,7 +604,7 @@ class LLMApp(App):
         asked = (req.get("response_mode") == "streaming") if fmt == "dify" else bool(req.get("stream"))
         stream = asked if s.stream is None else s.stream
         ans = Answer(h.headers.get(TEST_ID_HEADER), h.path, fmt, stream, name or "default",
-                     s.status, req)
+                     s.status, req, headers={k.lower(): v for k, v in h.headers.items()})
         with self.answers_lock:
             self.answers.append(ans)
         try:
