@@ -110,6 +110,9 @@ run: build venv ## Envoy with the filter and a demo config on 127.0.0.1:10000 (f
 demo: build venv ## Scripted tour: 1000 users, tester override, live ramp to 50%
 	$(PY) scripts/demo.py
 
+shadow-demo: build cli venv ## Shadow tour: 200 questions of 50 users also asked on gray, paired records, graysplit compare
+	$(PY) scripts/shadow_demo.py
+
 bench: build venv ## Envoy CPU and instructions per request vs native routing, Lua and no-op wasms (bench/results.md)
 	$(PY) scripts/bench.py
 
