@@ -24,13 +24,13 @@ use proxy_wasm::types::BufferType;
 use super::answers::{read_whole, Primary};
 use super::root::{now_ns, Active};
 use super::vm::SharedVm;
-use crate::config::{MetricId, SHADOW_HEADER};
+use crate::config::{MetricId, Plan, ShadowSpec, SHADOW_HEADER};
 use crate::decide::ShadowPick;
 use crate::llm::{Answer, AnswerText, Finish};
+use crate::request::pairs::HeaderPairs;
 use crate::shadow::record::{Batch, Outcome, Record, Side};
 use crate::shadow::similarity::similarity;
 use crate::text::hex;
-use sha2::Digest;
 
 /// A batch is sent once it holds this many bytes of records, whatever its `batch`.
 const BATCH_MAX_BYTES: usize = 1 << 20;
@@ -56,7 +56,8 @@ pub(super) struct Copy {
     pub pick: ShadowPick,
     /// Its pair's id.
     pub pair: u32,
-    headers: Vec<(String, String)>,
+    /// The request's headers as the host gave them (filtered when sent: [`send_copy`]).
+    headers: HeaderPairs,
     body: Vec<u8>,
     /// The body grew past the shadow's `max_bytes`: it is not shadowed.
     too_big: bool,
@@ -67,7 +68,7 @@ pub(super) struct Queued {
     active: Rc<Active>,
     shadow: usize,
     pair: u32,
-    headers: Vec<(String, String)>,
+    headers: HeaderPairs,
     body: Vec<u8>,
 }
 
@@ -137,6 +138,9 @@ pub(super) struct Shadows {
     next_pair: u32,
     pending: Vec<Pending>,
     sinks: Vec<SinkCall>,
+    /// The queue holds its one signal: Envoy will tell the owner, which then sends whatever is
+    /// waiting (one signal, one wake-up, however many copies came meanwhile).
+    signalled: bool,
 }
 
 impl Shadows {
@@ -174,6 +178,7 @@ impl Shadows {
         if let Some(q) = self.queue {
             while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(q) {}
         }
+        self.signalled = false;
         if let Some(next) = self.roots.first().copied() {
             // Registering again from the other root's context makes it the one Envoy tells.
             if hostcalls::set_effective_context(next).is_ok()
@@ -216,31 +221,8 @@ pub(super) fn start(active: &Rc<Active>, vm: &SharedVm, pick: ShadowPick, starte
         count(active, spec.metrics.skipped_busy);
         return None;
     }
-    let map = super::ffi::header_pairs(MapType::HttpRequestHeaders);
-    let route = active.plan.route_header.as_str();
-    let mut headers = Vec::with_capacity(map.len() + 2);
-    let mut request_id = None;
-    for (name, value) in map.iter() {
-        // The SDK's call takes strings: a header that is not UTF-8 is left out of the copy.
-        let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else { continue };
-        // Envoy's header maps hold lower-case names (as the plan's are): compared as they are.
-        if HOP_BY_HOP.contains(&name)
-            || name == route
-            || name == SHADOW_HEADER
-            || (name == ":authority" && spec.authority.is_some())
-        {
-            continue;
-        }
-        if name == "x-request-id" && request_id.is_none() {
-            request_id = Some(value.to_string());
-        }
-        headers.push((name.to_string(), value.to_string()));
-    }
-    if let Some(a) = &spec.authority {
-        headers.push((":authority".to_string(), a.clone()));
-    }
-    headers.push((route.to_string(), active.plan.version_name(spec.version).to_string()));
-    headers.push((SHADOW_HEADER.to_string(), "1".to_string()));
+    let headers = super::ffi::header_pairs(MapType::HttpRequestHeaders);
+    let request_id = headers.first(b"x-request-id").map(|v| String::from_utf8_lossy(v).into_owned());
     let mut v = vm.borrow_mut();
     let id = v.shadows.next_pair;
     v.shadows.next_pair = id.wrapping_add(1);
@@ -294,8 +276,7 @@ impl Copy {
             headers: self.headers,
             body: self.body,
         });
-        drop(v);
-        let _ = hostcalls::enqueue_shared_queue(queue, Some(b"s"));
+        v.shadows.signal(queue);
         true
     }
 }
@@ -322,20 +303,19 @@ pub(super) fn primary_gone(vm: &SharedVm, id: u32) {
 pub(super) fn queue_ready(vm: &SharedVm, root: u32) {
     let queued = {
         let mut v = vm.borrow_mut();
-        if let Some(q) = v.shadows.queue {
-            while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(q) {}
+        if let (Some(q), true) = (v.shadows.queue, v.shadows.signalled) {
+            let _ = hostcalls::dequeue_shared_queue(q);
+            v.shadows.signalled = false;
         }
         std::mem::take(&mut v.shadows.queued)
     };
+    let sent_ns = now_ns();
     for q in queued {
         let Some(spec) = q.active.plan.shadows.get(q.shadow) else { continue };
-        let headers: Vec<(&str, &str)> = q.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-        let body = (!q.body.is_empty()).then_some(q.body.as_slice());
-        let timeout = Duration::from_millis(u64::from(spec.timeout_ms));
         count(&q.active, spec.metrics.sent);
-        let sent_ns = now_ns();
+        let token = send_copy(&q.active.plan, spec, &q.headers, &q.body);
         let mut v = vm.borrow_mut();
-        match hostcalls::dispatch_http_call(&spec.cluster, headers, body, vec![], timeout) {
+        match token {
             Ok(token) => v.shadows.inflight.push(InFlight {
                 token,
                 active: Rc::clone(&q.active),
@@ -353,6 +333,39 @@ pub(super) fn queue_ready(vm: &SharedVm, root: u32) {
         }
     }
     flush(vm, root, false);
+}
+
+/// Sends a copy to the shadow's cluster: the request's headers (hop-by-hop ones dropped, and
+/// those that are not UTF-8: the SDK's call takes strings), the routing header set to the
+/// shadow's version, `x-graysplit-shadow: 1` added, `:authority` the shadow's when it has one.
+fn send_copy(
+    plan: &Plan,
+    spec: &ShadowSpec,
+    map: &HeaderPairs,
+    body: &[u8],
+) -> Result<u32, proxy_wasm::types::Status> {
+    let route = plan.route_header.as_str();
+    let mut headers: Vec<(&str, &str)> = Vec::with_capacity(map.len() + 3);
+    for (name, value) in map.iter() {
+        let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else { continue };
+        // Envoy's header maps hold lower-case names (as the plan's are): compared as they are.
+        if HOP_BY_HOP.contains(&name)
+            || name == route
+            || name == SHADOW_HEADER
+            || (name == ":authority" && spec.authority.is_some())
+        {
+            continue;
+        }
+        headers.push((name, value));
+    }
+    if let Some(a) = &spec.authority {
+        headers.push((":authority", a.as_str()));
+    }
+    headers.push((route, plan.version_name(spec.version)));
+    headers.push((SHADOW_HEADER, "1"));
+    let body = (!body.is_empty()).then_some(body);
+    let timeout = Duration::from_millis(u64::from(spec.timeout_ms));
+    hostcalls::dispatch_http_call(&spec.cluster, headers, body, vec![], timeout)
 }
 
 /// On root context `root`: its call `token` ended, with `num_headers` response headers (0: no
@@ -388,8 +401,11 @@ pub(super) fn call_ended(vm: &SharedVm, root: u32, token: u32, num_headers: usiz
     let status = map.first(b":status").and_then(super::http::status);
     let upstream = num_headers > 0 && map.first(b"x-envoy-upstream-service-time").is_some();
     let no_answer = |result| Shadowed { result, status: None, total_ms, answer: None };
-    let (metric, shadowed) = if total_ms >= u64::from(spec.timeout_ms) || (!upstream && status == Some(504)) {
-        (spec.metrics.timed_out, no_answer(Outcome::TimedOut))
+    let timeout_ms = u64::from(spec.timeout_ms);
+    let (metric, shadowed) = if total_ms >= timeout_ms || (!upstream && status == Some(504)) {
+        // The time waited is the timeout, as Envoy's clock measured it.
+        let waited = Shadowed { total_ms: total_ms.max(timeout_ms), ..no_answer(Outcome::TimedOut) };
+        (spec.metrics.timed_out, waited)
     } else if !upstream {
         (spec.metrics.shadow_failed, no_answer(Outcome::ShadowFailed))
     } else {
@@ -466,6 +482,13 @@ pub(super) fn drained(vm: &SharedVm, root: u32, active: &Active) -> bool {
 }
 
 impl Shadows {
+    /// Tells the queue's owner there is work, unless it was told already.
+    fn signal(&mut self, queue: u32) {
+        if !self.signalled {
+            self.signalled = hostcalls::enqueue_shared_queue(queue, Some(b"!")).is_ok();
+        }
+    }
+
     /// The shadow of pair `id` is done: the pair is whole if the primary answer is in.
     fn shadow_done(&mut self, id: u32, shadowed: Shadowed, root: Option<u32>) {
         let Some(pair) = self.pairs.iter_mut().find(|p| p.id == id) else { return };
@@ -497,7 +520,7 @@ impl Shadows {
                 tokens_output: answer.and_then(|(a, _)| a.tokens.output),
                 finish: answer.map_or(Finish::Aborted, |(a, _)| a.finish),
                 answer_chars: text.map_or(0, |t| t.chars),
-                answer_sha256: text.map_or_else(|| sha2::Sha256::digest(b"").into(), |t| t.sha256),
+                answer_sha256: text.map_or(crate::llm::text::EMPTY_SHA256, |t| t.sha256),
                 text: sink.capture_text.then(|| text.map(|t| t.kept.clone()).unwrap_or_default()),
             }
         };
@@ -538,7 +561,7 @@ impl Shadows {
             || active.draining.get();
         if due && root.is_none() {
             if let (Some(q), Some(_)) = (self.queue, self.owner) {
-                let _ = hostcalls::enqueue_shared_queue(q, Some(b"f"));
+                self.signal(q);
             }
         }
     }

@@ -433,4 +433,6 @@ fn an_answer_of_no_known_format_is_its_body_as_text() {
     let t = raw.finish();
     assert_eq!((t.kept.as_str(), t.chars), ("a\u{fffd}b", 3));
     assert_eq!(t.sha256, <[u8; 32]>::from(Sha256::digest(b"a\xffb")));
+    assert_eq!(super::text::EMPTY_SHA256, <[u8; 32]>::from(Sha256::digest(b"")));
+    assert_eq!(RawText::new(10).finish().sha256, super::text::EMPTY_SHA256);
 }
