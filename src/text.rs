@@ -36,6 +36,23 @@ pub fn fmt_num(n: f64) -> String {
     }
 }
 
+/// `n` in decimal, appended to `out` (the shadow's records), without a `String` of its own.
+pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        if let Some(d) = digits.get_mut(at) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || at == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(digits.get(at..).unwrap_or_default());
+}
+
 /// `bytes` as lower-case hex, appended to `out` (pins, minted ids, answer hashes).
 pub fn push_hex(out: &mut String, bytes: &[u8]) {
     let mut buf = [0u8; 64];
@@ -56,6 +73,15 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimal_digits_without_a_string() {
+        for n in [0, 7, 10, 99, 1_796_605_739_452_773_000, u64::MAX] {
+            let mut out = b"x".to_vec();
+            push_u64(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
+    }
 
     #[test]
     fn quote_escapes_what_could_hide_text_in_a_log_line() {

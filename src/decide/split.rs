@@ -89,7 +89,9 @@ pub(super) fn decide<H: Host>(
     // that is not itself a shadow.
     if let Some(pick) = cohort.filter(|_| out.version == 0) {
         if let Some(spec) = plan.shadows.get(pick.shadow) {
-            if spec.covers(cx.facts.path()) && cx.facts.header(spec.marker_slot).is_none() {
+            // The path is read only for a shadow that has path prefixes.
+            let covered = spec.path_prefixes.is_empty() || spec.covers(cx.facts.path());
+            if covered && cx.facts.header(spec.marker_slot).is_none() {
                 out.shadow = Some(pick);
             }
         }

@@ -485,7 +485,8 @@ impl Shadows {
     /// Tells the queue's owner there is work, unless it was told already.
     fn signal(&mut self, queue: u32) {
         if !self.signalled {
-            self.signalled = hostcalls::enqueue_shared_queue(queue, Some(b"!")).is_ok();
+            // An empty signal: taking it back costs no copy into the VM.
+            self.signalled = hostcalls::enqueue_shared_queue(queue, None).is_ok();
         }
     }
 

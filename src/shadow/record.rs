@@ -6,7 +6,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::llm::Finish;
-use crate::text::hex;
+use crate::text::{hex, push_u64};
 
 /// The most of an answer's text a record carries (`primary.text`, `shadow.text`).
 pub const TEXT_CAP: usize = 16 * 1024;
@@ -163,7 +163,7 @@ impl Batch {
 
 fn encode_record(r: &Record, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"timeUnixNano\":\"");
-    out.extend_from_slice(r.time_unix_nano.to_string().as_bytes());
+    push_u64(out, r.time_unix_nano);
     out.extend_from_slice(b"\",\"attributes\":[");
     let mut a = Attrs { out, first: true };
     a.string("graysplit.rule", &r.rule);
@@ -224,9 +224,10 @@ impl Attrs<'_> {
             self.out.push(b',');
         }
         self.first = false;
-        self.out.extend_from_slice(b"{\"key\":");
-        json_string(key, self.out);
-        self.out.extend_from_slice(b",\"value\":{\"");
+        // The keys are DESIGN's names: ASCII with nothing to escape.
+        self.out.extend_from_slice(b"{\"key\":\"");
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\",\"value\":{\"");
         self.out.extend_from_slice(kind.as_bytes());
         self.out.extend_from_slice(b"\":");
     }
@@ -241,7 +242,7 @@ impl Attrs<'_> {
     fn int(&mut self, key: &str, value: u64) {
         self.key(key, "intValue");
         self.out.push(b'"');
-        self.out.extend_from_slice(value.min(i64::MAX as u64).to_string().as_bytes());
+        push_u64(self.out, value.min(i64::MAX as u64));
         self.out.extend_from_slice(b"\"}}");
     }
 
