@@ -3,7 +3,7 @@
 no-op Wasm filters. Prints a markdown table and writes it to bench/results.md.
 
     .venv/bin/python scripts/bench.py [--rounds 7] [--duration 5] [--warmup 2] [--connections 16]
-                                        [--callgrind N] [--only abcdefghijklmnopqrstuvwx]
+                                        [--callgrind N] [--only abcdefghijklmnopqrstuvwxyz1]
 
 Scenarios (one Envoy each, all from envoy/bench.yaml: the same listener, strip step and
 clusters; they differ in the routes and the HTTP filter, set in `scenarios()` below):
@@ -40,6 +40,23 @@ clusters; they differ in the routes and the HTTP filter, set in `scenarios()` be
      into 32 DATA frames that Envoy hands the filters one by one: as many body callbacks as
      events, the way a model streaming token by token is read (over HTTP/1.1 nginx's stream
      reaches Envoy in one read, one callback)
+  v3 (issue 18), shadow: (c)'s GET, every user on stable
+  y  graysplit, (c)'s rule at 0%: every user on v1, no `shadow` (the baseline of z)
+  z  graysplit, (y) with `shadow` at 100%: every request is also sent to cluster v2 (nginx's
+     "v2\n"), both answers are read and paired, one record each to `shadow_sink` (cluster v1,
+     nginx's `location = /v1/logs`, 200 `{}`). Per request (only the user's requests are
+     requests: the shadow is not one), Envoy's instructions for everything: the user's request,
+     and the shadow's call, its answer, the pairing, the record and its share of the sink's POSTs.
+     Before measuring, every request must be shadowed and paired, and records POSTed; none
+     skipped, failed or lost (graysplit_shadow_total).
+  1  graysplit, (y) with Envoy's own request mirroring (route request_mirror_policies, cluster v2,
+     runtime fraction 100%): the same GET also sent to the same nginx location as (z)'s shadow,
+     by the router's shadow writer through the cluster's async client (the machinery graysplit's
+     dispatch_http_call uses). (1) - (y) is what Envoy spends making one more upstream request;
+     the primary side of (z) is (z) - ((1) - (y)) (DESIGN "Performance": "a shadowed request (its
+     primary side only)"; the target applies to it). Before measuring, nginx must log one
+     mirrored request (its :authority with Envoy's `-shadow` suffix) per request.
+  The keys are single characters (--only takes a string of them): a-z, then 1.
 
 How: every Envoy runs with --concurrency 1 pinned to CPU 0; nginx (the upstream, one process,
 two ports answering "v1" / "v2", two more the same over HTTP/2) and wrk (one thread, many
@@ -110,8 +127,13 @@ GRAY_BELOW = 5000        # buckets [0, 5000) -> v2
 # against native routing of the same POST, a claim identity against jwt_authn alone. Issue 16 (v2
 # corrections): (d) at most 1.40. Issue 17 (v3): reading a streamed answer and a JSON answer, each
 # against native routing of the same response.
+# Issue 18 (v3): a shadowed request (its primary side) against the same request unshadowed:
+# ("-x", base, x, extra, what): (k) - ((extra) - (base)) at most x times base, where (extra) -
+# (base) is `what`, a cost (k) pays that the target does not price; for (z), Envoy's own cost of
+# the shadow's extra upstream request, measured by its native mirror (1) (see shadow_lines()).
 GOALS = {"c": 1.24, "d": 1.40, "h": ("+", "c", 0.01), "i": ("+", "c", 0.07),
-         "k": ("x", "j", 1.40), "m": ("x", "l", 1.09), "r": ("x", "p", 1.15), "t": ("x", "s", 1.10)}
+         "k": ("x", "j", 1.40), "m": ("x", "l", 1.09), "r": ("x", "p", 1.15), "t": ("x", "s", 1.10),
+         "z": ("-x", "y", 1.35, "1", "the shadow's own request")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +193,27 @@ def config_llm() -> dict:
     cfg = config_one_rule()
     if not WITHOUT_LLM:
         cfg["llm"] = {}
+    return cfg
+
+
+def config_stable_only() -> dict:
+    """(c)'s rule at 0%: every user on v1 (the baseline of the shadowed (z))."""
+    cfg = config_one_rule()
+    cfg["rules"][0]["split"][0]["percent"] = 0
+    return cfg
+
+
+# (z)'s sink: cluster v1 (nginx) at this path, where nginx answers 200 `{}` (sink_location()).
+SINK_PATH = "/v1/logs"
+
+
+def config_shadowed(cluster: str = "v2") -> dict:
+    """(y) with every user in the shadow cohort: each request is also sent to `cluster` (v2), and
+    the paired records go to the sink. max_in_flight above wrk's connections, so none is
+    skipped."""
+    cfg = config_stable_only()
+    cfg["rules"][0]["shadow"] = {"version": "v2", "percent": 100, "cluster": cluster, "max_in_flight": 64}
+    cfg["shadow_sink"] = {"cluster": "v1", "path": SINK_PATH}
     return cfg
 
 
@@ -297,6 +340,13 @@ class Scenario:
     # Its graysplit config has `llm`: every answer must show in the llm counters (for "sse" and
     # "json"; without it they must not move).
     llm: bool = False
+    # Its graysplit config shadows every request (z): each must be sent, paired and recorded.
+    shadow: bool = False
+    # (2): every shadow goes to a cluster Envoy does not have, so none is made: each must be
+    # sent and shadow_failed (and recorded) instead of paired.
+    unsent: bool = False
+    # Its routes mirror every request to cluster v2 (1): nginx must see each mirrored copy.
+    mirror: bool = False
     proc: subprocess.Popen | None = None
     admin: str = ""
     port: int = 0
@@ -336,6 +386,12 @@ H2_ROUTES = [
        "route": {"cluster": f"{v}_h2"}} for v in ("v1", "v2")),
     {"match": {"prefix": "/"}, "route": {"cluster": "v1_h2"}},
 ]
+# (1): HEADER_ROUTES with Envoy's native request mirroring on every route: each request is also
+# sent to cluster v2 (nginx's `location /`, "v2\n", where (z)'s shadow goes), at 100%. Envoy
+# appends `-shadow` to the copy's :authority (nginx logs those: mirror_location()).
+MIRROR_ROUTES = [{**r, "route": {**r["route"], "request_mirror_policies": [
+    {"cluster": "v2", "runtime_fraction": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}}]}}
+    for r in HEADER_ROUTES]
 # (b), Envoy's own sticky split: the route's hash policy (the user id header) picks the
 # weighted cluster, so a user always lands on the same side (use_hash_policy).
 WEIGHTED_ROUTES = [{"match": {"prefix": "/"}, "route": {
@@ -446,6 +502,16 @@ def scenarios(graysplit_wasm: Path) -> list[Scenario]:
         Scenario("x", "graysplit, (c) with `llm`: reads that stream, 32 body callbacks",
                  wasm(graysplit_wasm, config_llm(), routes=H2_ROUTES), expect=expect_split, kind="sse",
                  llm=not WITHOUT_LLM),
+        Scenario("y", "graysplit, (c)'s rule at 0%: every user on stable, no shadow (baseline of z)",
+                 wasm(graysplit_wasm, config_stable_only()), expect=lambda u: "v1"),
+        Scenario("z", "graysplit, (y) with `shadow` at 100%: each request also to v2, paired, recorded",
+                 wasm(graysplit_wasm, config_shadowed()), expect=lambda u: "v1", shadow=True),
+        Scenario("2", "graysplit, (z) with the shadow's cluster unknown to Envoy: the user's request path alone, no second request",
+                 wasm(graysplit_wasm, config_shadowed(cluster="no-such-cluster")), expect=lambda u: "v1",
+                 shadow=True, unsent=True),
+        Scenario("1", "graysplit, (y) with Envoy's own request mirroring to v2 at 100% (Envoy's cost of the extra request)",
+                 wasm(graysplit_wasm, config_stable_only(), routes=MIRROR_ROUTES), expect=lambda u: "v1",
+                 mirror=True),
     ]
 
 
@@ -577,6 +643,26 @@ def nginx_answers(version: str) -> str:
     return " ".join(out)
 
 
+def sink_location(d: Path) -> str:
+    """(z)'s shadow_sink: nginx answers an OTLP/HTTP POST to SINK_PATH 200 `{}` (what a Collector
+    answers an accepted export; `return` takes any method and discards the body), and logs each
+    POST to sink.log, so check_routing() sees the records leave."""
+    return (f"location = {SINK_PATH} {{ access_log {d / 'sink.log'}; default_type application/json; "
+            "return 200 '{}'; }")
+
+
+# (1)'s mirrored requests as nginx's v2 server logs them: the :authority Envoy gave the copy and
+# the request URI, one a line.
+MIRROR_LOG = "mirror.log"
+
+
+def mirror_location(d: Path) -> str:
+    """(1)'s check, in the v2 server's `location /`: log each request whose Host carries Envoy's
+    `-shadow` suffix (only Envoy's mirror adds it; graysplit's shadow keeps the request's
+    :authority, so (z) does not log here), nothing else. Only nginx pays for it."""
+    return f"access_log {d / MIRROR_LOG} bench_mirror if=$bench_mirrored;"
+
+
 def h2_frame_bytes() -> int:
     """The DATA frame size of the HTTP/2 servers (nginx http2_chunk_size): the stream in as many
     frames as it has events, so Envoy hands graysplit as many body callbacks as a model streaming
@@ -605,8 +691,11 @@ http {{
   default_type text/plain;
   keepalive_requests 100000000;
   keepalive_timeout 600s;
-  server {{ listen 127.0.0.1:{v1}; location / {{ return 200 "v1\\n"; }} {nginx_answers('v1')} }}
-  server {{ listen 127.0.0.1:{v2}; location / {{ return 200 "v2\\n"; }} {nginx_answers('v2')} }}
+  map $http_host $bench_mirrored {{ "~-shadow" 1; default 0; }}
+  log_format bench_mirror '$http_host $request_uri';
+  server {{ listen 127.0.0.1:{v1}; location / {{ return 200 "v1\\n"; }} {nginx_answers('v1')} {sink_location(d)} }}
+  server {{ listen 127.0.0.1:{v2}; location / {{ {mirror_location(d)} return 200 "v2\\n"; }} {nginx_answers('v2')}
+           {sink_location(d)} }}
   server {{ listen 127.0.0.1:{v1h2} http2; http2_chunk_size {h2_frame_bytes()};
            location / {{ return 200 "v1\\n"; }} {nginx_answers('v1')} }}
   server {{ listen 127.0.0.1:{v2h2} http2; http2_chunk_size {h2_frame_bytes()};
@@ -713,6 +802,8 @@ def check_routing(s: Scenario, sample: int = 600) -> str:
     problems: list[str] = []
     answer = LLM_FILES[s.kind].read_text().strip() if s.kind in LLM_FILES else None
     before = llm_counts(s.admin) if answer else {}
+    shadows_before, posts_before = (shadow_counts(s.admin), sink_posts()) if s.shadow else ({}, 0)
+    mirrored_before = mirror_log_size() if s.mirror else 0
     for u in users:
         status, body, headers = get(conn, u.encode(), kind=s.kind)
         if status != 200:
@@ -758,6 +849,14 @@ def check_routing(s: Scenario, sample: int = 600) -> str:
         moved, llm_bad = llm_check(s, before, counts)
         problems += llm_bad
         summary += f"; llm counters: {moved}"
+    if s.shadow:
+        moved, shadow_bad = shadow_check(s, shadows_before, posts_before, len(users))
+        problems += shadow_bad
+        summary += f"; shadows: {moved}"
+    if s.mirror:
+        moved, mirror_bad = mirror_check(s, mirrored_before, len(users))
+        problems += mirror_bad
+        summary += f"; mirrored: {moved}"
     if problems:
         raise SystemExit(f"scenario ({s.key}) does not route as intended ({summary}):\n  "
                          + "\n  ".join(problems[:10]))
@@ -805,6 +904,103 @@ def llm_check(s: Scenario, before: dict, served: dict[str, int]) -> tuple[str, l
     output = sum(n for (fam, _, kind), n in moved.items() if fam == "tokens_total" and kind == "output")
     return (f"{answers} answers ({finish}), {output:,} output tokens" if s.llm else
             f"none moved ({len(after)} present)"), bad
+
+
+SHADOW_COUNTER = "wasmcustom.graysplit_shadow_total."
+# What must not happen to a shadow of (z): it would then cost less than a shadow does.
+SHADOW_BAD = ("shadow_failed", "timed_out", "skipped_busy", "skipped_size", "sink_failed")
+
+
+def shadow_counts(admin: str) -> dict[str, int]:
+    """graysplit_shadow_total by result (sent, paired, ... sink_failed), summed over rules."""
+    out: dict[str, int] = {}
+    for name, value in run.counters(admin, SHADOW_COUNTER).items():
+        result = name.rsplit(".result.", 1)[-1]
+        out[result] = out.get(result, 0) + value
+    return out
+
+
+def sink_posts() -> int:
+    """The POSTs nginx answered at (z)'s sink so far (its sink.log, sink_location())."""
+    try:
+        return len((RUN_DIR / "nginx" / "sink.log").read_text().splitlines())
+    except OSError:
+        return 0
+
+
+def shadow_check(s: Scenario, before: dict[str, int], posts_before: int, requests: int,
+                 wait_s: float = 5.0) -> tuple[str, list[str]]:
+    """After `requests` requests of (z): each was shadowed and paired, records reached the sink,
+    and no shadow of this Envoy's life was skipped, failed, timed out or lost at the sink. A
+    shadow is paired once its answer is in, a record leaves at the next tick (500 ms): wait up
+    to `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        after = shadow_counts(s.admin)
+        moved = {k: after.get(k, 0) - before.get(k, 0) for k in {*before, *after}}
+        posts = sink_posts() - posts_before
+        done = "shadow_failed" if s.unsent else "paired"
+        bad = [f"{k}: moved by {moved.get(k, 0)}, expected {requests} (one per request)"
+               for k in ("sent", done) if moved.get(k, 0) != requests]
+        bad += [f"{k}: {after[k]} in this Envoy's life, expected none" for k in SHADOW_BAD
+                if after.get(k) and k != done]
+        if not posts:
+            bad.append(f"no POST reached the sink ({RUN_DIR / 'nginx' / 'sink.log'})")
+        if not bad or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    return f"{moved.get('sent', 0)} sent, {moved.get(done, 0)} {done}, {posts} sink POSTs", bad
+
+
+def mirror_log_size() -> int:
+    """Where nginx's log of mirrored requests (mirror_location()) ends now, in bytes."""
+    try:
+        return (RUN_DIR / "nginx" / MIRROR_LOG).stat().st_size
+    except OSError:
+        return 0
+
+
+def mirrored_since(offset: int) -> list[str]:
+    """The mirrored requests nginx's v2 server logged after `offset` (mirror_log_size()): "host
+    uri" each (the log grows by a line per request under wrk's load: read only the new part)."""
+    try:
+        with open(RUN_DIR / "nginx" / MIRROR_LOG, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+# Envoy's counters of cluster v2 that move when a mirrored copy of (1) is not sent or fails (in
+# (1) only the mirror uses v2): such a request would be measured cheap.
+MIRROR_BAD = ("upstream_rq_pending_overflow", "upstream_rq_pending_failure_eject", "upstream_cx_connect_fail",
+              "upstream_rq_timeout", "upstream_rq_rx_reset", "upstream_rq_tx_reset", "upstream_rq_4xx",
+              "upstream_rq_5xx")
+
+
+def mirror_failures(admin: str) -> int:
+    c = run.counters(admin, "cluster.v2.upstream_")
+    return sum(c.get(f"cluster.v2.{k}", 0) for k in MIRROR_BAD)
+
+
+def mirror_check(s: Scenario, before: int, requests: int, wait_s: float = 5.0) -> tuple[str, list[str]]:
+    """After `requests` requests of (1) (`before`: the log's size before them): nginx's v2 server
+    logged exactly that many more mirrored copies, each on the request's path with Envoy's
+    `-shadow` suffix on its :authority, and Envoy's cluster v2 counted no mirror failure in this
+    Envoy's life. A copy may be answered just after the user's request: wait up to `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        new = mirrored_since(before)
+        bad = [] if len(new) == requests else [
+            f"nginx logged {len(new)} mirrored requests, expected {requests} (one per request)"]
+        wrong = [line for line in new if line.split(" ", 1)[-1] != s.path or "-shadow" not in line.split(" ", 1)[0]]
+        bad += [f"{len(wrong)} mirrored requests not (c)'s GET with a -shadow :authority, e.g. {wrong[0]!r}"] if wrong else []
+        failed = mirror_failures(s.admin)
+        bad += [f"cluster v2 counted {failed} failed mirrored requests ({', '.join(MIRROR_BAD)})"] if failed else []
+        if not bad or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    return f"{len(new)} at nginx v2" + (f" ({new[0]})" if new else ""), bad
 
 
 def check_lua_murmur3(ports: dict[str, int], cpu: int | None) -> int:
@@ -913,6 +1109,8 @@ def wrk(wrk_bin: str, s: Scenario, seconds: int, connections: int, cpu: int | No
 def measure(wrk_bin: str, s: Scenario, rnd: int, args, envoy_cpu: int | None, cpu: int | None) -> Run:
     wrk(wrk_bin, s, args.warmup, args.connections, cpu)
     before_rq = rq_counters(s.admin)
+    shadows_before = shadow_counts(s.admin) if s.shadow else {}
+    mirror_failed_before = mirror_failures(s.admin) if s.mirror else 0
     b0, st0 = cpu0_busy_ticks(envoy_cpu)
     t0, w0 = cpu_ticks(s.proc.pid), time.monotonic()
     w = wrk(wrk_bin, s, args.duration, args.connections, cpu)
@@ -923,6 +1121,12 @@ def measure(wrk_bin: str, s: Scenario, rnd: int, args, envoy_cpu: int | None, cp
     served = after_rq.get("total", 0) - before_rq.get("total", 0)
     bad = after_rq.get("5xx", 0) - before_rq.get("5xx", 0)
     errors = bad + sum(w[k] for k in ("connect", "read", "write", "status", "timeout"))
+    if s.shadow:   # a shadow skipped (too many in flight), failed or lost is a request measured cheap
+        shadows_after = shadow_counts(s.admin)
+        errors += sum(shadows_after.get(k, 0) - shadows_before.get(k, 0) for k in SHADOW_BAD
+                      if not (s.unsent and k == "shadow_failed"))
+    if s.mirror:   # likewise a mirrored copy not sent or failed
+        errors += mirror_failures(s.admin) - mirror_failed_before
     if served <= 0 or s.proc.poll() is not None:
         raise RunFailed(f"scenario ({s.key}): Envoy served no requests or exited")
     return Run(s.key, rnd, (t1 - t0) / os.sysconf("SC_CLK_TCK"), served,
@@ -958,7 +1162,9 @@ def instructions_per_request(s: Scenario, ports: dict[str, int], n: int, cpu: in
     out = RUN_DIR / f"callgrind-{s.key}.out"
     for old in RUN_DIR.glob(f"callgrind-{s.key}.out*"):
         old.unlink()
-    probe = Scenario(s.key, s.title, s.values)
+    probe = Scenario(s.key, s.title, s.values, shadow=s.shadow, unsent=s.unsent, mirror=s.mirror)
+    posts0 = sink_posts()
+    mirrored0 = mirror_log_size()
     start_envoy(probe, ports, cpu, name=f"callgrind-{s.key}", wrapper=[
         "valgrind", "--tool=callgrind", "--smc-check=all-non-file", "--instr-atstart=no",
         f"--callgrind-out-file={out}"], ready_timeout_s=600)
@@ -976,6 +1182,16 @@ def instructions_per_request(s: Scenario, ports: dict[str, int], n: int, cpu: in
             get(conn, f"user-{i}".encode(), kind=s.kind)
         ctl("-d")
         conn.close()
+        if s.shadow:   # every request counted was shadowed, paired and recorded, none lost
+            moved, bad = shadow_check(probe, {}, posts0, 400 + n, wait_s=30)
+            if bad:
+                raise SystemExit(f"({s.key}) under callgrind: {'; '.join(bad)}")
+            print(f"({s.key}) under callgrind: {moved}", flush=True)
+        if s.mirror:   # every request counted was mirrored to nginx, none failed
+            moved, bad = mirror_check(probe, mirrored0, 400 + n, wait_s=30)
+            if bad:
+                raise SystemExit(f"({s.key}) under callgrind: {'; '.join(bad)}")
+            print(f"({s.key}) under callgrind: mirrored {moved}", flush=True)
     finally:
         stop(probe.proc)
     dumps = sorted(RUN_DIR.glob(f"callgrind-{s.key}.out.*"))
@@ -1082,6 +1298,105 @@ def llm_lines(instructions: dict[str, float], cpu: dict[str, float], reads: dict
     return ["Reading LLM answers (issue 17; instructions per request under callgrind):", "", *out, ""] if out else []
 
 
+def less_extra(value: dict[str, float], k: str) -> float | None:
+    """A ("-x", base, x, extra) target's figure for (k): (k) - ((extra) - (base)), or None when
+    one of the three was not measured. For (z): its primary side (see shadow_lines())."""
+    _, base, _, extra, _ = GOALS[k]
+    return value[k] - (value[extra] - value[base]) if {k, base, extra} <= value.keys() else None
+
+
+def goal_line(value: dict[str, float], k: str) -> str | None:
+    """The target of (k) against `value` (instructions, or median CPU ratios to (a)): the figure,
+    the bound, met or NOT met; None when (k) or its base was not measured."""
+    g = GOALS[k]
+    verdict = lambda ok: "met" if ok else "NOT met"
+    if k not in value:
+        return None
+    if isinstance(g, tuple) and g[0] == "+" and g[1] in value:
+        _, base, extra = g
+        return (f"({k}) <= ({base}) + {extra:.2f} = {value[base] + extra:.3f}: {value[k]:.3f}, "
+                f"{verdict(value[k] <= value[base] + extra)}")
+    if isinstance(g, tuple) and g[0] == "x" and g[1] in value:
+        _, base, times = g
+        r = value[k] / value[base]
+        return f"({k}) / ({base}) <= {times:.2f}: {r:.3f}, {verdict(r <= times)}"
+    if isinstance(g, tuple) and g[0] == "-x" and g[1] in value:
+        _, base, times, extra, what = g
+        net = less_extra(value, k)
+        whole = f"({k}) / ({base}) = {value[k] / value[base]:.3f} with {what}"
+        if net is None:   # no (extra): the figure the target is for cannot be made; no verdict
+            return (f"(({k}) - (({extra}) - ({base}))) / ({base}) <= {times:.2f}: not checked, ({extra}) not "
+                    f"measured ({whole})")
+        r = net / value[base]
+        return f"(({k}) - (({extra}) - ({base}))) / ({base}) <= {times:.2f}: {r:.3f}, {verdict(r <= times)} ({whole})"
+    if not isinstance(g, tuple):
+        return f"({k}) <= {g:.2f}: {value[k]:.3f}, {verdict(value[k] <= g)}"
+    return None
+
+
+def shadow_lines(instructions: dict[str, float], cpu: dict[str, float],
+                 previous: tuple[str, dict[str, int]]) -> list[str]:
+    """What shadowing costs (y, z, 1), from the instruction counts (and, noisy, the CPU medians),
+    and whether a rule without `shadow` costs what it did ((c) against the previous results.md).
+
+    DESIGN prices "a shadowed request (its primary side only)", but callgrind counts all Envoy
+    does per user request, the shadow's own upstream request included: Envoy's async client
+    making a second HTTP request to nginx (its headers encoded, a connection's reads and writes,
+    the answer decoded), nearly a native request of its own. That part is Envoy's, not the
+    filter's, and it is what any mirror costs: (1) measures it with Envoy's own request mirroring
+    of the same GET to the same nginx location (the router's shadow writer, the same async client
+    graysplit's dispatch_http_call uses), as (1) - (y). The primary side is (z) - ((1) - (y)),
+    and the target applies to it. What stays in it: graysplit's cohort decision, its copy of the
+    request through host calls, the call's marshalling, the answer read into the filter and
+    paired, the record, and its share of the sink's POSTs (the sink's own upstream requests are
+    not subtracted: they are graysplit's, batched). (z) / (y) is printed too, as the cost with the
+    shadow's own request."""
+    i, out = instructions, []
+    if {"y", "z"} <= i.keys():
+        d = i["z"] - i["y"]
+        out.append(f"- with the shadow's own request: (z) - (y) = {d:,.0f} instructions per shadowed request, everything "
+                   "Envoy does for the copy sent to v2 (the request's headers copied, the call and its upstream request, "
+                   "its answer), both answers read and paired, the record, and its share of the sink's POSTs; "
+                   f"(z) / (y) = {i['z'] / i['y']:.3f}" + (f"; (z) / (a) = {i['z'] / i['a']:.3f}" if "a" in i else ""))
+        if {"y", "z"} <= cpu.keys():
+            out[-1] += f"; CPU medians: (z) - (y) = {cpu['z'] - cpu['y']:.1f} µs per request (noisy)"
+    if {"y", "1"} <= i.keys():
+        m = i["1"] - i["y"]
+        out.append(f"- Envoy's cost of one more upstream request, by its own mirror: (1) - (y) = {m:,.0f} instructions "
+                   "per request ((1) is (y) with the route's request_mirror_policies sending the same GET to cluster v2, "
+                   "the same nginx location as (z)'s shadow: the router's shadow writer, the cluster's async client "
+                   "that graysplit's dispatch_http_call also uses, the copy's upstream request and its answer, discarded)"
+                   + (f"; (a) costs {i['a']:,.0f} for a whole native request" if "a" in i else "")
+                   + (f"; CPU medians: (1) - (y) = {cpu['1'] - cpu['y']:.1f} µs per request (noisy)"
+                      if {"y", "1"} <= cpu.keys() else ""))
+    if {"y", "z", "1"} <= i.keys():
+        net = less_extra(i, "z")
+        out.append(f"- primary side of a shadowed request: (z) - ((1) - (y)) = {net:,.0f} instructions, "
+                   f"{net - i['y']:+,.0f} over (y): what graysplit's shadow costs beyond the extra upstream request Envoy "
+                   "makes for any mirror (the decision, the copy through host calls, the call, the answer read and "
+                   f"paired, the record, the sink's share); **primary side / (y) = {net / i['y']:.3f}**, target "
+                   f"{GOALS['z'][2]:.2f}: {'met' if net / i['y'] <= GOALS['z'][2] else 'NOT met'}"
+                   + (f"; CPU medians: (z) - ((1) - (y)) = {cpu['z'] - (cpu['1'] - cpu['y']):.1f} µs per request, "
+                      f"{(cpu['z'] - (cpu['1'] - cpu['y'])) / cpu['y']:.3f} x (y) (noisy)"
+                      if {"y", "z", "1"} <= cpu.keys() else ""))
+    if {"y", "2"} <= i.keys():
+        out.append(f"- the user's request path alone, (2): the shadow to a cluster Envoy does not have, so no second "
+                   "request is made and no shadow answer read (the cohort decision, the copy, the queue to the root "
+                   "context, the refused call, the user's answer read, a `shadow_failed` record and its share of the "
+                   f"sink's POSTs): (2) = {i['2']:,.0f}, {i['2'] - i['y']:+,.0f} over (y), (2) / (y) = {i['2'] / i['y']:.3f}")
+    if {"y", "z"} <= i.keys() and "1" not in i:
+        out.append(f"- primary side not measured: run (1) too (`--only ...yz1`); the target {GOALS['z'][2]:.2f} applies "
+                   "to (z) - ((1) - (y)), not to (z) / (y)")
+    if {"y", "c"} <= i.keys():
+        out.append(f"- (y), the rule at 0% without `shadow`: {i['y']:,.0f} instructions; (c), the same rule at 50%: "
+                   f"{i['c']:,.0f} ({i['y'] - i['c']:+,.0f})")
+    date, before = previous
+    if "c" in i and "c" in before:
+        out.append(f"- a rule without `shadow` costs what it did: (c) {i['c']:,.0f} instructions, {before['c']:,} in the "
+                   f"previous results.md ({date}; {i['c'] / before['c'] - 1:+.1%})")
+    return ["Shadow (issue 18; instructions per request under callgrind):", "", *out, ""] if out else []
+
+
 def report(scens: list[Scenario], runs: list[Run], args, wasm: Path, pinned: bool,
            instructions: dict[str, float] | None = None, reads: dict | None = None,
            previous: tuple[str, dict[str, int]] = ("", {})) -> str:
@@ -1114,25 +1429,11 @@ def report(scens: list[Scenario], runs: list[Run], args, wasm: Path, pinned: boo
         lines.append(
             f"| ({s.key}) {s.title} | {med(r.cpu_us_per_rq for r in mine):.1f} | **{med(rs):.3f}** | "
             f"{min(rs):.3f} | {max(rs):.3f} | {med(r.rps for r in mine):,.0f} | {med(r.p99_ms for r in mine):.2f} |")
-    verdict = lambda ok: "met" if ok else "NOT met"
     if instructions:
         basis, value = "instructions", {k: v / instructions["a"] for k, v in instructions.items()}
     else:
         basis, value = "median CPU ratios", {k: med(v) for k, v in ratio.items()}
-    goals = []
-    for k, g in GOALS.items():
-        if k not in value:
-            continue
-        if isinstance(g, tuple) and g[0] == "+" and g[1] in value:
-            _, base, extra = g
-            goals.append(f"({k}) <= ({base}) + {extra:.2f} = {value[base] + extra:.3f}: {value[k]:.3f}, "
-                         f"{verdict(value[k] <= value[base] + extra)}")
-        elif isinstance(g, tuple) and g[0] == "x" and g[1] in value:
-            _, base, times = g
-            r = value[k] / value[base]
-            goals.append(f"({k}) / ({base}) <= {times:.2f}: {r:.3f}, {verdict(r <= times)}")
-        elif not isinstance(g, tuple):
-            goals.append(f"({k}) <= {g:.2f}: {value[k]:.3f}, {verdict(value[k] <= g)}")
+    goals = [line for k in GOALS if (line := goal_line(value, k))]
     lines += ["", f"Targets ({basis}): " + "; ".join(goals) + "." if goals else "", ""]
     if instructions:
         a = instructions["a"]
@@ -1141,8 +1442,9 @@ def report(scens: list[Scenario], runs: list[Run], args, wasm: Path, pinned: boo
                   "| scenario | instructions/rq | ratio to (a) |", "| --- | ---: | ---: |"]
         lines += [f"| ({k}) | {v:,.0f} | {v / a:.3f} |" for k, v in instructions.items()]
         lines.append("")
-        lines += llm_lines(instructions, {s.key: med(by[s.key, n].cpu_us_per_rq for n in rounds) for s in scens},
-                           reads or {}, previous)
+        cpu_medians = {s.key: med(by[s.key, n].cpu_us_per_rq for n in rounds) for s in scens}
+        lines += llm_lines(instructions, cpu_medians, reads or {}, previous)
+        lines += shadow_lines(instructions, cpu_medians, previous)
     lines += [
         "<details><summary>Every run: CPU µs per request (ratio to (a) of the round)</summary>",
         "",
@@ -1225,7 +1527,8 @@ def main() -> int:
     ap.add_argument("--callgrind", type=int, default=int(os.environ.get("BENCH_CALLGRIND", 300)),
                     metavar="N", help="also count Envoy instructions per request under valgrind's "
                     "callgrind over N requests per scenario (noise-free; about 30 s per scenario)")
-    ap.add_argument("--only", default="abcdefghijklmnopqrstuvwx", help="scenarios to run, e.g. acf ((a) is always run)")
+    ap.add_argument("--only", default="abcdefghijklmnopqrstuvwxyz12",
+                    help="scenarios to run, one character each, e.g. acf or ayz1 ((a) is always run)")
     ap.add_argument("--without-llm", action="store_true",
                     help="debug: run (r) and (t) with `llm` removed from their config (a filter that does not "
                     "know it yet), without checking the llm counters; results.md is not written")
@@ -1302,6 +1605,7 @@ def main() -> int:
             for k, v in instructions.items():
                 print(f"({k}) {v:,.0f} instructions/rq, {v / a:.3f} x (a)")
             print("\n".join(llm_lines(instructions, {}, reads, previous_instructions())))
+            print("\n".join(shadow_lines(instructions, {}, previous_instructions())))
             return 0
         text = report(scens, runs, args, run.WASM, pinned, instructions, reads, previous_instructions())
         if heap:
