@@ -168,3 +168,20 @@ def it_skips_a_body_longer_than_max_bytes_and_a_request_already_a_shadow(envoy, 
     assert shadow_stat(e, "sent") == 1
     assert not [h for h, _ in apps["v2"].requests("marked") if h.get("x-graysplit-shadow")]
     assert [h for h, _ in apps["v2"].requests("after") if h.get("x-graysplit-shadow") == "1"]
+
+
+def it_labels_the_shadow_metrics_by_rule_and_result_in_prometheus(envoy, apps):
+    """The stats tags of the test bootstrap (the same as every envoy/ config's and the Istio
+    recipe's, tests/it_observability.py) make `rule` and `result` labels of
+    graysplit_shadow_total and `rule` of the similarity histogram."""
+    e = envoy(config())
+    shadowed = [u for u in USERS if expected(u)[1]][:5]
+    for i, user in enumerate(shadowed):
+        assert ask(e, user, f"p{i}", b'{"q": 1}').status == 200
+    wait_until(lambda: shadow_stat(e, "paired") == len(shadowed), 10, "the shadows answered")
+    text = e.prometheus()
+    assert f'graysplit_shadow_total{{rule="ramp",result="sent"}} {len(shadowed)}' in text, text
+    assert f'graysplit_shadow_total{{rule="ramp",result="paired"}} {len(shadowed)}' in text, text
+    assert 'graysplit_shadow_total{rule="ramp",result="sink_failed"}' in text, text
+    assert 'graysplit_shadow_similarity_pct_bucket{rule="ramp",le="100"}' in text, text
+    assert "wasmcustom" not in text and "graysplit_shadow_total_rule" not in text
