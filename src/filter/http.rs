@@ -172,6 +172,11 @@ impl Drop for Stream {
             // Its answer never came: no record.
             super::shadows::primary_gone(&self.vm, pair);
         }
+        if let Some(copy) = self.shadow.take() {
+            // The request never ended (reset while its body came): its copy is not sent, and
+            // its pair, answered or not, will have no shadow.
+            super::shadows::unsent(&self.vm, copy);
+        }
         if self.awaiting_body {
             let decided = {
                 let mut vm = self.vm.borrow_mut();

@@ -297,6 +297,11 @@ pub(super) fn primary_gone(vm: &SharedVm, id: u32) {
     vm.borrow_mut().shadows.pairs.retain(|p| p.id != id || p.primary.is_some());
 }
 
+/// A copy that will not be sent (its request never ended): its pair goes.
+pub(super) fn unsent(vm: &SharedVm, copy: Copy) {
+    vm.borrow_mut().shadows.pairs.retain(|p| p.id != copy.pair);
+}
+
 /// On root context `root`, when the queue is ready: every queued copy is sent (a call the host
 /// refuses, an unknown cluster, is `shadow_failed` at once), and the batches that are full, or
 /// whose config is draining, go to the sink.
