@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 
 import pytest
@@ -185,3 +186,91 @@ def it_labels_the_shadow_metrics_by_rule_and_result_in_prometheus(envoy, apps):
     assert 'graysplit_shadow_total{rule="ramp",result="sink_failed"}' in text, text
     assert 'graysplit_shadow_similarity_pct_bucket{rule="ramp",le="100"}' in text, text
     assert "wasmcustom" not in text and "graysplit_shadow_total_rule" not in text
+
+
+def it_skips_a_shadow_past_max_in_flight_and_sends_again_once_one_is_answered(envoy, apps):
+    """`max_in_flight: 1`: while one shadow waits (its app answers 2 s late), the next shadowed
+    questions on the same worker (one connection) are answered and not shadowed
+    (`skipped_busy`); once the first is answered, the next is sent."""
+    e = envoy(config(max_in_flight=1))
+    apps["v2"].shadow_delay_s = 2.0
+    users = [u for u in USERS if expected(u)[1]][:4]
+    with e.conn() as c:
+        for i, user in enumerate(users[:3]):
+            r = c.request("POST", "/v1/chat/completions", [
+                ("content-type", "application/json"), ("x-user-id", user), ("x-test-id", f"busy{i}")],
+                b'{"q": 1}')
+            assert r.status == 200 and r.header("x-app-version") == "v1"
+        assert (shadow_stat(e, "sent"), shadow_stat(e, "skipped_busy")) == (1, 2)
+        wait_until(lambda: shadow_stat(e, "paired") == 1, 10, "the first shadow answered")
+        apps["v2"].shadow_delay_s = 0.0
+        r = c.request("POST", "/v1/chat/completions", [
+            ("content-type", "application/json"), ("x-user-id", users[3]), ("x-test-id", "busy3")],
+            b'{"q": 1}')
+        assert r.status == 200
+    wait_until(lambda: shadow_stat(e, "paired") == 2, 10, "the next shadow sent and answered")
+    assert (shadow_stat(e, "sent"), shadow_stat(e, "skipped_busy")) == (2, 2)
+
+
+def sinked(shadow: dict | None = None, sink: dict | None = None, split: bool = True) -> dict:
+    rule = {"name": "ramp", "salt": SALT}
+    rule.update({"split": [{"version": "v2", "percent": 10}]} if split else {"version": "v2"})
+    if shadow is not None:
+        rule["shadow"] = shadow
+    return plugin_config([rule], **({"shadow_sink": sink} if sink is not None else {}))
+
+
+SHADOW = {"version": "v2", "percent": 5, "cluster": "app-1"}
+BAD = {
+    "no-sink": (sinked(SHADOW), r"rules\[0\]\.shadow", "shadow_sink"),
+    "sink-without-cluster": (sinked(SHADOW, {"path": "/v1/logs"}), r"shadow_sink\.cluster", "required"),
+    "sink-path-without-slash": (sinked(SHADOW, {"cluster": "otel", "path": "v1/logs"}), r"shadow_sink\.path", ""),
+    "sink-batch-zero": (sinked(SHADOW, {"cluster": "otel", "batch": 0}), r"shadow_sink\.batch", "0"),
+    "sink-batch-above": (sinked(SHADOW, {"cluster": "otel", "batch": 1001}), r"shadow_sink\.batch", "1001"),
+    "sink-unknown-field": (sinked(SHADOW, {"cluster": "otel", "capture": True}), r"shadow_sink(\.capture)?", ""),
+    "stable-as-shadow": (sinked({**SHADOW, "version": "v1"}, {"cluster": "otel"}),
+                         r"rules\[0\]\.shadow\.version", "v1"),
+    "bad-version-name": (sinked({**SHADOW, "version": "v 9"}, {"cluster": "otel"}),
+                         r"rules\[0\]\.shadow\.version", ""),
+    "percent-above": (sinked({**SHADOW, "percent": 100.5}, {"cluster": "otel"}),
+                      r"rules\[0\]\.shadow\.percent", ""),
+    "percent-three-decimals": (sinked({**SHADOW, "percent": 1.555}, {"cluster": "otel"}),
+                               r"rules\[0\]\.shadow\.percent", ""),
+    "no-cluster": (sinked({"version": "v2", "percent": 5}, {"cluster": "otel"}),
+                   r"rules\[0\]\.shadow\.cluster", "required"),
+    "timeout-below": (sinked({**SHADOW, "timeout_ms": 99}, {"cluster": "otel"}),
+                      r"rules\[0\]\.shadow\.timeout_ms", "99"),
+    "in-flight-above": (sinked({**SHADOW, "max_in_flight": 257}, {"cluster": "otel"}),
+                        r"rules\[0\]\.shadow\.max_in_flight", "257"),
+    "max-bytes-above": (sinked({**SHADOW, "max_bytes": 983041}, {"cluster": "otel"}),
+                        r"rules\[0\]\.shadow\.max_bytes", "983041"),
+    "prefix-without-slash": (sinked({**SHADOW, "path_prefixes": ["/v1/", "v2"]}, {"cluster": "otel"}),
+                             r"rules\[0\]\.shadow\.path_prefixes\[1\]", ""),
+    "on-a-fixed-rule": (sinked(SHADOW, {"cluster": "otel"}, split=False), r"rules\[0\]\.shadow", "split"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def it_refuses_bad_shadow_and_sink_fields_with_their_json_paths(tmp_path, case):
+    """A real Envoy refuses to start with each: one `graysplit: invalid config: <path>:
+    <problem>` line, the path as DESIGN writes it."""
+    from it_config import refused
+    config, path_re, word = BAD[case]
+    log = refused(tmp_path, config)
+    m = re.search(r"graysplit: invalid config: (\S*): (\S.*)", log)
+    assert m, f"no 'graysplit: invalid config:' line in the log:\n{log[-5000:]}"
+    assert re.fullmatch(path_re, m.group(1)), f"path {m.group(1)!r} !~ {path_re}: {m.group(0)}"
+    assert word in m.group(2), m.group(0)
+
+
+def it_shadows_to_a_version_no_split_gives_users_yet(envoy, apps):
+    """A version may be asked in shadow before anyone is routed to it: `shadow.version` v3,
+    which no split entry names, is a version of the config; the copy carries it as its route
+    header while every user stays on v1/v2 by the split."""
+    e = envoy(config(version="v3"))
+    user = next(u for u in USERS if expected(u)[1])
+    r = ask(e, user, "v3", b'{"q": 1}')
+    assert r.status == 200 and r.header("x-app-version") == "v1"
+    wait_until(lambda: shadow_stat(e, "paired") == 1, 10, "the shadow answered")
+    (copy,) = [h for h, _ in apps["v2"].requests("v3") if h.get("x-graysplit-shadow") == "1"]
+    assert copy["x-graysplit-version"] == "v3", copy
