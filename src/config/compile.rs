@@ -298,6 +298,8 @@ pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
         None => None,
     };
 
+    let lane = raw.lane.map(|Obj(l)| compile_lane(&mut b, l, &rules)).transpose()?;
+
     // With `llm`, every (rule, version) a decision can produce has its answer metrics too.
     let mut histograms = Vec::new();
     let mut answers = Vec::new();
@@ -408,6 +410,7 @@ pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
     let reads_cookies = read.contains(&"cookie");
     let cookie_slot = reads_cookies.then(|| b.slot("cookie"));
     Ok(Plan {
+        lane,
         llm,
         histograms,
         answers,
@@ -473,20 +476,7 @@ fn compile_pin(b: &mut Builder, p: RawPin, sticky: Option<&Sticky>) -> Result<Pi
         Some(m) => m,
         None => MAX_S_DEFAULT.max(p.idle_s),
     };
-    let key = |path: &str, k: String| -> Result<Box<[u8]>, ConfigError> {
-        let n = k.chars().count();
-        if n < MIN_KEY_LEN {
-            return Err(ConfigError::new(
-                path,
-                format!("must be at least {MIN_KEY_LEN} characters (a random secret), got {n}"),
-            ));
-        }
-        Ok(k.into_bytes().into())
-    };
-    let mut keys = vec![key("session_pin.key", p.key)?];
-    for (i, k) in p.previous_keys.unwrap_or_default().into_iter().enumerate() {
-        keys.push(key(&format!("session_pin.previous_keys[{i}]"), k)?);
-    }
+    let keys = secrets("session_pin", p.key, p.previous_keys)?;
     let mut metric = |r: &str| intern(&mut b.metrics, &format!("graysplit_pins_total.result.{r}"));
     let (kept_metric, issued_metric, ignored_metric) = (metric("kept"), metric("issued"), metric("ignored"));
     Ok(PinSpec {
@@ -499,6 +489,104 @@ fn compile_pin(b: &mut Builder, p: RawPin, sticky: Option<&Sticky>) -> Result<Pi
         ignored_metric,
         scheme_slot: b.slot(":scheme"),
         tight: false,
+    })
+}
+
+/// A signing key at `path`: at least [`MIN_KEY_LEN`] characters.
+fn secret(path: &str, k: String) -> Result<Box<[u8]>, ConfigError> {
+    let n = k.chars().count();
+    if n < MIN_KEY_LEN {
+        return Err(ConfigError::new(
+            path,
+            format!("must be at least {MIN_KEY_LEN} characters (a random secret), got {n}"),
+        ));
+    }
+    Ok(k.into_bytes().into())
+}
+
+/// `<at>.key` then `<at>.previous_keys`: the keys that sign (the first) and verify (all).
+fn secrets(at: &str, key: String, previous: Option<Vec<String>>) -> Result<Vec<Box<[u8]>>, ConfigError> {
+    let mut keys = vec![secret(&format!("{at}.key"), key)?];
+    for (i, k) in previous.unwrap_or_default().into_iter().enumerate() {
+        keys.push(secret(&format!("{at}.previous_keys[{i}]"), k)?);
+    }
+    Ok(keys)
+}
+
+/// `lane.ttl_s`: from 10 s to a day.
+const LANE_TTL_S: std::ops::RangeInclusive<u64> = 10..=86_400;
+const LANE_TTL_S_DEFAULT: u64 = 300;
+/// The rule name of decisions a lane made (in configs with `lane`).
+pub const LANE_RULE: &str = "lane";
+
+/// `lane` (DESIGN.md "Lanes").
+fn compile_lane(b: &mut Builder, l: RawLane, rules: &[Rule]) -> Result<LaneSpec, ConfigError> {
+    let mode = match l.mode.as_str() {
+        "edge" => LaneMode::Edge,
+        "follow" => LaneMode::Follow,
+        other => {
+            return Err(ConfigError::new(
+                "lane.mode",
+                format!("must be \"edge\" (the mesh's entry: issue lanes) or \"follow\" (a hop inside: follow them), got {}", quote(other)),
+            ))
+        }
+    };
+    let baggage_key = l.baggage_key.unwrap_or_else(|| "graysplit".to_string());
+    if baggage_key.is_empty() || baggage_key.len() > 64 || !baggage_key.bytes().all(is_tchar) {
+        return Err(ConfigError::new(
+            "lane.baggage_key",
+            format!("must be 1 to 64 token characters (a W3C baggage key), got {}", quote(&baggage_key)),
+        ));
+    }
+    let keys = secrets("lane", l.key, l.previous_keys)?;
+    let ttl_s = in_range("lane.ttl_s", l.ttl_s, LANE_TTL_S_DEFAULT, LANE_TTL_S, " seconds")?;
+    let trusted = match (mode, l.trusted_cidrs) {
+        (LaneMode::Edge, Some(_)) => {
+            return Err(ConfigError::new(
+                "lane.trusted_cidrs",
+                "only with mode \"follow\" (it says from where a follower takes lanes; an edge issues them to every request)",
+            ))
+        }
+        (_, Some(list)) if list.is_empty() => {
+            return Err(ConfigError::new(
+                "lane.trusted_cidrs",
+                "must list at least one range (leave it out to take lanes from any source)",
+            ))
+        }
+        (_, list) => cidrs("lane.trusted_cidrs", &list.unwrap_or_default())?,
+    };
+    if let Some(i) = rules.iter().position(|r| r.name == LANE_RULE) {
+        return Err(ConfigError::new(
+            format!("rules[{i}].name"),
+            format!(
+                "{} is reserved for decisions by a lane in a config with `lane`; pick another name",
+                quote(LANE_RULE)
+            ),
+        ));
+    }
+    let mut metric = |r: &str| intern(&mut b.metrics, &format!("graysplit_lane_total.result.{r}"));
+    let metrics = LaneMetrics {
+        issued: metric("issued"),
+        followed: metric("followed"),
+        forged: metric("forged"),
+        expired: metric("expired"),
+        untrusted: metric("untrusted"),
+        absent: metric("absent"),
+        too_long: metric("too_long"),
+    };
+    let decided = match mode {
+        LaneMode::Follow => (0..b.versions.len()).map(|v| b.metric(LANE_RULE, v)).collect(),
+        LaneMode::Edge => Vec::new(),
+    };
+    Ok(LaneSpec {
+        mode,
+        baggage_key,
+        keys,
+        ttl_s: ttl_s as u32,
+        trusted,
+        slot: b.slot("baggage"),
+        metrics,
+        decided,
     })
 }
 

@@ -962,4 +962,109 @@ mod tests {
         }
         assert!(!v1.metrics.iter().any(|m| m.starts_with("graysplit_pins_total")));
     }
+
+    const LANE_KEY: &str = "a secret of at least 32 characters, shared by the mesh";
+
+    #[test]
+    fn a_lane_compiles_with_its_defaults_and_metrics() {
+        let edge = parse(
+            format!(r#"{{"stable": "v1", {ID}, "lane": {{"mode": "edge", "key": "{LANE_KEY}"}}, "rules": [{{"name": "r", "split": [{{"version": "v2", "percent": 5}}]}}]}}"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        let l = edge.lane.as_ref().unwrap();
+        assert_eq!((l.mode, l.baggage_key.as_str(), l.ttl_s), (LaneMode::Edge, "graysplit", 300));
+        assert_eq!(l.keys, vec![LANE_KEY.as_bytes().into()]);
+        assert!(l.trusted.is_empty() && l.decided.is_empty(), "an edge decides by its rules");
+        for r in ["issued", "followed", "forged", "expired", "untrusted", "absent", "too_long"] {
+            let m = format!("graysplit_lane_total.result.{r}");
+            assert!(edge.metrics.contains(&m), "{m}");
+        }
+        let follow = parse(
+            format!(r#"{{"stable": "v1", {ID}, "lane": {{"mode": "follow", "key": "{LANE_KEY}", "previous_keys": ["{LANE_KEY} (old)"], "baggage_key": "gray-lane", "trusted_cidrs": ["10.0.0.0/8"]}}, "rules": [{{"name": "r", "split": [{{"version": "v2", "percent": 5}}]}}]}}"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        let l = follow.lane.as_ref().unwrap();
+        assert_eq!(
+            (l.mode, l.baggage_key.as_str(), l.keys.len(), l.trusted.len()),
+            (LaneMode::Follow, "gray-lane", 2, 1)
+        );
+        let names: Vec<&str> = l.decided.iter().map(|m| follow.metrics[*m].as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "graysplit_decisions_total.rule.lane.version.v1",
+                "graysplit_decisions_total.rule.lane.version.v2"
+            ]
+        );
+        // Without `lane`: no lane metrics, and a rule may be called lane (v1 configs stay valid).
+        let plain = parse(
+            format!(r#"{{"stable": "v1", {ID}, "rules": [{{"name": "lane", "split": [{{"version": "v2", "percent": 5}}]}}]}}"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        assert!(plain.lane.is_none() && !plain.metrics.iter().any(|m| m.contains("lane_total")));
+    }
+
+    #[test]
+    fn bad_lane_fields_name_their_path() {
+        let lane = |fields: &str| {
+            err(&format!(
+                r#"{{"stable": "v1", {ID}, "lane": {{{fields}}}, "rules": [{{"name": "r", "split": [{{"version": "v2", "percent": 5}}]}}]}}"#
+            ))
+        };
+        let key = format!(r#""key": "{LANE_KEY}""#);
+        let cases: &[(String, &str)] = &[
+            (lane(&format!(r#""mode": "sidecar", {key}"#)), "lane.mode: must be \"edge\""),
+            (lane(&key), "lane.mode: is required"),
+            (lane(r#""mode": "edge""#), "lane.key: is required"),
+            (
+                lane(r#""mode": "edge", "key": "short""#),
+                "lane.key: must be at least 32 characters (a random secret), got 5",
+            ),
+            (
+                lane(&format!(r#""mode": "follow", {key}, "previous_keys": ["{LANE_KEY}", "short"]"#)),
+                "lane.previous_keys[1]: must be at least 32 characters",
+            ),
+            (
+                lane(&format!(r#""mode": "edge", {key}, "ttl_s": 9"#)),
+                "lane.ttl_s: must be between 10 and 86400 seconds, got 9",
+            ),
+            (
+                lane(&format!(r#""mode": "edge", {key}, "ttl_s": 86401"#)),
+                "lane.ttl_s: must be between 10 and 86400 seconds, got 86401",
+            ),
+            (
+                lane(&format!(r#""mode": "edge", {key}, "baggage_key": "a b""#)),
+                "lane.baggage_key: must be 1 to 64 token characters",
+            ),
+            (
+                lane(&format!(r#""mode": "edge", {key}, "baggage_key": """#)),
+                "lane.baggage_key: must be 1 to 64 token characters",
+            ),
+            (
+                lane(&format!(r#""mode": "edge", {key}, "trusted_cidrs": ["10.0.0.0/8"]"#)),
+                "lane.trusted_cidrs: only with mode \"follow\"",
+            ),
+            (
+                lane(&format!(r#""mode": "follow", {key}, "trusted_cidrs": []"#)),
+                "lane.trusted_cidrs: must list at least one range",
+            ),
+            (
+                lane(&format!(r#""mode": "follow", {key}, "trusted_cidrs": ["10.0.0.0/33"]"#)),
+                "lane.trusted_cidrs[0]: ",
+            ),
+            (lane(&format!(r#""mode": "edge", {key}, "ttl": 5"#)), "lane.ttl: unknown field `ttl`"),
+            (
+                err(&format!(
+                    r#"{{"stable": "v1", {ID}, "lane": {{"mode": "edge", {key}}}, "rules": [{{"name": "lane", "version": "v2"}}]}}"#
+                )),
+                "rules[0].name: \"lane\" is reserved for decisions by a lane in a config with `lane`",
+            ),
+        ];
+        for (got, want) in cases {
+            assert!(got.starts_with(want), "got {got:?}, want {want:?}...");
+        }
+    }
 }

@@ -81,6 +81,8 @@ pub struct Plan {
     /// Where paired records go: only in a config with a shadow (a `shadow_sink` that no rule
     /// uses is checked, then left out: nothing is ever sent).
     pub sink: Option<SinkSpec>,
+    /// Lanes (DESIGN.md "Lanes"): only in configs with `lane`.
+    pub lane: Option<LaneSpec>,
     pub(crate) identity: Vec<IdSource>,
     pub(crate) sticky: Option<Sticky>,
     pub(crate) override_: Option<Override>,
@@ -195,6 +197,46 @@ pub struct ShadowMetrics {
     pub skipped_busy: MetricId,
     pub skipped_size: MetricId,
     pub sink_failed: MetricId,
+}
+
+/// What a hop does with lanes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaneMode {
+    /// The mesh's edge: every decision is written into the request's baggage, signed.
+    Edge,
+    /// A hop inside the mesh: a lane that verifies decides the request.
+    Follow,
+}
+
+/// `lane`, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaneSpec {
+    pub mode: LaneMode,
+    /// The baggage member's key (default `graysplit`).
+    pub baggage_key: String,
+    /// The signing key first, then `previous_keys` (a follower verifies with any).
+    pub keys: Vec<Box<[u8]>>,
+    /// How long an issued lane holds (edge).
+    pub ttl_s: u32,
+    /// Follow: the sources a lane is taken from; empty: any.
+    pub trusted: Vec<Cidr>,
+    /// The `baggage` header's slot.
+    pub slot: HeaderSlot,
+    pub metrics: LaneMetrics,
+    /// Follow: `graysplit_decisions_total.rule.lane.version.<v>`, by version.
+    pub decided: Vec<MetricId>,
+}
+
+/// `graysplit_lane_total.result.<result>`, one counter per result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LaneMetrics {
+    pub issued: MetricId,
+    pub followed: MetricId,
+    pub forged: MetricId,
+    pub expired: MetricId,
+    pub untrusted: MetricId,
+    pub absent: MetricId,
+    pub too_long: MetricId,
 }
 
 /// `shadow_sink`, compiled: where paired records are POSTed as OTLP/HTTP JSON logs.

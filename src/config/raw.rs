@@ -47,6 +47,20 @@ pub struct RawConfig {
     pub session_pin: Option<Obj<RawPin>>,
     pub llm: Option<Obj<RawLlm>>,
     pub shadow_sink: Option<Obj<RawSink>>,
+    pub lane: Option<Obj<RawLane>>,
+}
+
+/// `lane`: the decision carried through the mesh in a signed W3C baggage member (DESIGN.md
+/// "Lanes").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLane {
+    pub mode: String,
+    pub baggage_key: Option<String>,
+    pub key: String,
+    pub previous_keys: Option<Vec<String>>,
+    pub ttl_s: Option<u64>,
+    pub trusted_cidrs: Option<Vec<String>>,
 }
 
 /// `shadow_sink`: where paired shadow records go, as OTLP/HTTP JSON logs (DESIGN.md "Shadow").
