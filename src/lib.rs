@@ -27,6 +27,7 @@ pub mod bucket;
 pub mod config;
 pub mod decide;
 pub mod guard;
+pub mod lane;
 pub mod llm;
 pub mod matcher;
 pub mod request;

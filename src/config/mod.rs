@@ -9,7 +9,7 @@ pub mod raw;
 pub mod time;
 mod validate;
 
-pub use compile::PIN_COOKIES_MAX;
+pub use compile::{LANE_RULE, PIN_COOKIES_MAX};
 pub use error::ConfigError;
 pub use plan::*;
 

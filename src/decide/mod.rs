@@ -20,8 +20,10 @@ use identity::{user_id, Identity};
 pub use session::PinOutcome;
 
 use crate::config::{
-    Action, MetricId, Plan, VersionId, WatchId, METRIC_OVERRIDE_ACCEPTED, METRIC_OVERRIDE_REJECTED,
+    Action, LaneMode, LaneSpec, MetricId, Plan, VersionId, WatchId, METRIC_OVERRIDE_ACCEPTED,
+    METRIC_OVERRIDE_REJECTED,
 };
+use crate::lane;
 use crate::request::{Facts, Host, Pending};
 
 /// Who decided.
@@ -33,6 +35,8 @@ pub enum DecidedBy {
     Rule(usize),
     /// No rule matched: `stable`.
     Default,
+    /// A lane that verified (mode `follow`, DESIGN.md "Lanes"): rule `lane`.
+    Lane,
 }
 
 /// The outcome for one request.
@@ -58,6 +62,18 @@ pub struct Decision {
     /// When a shadowed rule decided stable for a user of its shadow cohort (DESIGN.md
     /// "Shadow"): the request is also to be sent to the shadow.
     pub shadow: Option<ShadowPick>,
+    /// With `lane`: what became of the request's baggage, and the counter.
+    pub lane: Option<LaneOut>,
+}
+
+/// What a lane did for one request (DESIGN.md "Lanes").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaneOut {
+    /// The request's `baggage` from now on: `None` as it came; `Some(None)` removed (nothing
+    /// left of it); `Some(Some(v))` replaced by `v` (every `baggage` header the request had).
+    pub baggage: Option<Option<Vec<u8>>>,
+    /// `graysplit_lane_total.result.<result>`.
+    pub metric: MetricId,
 }
 
 /// A request to shadow: which shadow, and the user's hash for its record (never the id).
@@ -79,6 +95,7 @@ impl Decision {
         match self.by {
             DecidedBy::Override => "override",
             DecidedBy::Default => "default",
+            DecidedBy::Lane => crate::config::LANE_RULE,
             DecidedBy::Rule(i) => plan.rules.get(i).map_or("", |r| r.name.as_str()),
         }
     }
@@ -95,6 +112,7 @@ impl Decision {
             pin_cookies: Vec::new(),
             set_cookie: None,
             shadow: None,
+            lane: None,
         }
     }
 }
@@ -131,6 +149,8 @@ struct Ctx<'a, H: Host> {
     /// The user id, once resolved.
     identity: Option<Identity>,
     set_cookie: Option<String>,
+    /// A follower's lane that did not decide: what becomes of the baggage, and the counter.
+    lane: Option<LaneOut>,
 }
 
 /// Decides the version for one request (a body is read in full or absent: never pending).
@@ -155,7 +175,7 @@ pub fn decide_at_headers<H: Host>(plan: &Plan, host: &H) -> Option<Decision> {
 }
 
 fn new_ctx<'a, H: Host>(plan: &'a Plan, host: &'a H) -> Ctx<'a, H> {
-    Ctx { facts: Facts::new(plan, host), identity: None, set_cookie: None }
+    Ctx { facts: Facts::new(plan, host), identity: None, set_cookie: None, lane: None }
 }
 
 fn finish<H: Host>(plan: &Plan, mut cx: Ctx<'_, H>, mut d: Decision) -> Decision {
@@ -166,8 +186,78 @@ fn finish<H: Host>(plan: &Plan, mut cx: Ctx<'_, H>, mut d: Decision) -> Decision
         // it cannot change who decided.
         let _ = user_id(plan, &mut cx, true);
     }
-    d.set_cookie = cx.set_cookie;
+    d.set_cookie = cx.set_cookie.take();
+    match plan.lane.as_ref() {
+        Some(l) if l.mode == LaneMode::Edge => d.lane = Some(issue_lane(plan, l, &d, &mut cx)),
+        Some(_) if d.lane.is_none() => d.lane = cx.lane.take(),
+        _ => {}
+    }
     d
+}
+
+/// The edge's lane (DESIGN.md "Lanes"): the decision, whoever made it, signed into the
+/// request's baggage, any member of our key the client sent removed.
+fn issue_lane<H: Host>(plan: &Plan, l: &LaneSpec, d: &Decision, cx: &mut Ctx<'_, H>) -> LaneOut {
+    let now_s = u64::try_from(cx.facts.now() / 1_000_000_000).unwrap_or(0);
+    let values = cx.facts.header_values(l.slot);
+    let key = l.keys.first().map_or(&[][..], |k| &k[..]);
+    let issued = lane::issue(
+        &values,
+        &l.baggage_key,
+        d.version_name(plan),
+        d.rule_name(plan),
+        now_s.saturating_add(u64::from(l.ttl_s)),
+        key,
+    );
+    let metric = match issued.outcome {
+        lane::Outcome::TooLong => l.metrics.too_long,
+        _ => l.metrics.issued,
+    };
+    LaneOut { baggage: baggage(issued.header), metric }
+}
+
+/// A follower's lane: the version when the request's lane verifies (from a trusted source),
+/// else `None`, with what became of the baggage left in `cx` for the rules' decision.
+fn follow_lane<H: Host>(plan: &Plan, l: &LaneSpec, cx: &mut Ctx<'_, H>) -> Option<Decision> {
+    let trusted =
+        l.trusted.is_empty() || cx.facts.source().is_some_and(|ip| l.trusted.iter().any(|c| c.contains(ip)));
+    let now_s = u64::try_from(cx.facts.now() / 1_000_000_000).unwrap_or(0);
+    let values = cx.facts.header_values(l.slot);
+    if !trusted {
+        let header = lane::strip(&values, &l.baggage_key);
+        // A request with no lane is absent wherever it comes from.
+        let metric = if header == lane::Header::Keep { l.metrics.absent } else { l.metrics.untrusted };
+        cx.lane = Some(LaneOut { baggage: baggage(header), metric });
+        return None;
+    }
+    let f =
+        lane::follow(&values, &l.baggage_key, &l.keys, now_s, |v| plan.version_id(v.as_bytes()).is_some());
+    let metric = match f.verdict.outcome() {
+        lane::Outcome::Followed => l.metrics.followed,
+        lane::Outcome::Expired => l.metrics.expired,
+        lane::Outcome::Absent => l.metrics.absent,
+        _ => l.metrics.forged,
+    };
+    let out = LaneOut { baggage: baggage(f.header), metric };
+    if let lane::Verdict::Followed { version, .. } = &f.verdict {
+        if let Some(v) = plan.version_id(version.as_bytes()) {
+            let decided = l.decided.get(v).copied().unwrap_or(plan.default_metric);
+            let mut d = Decision::new(v, DecidedBy::Lane, decided, None);
+            d.lane = Some(out);
+            return Some(d);
+        }
+    }
+    cx.lane = Some(out);
+    None
+}
+
+/// A lane's header outcome as the glue applies it.
+fn baggage(h: lane::Header) -> Option<Option<Vec<u8>>> {
+    match h {
+        lane::Header::Keep => None,
+        lane::Header::Set(v) => Some(Some(v)),
+        lane::Header::Remove => Some(None),
+    }
 }
 
 fn stable_default(plan: &Plan, override_metric: Option<MetricId>) -> Decision {
@@ -197,6 +287,12 @@ fn decide_inner<H: Host, T: Tracer>(
                 }
                 _ => override_metric = Some(METRIC_OVERRIDE_REJECTED),
             }
+        }
+    }
+    if let Some(l) = plan.lane.as_ref().filter(|l| l.mode == LaneMode::Follow) {
+        if let Some(mut d) = follow_lane(plan, l, cx) {
+            d.override_metric = override_metric;
+            return Ok(d);
         }
     }
     for (i, rule) in plan.rules.iter().enumerate() {
@@ -244,6 +340,127 @@ mod tests {
 
     fn vr(v: &str, r: &str) -> (String, String) {
         (v.to_string(), r.to_string())
+    }
+
+    const LANE_KEY: &str = "a secret of at least 32 characters, shared by the mesh";
+
+    fn lane_plan(mode: &str, extra: &str) -> Plan {
+        plan(&format!(
+            r#"{{"stable": "v1", "identity": {{"from": [{{"header": "x-user-id"}}]}},
+            "override": {{"header": "x-gray", "trusted_cidrs": ["127.0.0.1/32"]}},
+            "lane": {{"mode": "{mode}", "key": "{LANE_KEY}", "ttl_s": 60 {extra}}},
+            "rules": [{{"name": "pilot", "when": {{"headers": [{{"name": "x-dept", "exact": "legal"}}]}}, "version": "v2"}},
+                      {{"name": "ramp", "salt": "r", "split": [{{"version": "v2", "percent": 30}}]}}]}}"#
+        ))
+    }
+
+    /// The member an edge writes for (version, rule), at NOW + 60 s, signed as DESIGN says.
+    fn member(version: &str, rule: &str) -> String {
+        use base64ct::{Base64UrlUnpadded, Encoding};
+        use hmac::{Hmac, Mac};
+        let e = NOW / 1_000_000_000 + 60;
+        let signed = format!("graysplit={version};r={rule};e={e}");
+        let mut m = Hmac::<sha2::Sha256>::new_from_slice(LANE_KEY.as_bytes()).unwrap();
+        m.update(signed.as_bytes());
+        let mut buf = [0u8; 43];
+        format!("{signed};s={}", Base64UrlUnpadded::encode(&m.finalize().into_bytes(), &mut buf).unwrap())
+    }
+
+    fn metric<'p>(p: &'p Plan, d: &Decision) -> &'p str {
+        p.metrics[d.lane.as_ref().unwrap().metric].as_str()
+    }
+
+    #[test]
+    fn an_edge_signs_every_decision_into_the_baggage() {
+        let p = lane_plan("edge", "");
+        let gray = (0..100).map(|i| format!("u{i}")).find(|u| bucket(b"r:", u.as_bytes()) < 3000).unwrap();
+        let cases = [
+            (req("/", &[("x-user-id", &gray)]), "v2", "ramp"),
+            (req("/", &[("x-user-id", &gray), ("x-dept", "legal")]), "v2", "pilot"),
+            (req("/", &[]), "v1", "ramp"),
+            (
+                StaticRequest { source: Some("127.0.0.1:4000".into()), ..req("/", &[("x-gray", "v2")]) },
+                "v2",
+                "override",
+            ),
+        ];
+        for (r, v, rule) in cases {
+            let d = decide(&p, &r);
+            assert_eq!((d.version_name(&p), d.rule_name(&p)), (v, rule));
+            let out = d.lane.as_ref().unwrap();
+            assert_eq!(out.baggage, Some(Some(member(v, rule).into_bytes())), "{rule}");
+            assert_eq!(metric(&p, &d), "graysplit_lane_total.result.issued");
+        }
+        // No rule decided: `default`, signed too; a client's lane replaced, other members kept.
+        let p = plan(&format!(
+            r#"{{"stable": "v1", "lane": {{"mode": "edge", "key": "{LANE_KEY}", "ttl_s": 60}}}}"#
+        ));
+        let forged = member("v2", "ramp").replace("v2", "v3");
+        let d = decide(&p, &req("/", &[("baggage", &format!("a=1,{forged}")), ("baggage", "b=2")]));
+        let want = format!("a=1,b=2,{}", member("v1", "default"));
+        assert_eq!(d.lane.unwrap().baggage, Some(Some(want.into_bytes())));
+    }
+
+    #[test]
+    fn a_follower_goes_where_a_lane_that_verifies_says_and_the_rules_decide_the_rest() {
+        let p = lane_plan("follow", r#", "trusted_cidrs": ["10.0.0.0/8"]"#);
+        let from = |src: &str, headers: &[(&str, &str)]| StaticRequest {
+            source: Some(src.into()),
+            ..req("/", headers)
+        };
+        let stable = (0..100).map(|i| format!("u{i}")).find(|u| bucket(b"r:", u.as_bytes()) >= 3000).unwrap();
+        let lane = member("v2", "ramp");
+        // Its rules say v1 for this user; the lane says v2.
+        let d = decide(
+            &p,
+            &from("10.1.2.3:5000", &[("x-user-id", &stable), ("baggage", &format!("a=1,{lane}"))]),
+        );
+        assert_eq!((d.version_name(&p), d.rule_name(&p)), ("v2", "lane"));
+        assert_eq!(p.metrics[d.metric], "graysplit_decisions_total.rule.lane.version.v2");
+        assert_eq!(
+            (d.lane.as_ref().unwrap().baggage.clone(), metric(&p, &d)),
+            (None, "graysplit_lane_total.result.followed")
+        );
+        // Refused: the member removed, other members kept, counted, and the rules decide.
+        let expired = {
+            let r = from("10.1.2.3:5000", &[("x-user-id", &stable), ("baggage", &format!("{lane},a=1"))]);
+            StaticRequest { now: NOW + 61_000_000_000, ..r }
+        };
+        let cases = [
+            (
+                from(
+                    "10.1.2.3:5000",
+                    &[
+                        ("x-user-id", &stable),
+                        ("baggage", &format!("{},a=1", lane.replace("r=ramp", "r=pilot"))),
+                    ],
+                ),
+                "forged",
+                Some(Some(b"a=1".to_vec())),
+            ),
+            (expired, "expired", Some(Some(b"a=1".to_vec()))),
+            (
+                from("192.0.2.1:5000", &[("x-user-id", &stable), ("baggage", &format!("{lane},a=1"))]),
+                "untrusted",
+                Some(Some(b"a=1".to_vec())),
+            ),
+            (
+                from("10.1.2.3:5000", &[("x-user-id", &stable), ("baggage", &lane.replace("v2", "v9"))]),
+                "forged",
+                Some(None),
+            ),
+            (from("10.1.2.3:5000", &[("x-user-id", &stable), ("baggage", "a=1")]), "absent", None),
+            (from("192.0.2.1:5000", &[("x-user-id", &stable)]), "absent", None),
+        ];
+        for (r, result, baggage) in cases {
+            let d = decide(&p, &r);
+            assert_eq!((d.version_name(&p), d.rule_name(&p)), ("v1", "ramp"), "{result}");
+            assert_eq!(d.lane.as_ref().unwrap().baggage, baggage, "{result}");
+            assert_eq!(metric(&p, &d), format!("graysplit_lane_total.result.{result}"));
+        }
+        // A trusted override still wins over a lane, which is then left as it is.
+        let d = decide(&p, &from("127.0.0.1:1", &[("x-gray", "v1"), ("baggage", &lane)]));
+        assert_eq!((d.version_name(&p), d.rule_name(&p), d.lane), ("v1", "override", None));
     }
 
     #[test]

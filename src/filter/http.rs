@@ -209,6 +209,20 @@ fn apply(active: &Active, context_id: u32, d: Decision, started_ns: i64) -> Outc
     };
     count(Some(d.metric));
     count(d.override_metric);
+    if let Some(lane) = &d.lane {
+        // DESIGN.md "Lanes": the baggage the request goes on with (every `baggage` header
+        // replaced by one, or removed), and what the lane did.
+        count(Some(lane.metric));
+        match &lane.baggage {
+            Some(Some(v)) => {
+                let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, "baggage", Some(v));
+            }
+            Some(None) => {
+                let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, "baggage");
+            }
+            None => {}
+        }
+    }
     if let (Some(outcome), Some(spec)) = (d.pin, &plan.pin) {
         let (kept, issued, ignored) = outcome.counts();
         count(kept.then_some(spec.kept_metric));

@@ -315,10 +315,6 @@ fn configure(vm: &mut Vm, raw: &[u8]) -> Option<Active> {
             (w.guard, book.flatten().unwrap_or(usize::MAX))
         })
         .collect();
-    if plan.lane.is_some() {
-        // Issue 19 in progress: the config is checked, lanes are neither issued nor followed.
-        log::warn!("graysplit: lane: this build checks the config but neither issues nor follows lanes yet");
-    }
     log::info!(
         "graysplit: config applied: stable {}, {} rules, versions [{}], route header {}",
         plan.versions.first().map_or("", String::as_str),

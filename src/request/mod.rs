@@ -119,6 +119,19 @@ impl<'a, H: Host> Facts<'a, H> {
         cookie::find(map.values(b"cookie").skip(skip), name)
     }
 
+    /// Every value of the header in `slot`, in order: one host call when there is none (the
+    /// first value, absent), else the whole header map (the host gives only the first value
+    /// of a header by name, and a client may send a list header, `baggage`, several times).
+    pub fn header_values(&mut self, slot: HeaderSlot) -> Vec<&[u8]> {
+        if !self.plan.read_whole_map && self.header(slot).is_none() {
+            return Vec::new();
+        }
+        let Facts { plan, host, map, .. } = self;
+        let Some(name) = plan.headers.get(slot) else { return Vec::new() };
+        let map = map.get_or_insert_with(|| HeaderMap::new(plan, host.header_map()));
+        map.values(name.as_bytes()).collect()
+    }
+
     /// Every cookie of every `cookie` header, in order (reads the whole header map; for the
     /// rare request that needs them all).
     pub fn cookies(&mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -305,6 +318,30 @@ mod tests {
                 let full_reads = if whole { 1 } else { *full_reads };
                 assert_eq!(host.full_reads.get(), full_reads, "full header map reads for {why}");
             }
+        }
+    }
+
+    #[test]
+    fn every_value_of_a_list_header_is_read_and_none_costs_one_call() {
+        let plan = parse(
+            br#"{"stable": "v1", "lane": {"mode": "follow", "key": "a secret of at least 32 characters, shared"}}"#,
+        )
+        .unwrap();
+        let slot = plan.lane.as_ref().unwrap().slot;
+        let cases: &[(&[&str], usize)] = &[(&[], 0), (&["a=1"], 1), (&["a=1", "b=2,c=3"], 1)];
+        for (values, full_reads) in cases {
+            let mut pairs: Vec<(&str, &str)> = vec![("h1", "1")];
+            pairs.extend(values.iter().map(|v| ("baggage", *v)));
+            let host = Counting {
+                inner: StaticRequest::get("/", &pairs),
+                full_reads: Cell::new(0),
+                single_reads: Cell::new(0),
+            };
+            let mut facts = Facts::new(&plan, &host);
+            let got: Vec<&[u8]> = facts.header_values(slot);
+            let want: Vec<&[u8]> = values.iter().map(|v| v.as_bytes()).collect();
+            assert_eq!(got, want);
+            assert_eq!((host.single_reads.get(), host.full_reads.get()), (1, *full_reads), "{values:?}");
         }
     }
 
