@@ -14,6 +14,9 @@
 //!   whole-document tree), and the watchdog deciding whether Envoy delivers bodies at all.
 //! - [`guard`]: what a rule's guard knows (a sliding window of each version's responses, its
 //!   trips), shared by the worker VMs through the proxy's shared data, and the trip condition.
+//! - [`llm`]: LLM answers read as they pass (tokens, first token, ending, text).
+//! - [`shadow`]: the shadow's similarity, paired records, and `graysplit compare`.
+//! - [`lane`]: the decision carried in a signed W3C baggage member (issued, followed).
 //!
 //! - [`matcher`]: value matchers and CIDR ranges; [`bucket`]: the bucketing contract; [`text`]:
 //!   how values are quoted and numbers written.
