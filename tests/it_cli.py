@@ -328,3 +328,37 @@ def it_explain_takes_claims_a_body_and_a_pin(api, tmp_path):
     assert "pin:     kept" in kept, kept
     other = cli("explain", api, "--claim", "sub=bob", "--pin", pin).stdout
     assert "its signature does not verify" in other, other
+
+
+def it_explain_shows_the_lane_an_edge_issues_and_a_follower_follows(tmp_path):
+    """The edge's member signed as DESIGN says (HMAC-SHA256 recomputed here), and a follower
+    config explaining a request that carries it: decided by rule lane."""
+    import base64
+    import hashlib
+    import hmac
+    key = "a secret of at least 32 characters, shared by the mesh"
+    edge = tmp_path / "edge.json"
+    edge.write_text(json.dumps({"stable": "v1", "identity": {"from": [{"header": "x-user-id"}]},
+                                "lane": {"mode": "edge", "key": key},
+                                "rules": [{"name": "ramp", "salt": "s", "split": [{"version": "v2", "percent": 50}]}]}))
+    user = next(u for u in (f"u{i}" for i in range(100)) if bucket("s", u) < 5000)
+    out = cli("explain", edge, "--user", user, "--header", "baggage: k=1").stdout
+    m = re.search(r"^lane:    issued; baggage: k=1,(graysplit=v2;r=ramp;e=(\d+));s=([A-Za-z0-9_-]{43})$", out, re.M)
+    assert m, out
+    sig = base64.urlsafe_b64encode(hmac.new(key.encode(), m.group(1).encode(), hashlib.sha256).digest())
+    assert m.group(3) == sig.rstrip(b"=").decode()
+    follow = tmp_path / "follow.json"
+    # The follower knows v2 (a split at 0 %: its own rules send nobody there).
+    follow.write_text(json.dumps({"stable": "v1", "lane": {"mode": "follow", "key": key},
+                                  "identity": {"from": [{"header": "x-user-id"}]},
+                                  "rules": [{"name": "all", "split": [{"version": "v2", "percent": 0}]}]}))
+    member = f"{m.group(1)};s={m.group(3)}"
+    f = fields(cli("explain", follow, "--header", f"baggage: a=1,{member}").stdout)
+    assert (f["version"], f["rule"], f["lane"]) == ("v2", "lane", "followed; kept as it came"), f
+    f = fields(cli("explain", follow, "--header", f"baggage: a=1,{member.replace('v2', 'v1', 1)}").stdout)
+    assert (f["version"], f["rule"], f["lane"]) == ("v1", "all", "forged; baggage: a=1"), f
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps({"stable": "v1", "lane": {"mode": "follow", "key": key}}))
+    f = fields(cli("explain", unknown, "--header", f"baggage: {member}").stdout)
+    assert (f["version"], f["rule"], f["lane"]) == ("v1", "default", "forged; removed"), \
+        "a version the follower does not know is not followed"

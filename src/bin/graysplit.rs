@@ -486,6 +486,16 @@ fn explain(args: &[String]) -> Result<ExitCode, String> {
     } else if let Some(u) = &o.user {
         println!("user id: {u:?}");
     }
+    if let Some(lane) = &d.lane {
+        // The counter's result label says what the lane did.
+        let result = plan.metrics.get(lane.metric).and_then(|m| m.rsplit('.').next()).unwrap_or("");
+        let baggage = match &lane.baggage {
+            None => "kept as it came".to_string(),
+            Some(None) => "removed".to_string(),
+            Some(Some(v)) => format!("baggage: {}", String::from_utf8_lossy(v)),
+        };
+        println!("lane:    {result}; {baggage}");
+    }
     println!("why:");
     match (plan.override_header(), steps.override_header) {
         (Some(h), None) => println!("  override header {h}: not sent"),
