@@ -161,7 +161,7 @@ fn check(args: &[String]) -> Result<ExitCode, String> {
     let mut bad = 0;
     for path in &paths {
         for f in configs_in(path)? {
-            match config::parse(f.json.as_bytes()) {
+            match config::parse_in(f.json.as_bytes(), &cli_env) {
                 Ok(plan) => {
                     println!(
                         "{}: ok: stable {}, {} rules, versions {}",
@@ -180,6 +180,16 @@ fn check(args: &[String]) -> Result<ExitCode, String> {
         }
     }
     Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The CLI does not see the proxy's environment: a variable a config names (`lane.key_env`,
+/// `lane.previous_keys_env`) is this process's when it is set here, else a stand-in key, and
+/// stderr says so (the proxy checks the real one when it applies the config).
+fn cli_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().or_else(|| {
+        eprintln!("note: {name} is not set here: the proxy reads the key from it; checked with a stand-in");
+        Some(format!("a stand-in for the key in {name}, 32 characters or more"))
+    })
 }
 
 /// Each schedule as a timeline (every step's start and percent, and the one live at `now`),
@@ -345,7 +355,8 @@ fn load_plan(o: &Opts) -> Result<(String, Plan), String> {
             return Err(format!("several configs, pick one with --plugin NAME: {}", names.join("; ")));
         }
     };
-    let plan = config::parse(f.json.as_bytes()).map_err(|e| format!("{}: invalid config: {e}", f.origin))?;
+    let plan = config::parse_in(f.json.as_bytes(), &cli_env)
+        .map_err(|e| format!("{}: invalid config: {e}", f.origin))?;
     for v in &o.tripped {
         if !plan.watches.iter().any(|w| !w.stable && plan.version_name(w.version) == v) {
             return Err(format!("--tripped {v}: no guarded rule of {} splits to {v:?}", f.origin));

@@ -74,7 +74,7 @@ impl Builder {
     }
 }
 
-pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
+pub(super) fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan, ConfigError> {
     let mut b = Builder {
         versions: Vec::new(),
         metrics: vec![
@@ -298,7 +298,7 @@ pub(super) fn compile(raw: RawConfig) -> Result<Plan, ConfigError> {
         None => None,
     };
 
-    let lane = raw.lane.map(|Obj(l)| compile_lane(&mut b, l, &rules)).transpose()?;
+    let lane = raw.lane.map(|Obj(l)| compile_lane(&mut b, l, &rules, env)).transpose()?;
 
     // With `llm`, every (rule, version) a decision can produce has its answer metrics too.
     let mut histograms = Vec::new();
@@ -513,6 +513,30 @@ fn secrets(at: &str, key: String, previous: Option<Vec<String>>) -> Result<Vec<B
     Ok(keys)
 }
 
+/// The name of an environment variable: `[A-Za-z_][A-Za-z0-9_]*`, at most 256 characters; not
+/// `ISTIO_META_*` (pilot-agent sends those to istiod).
+fn env_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 256
+        && name
+            .bytes()
+            .enumerate()
+            .all(|(i, c)| c == b'_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
+    if !ok {
+        return Err(ConfigError::new(
+            path,
+            format!("must be an environment variable's name ([A-Za-z_][A-Za-z0-9_]*), got {}", quote(name)),
+        ));
+    }
+    if name.starts_with("ISTIO_META_") {
+        return Err(ConfigError::new(
+            path,
+            "must not start with ISTIO_META_: pilot-agent sends those to istiod",
+        ));
+    }
+    Ok(())
+}
+
 /// `lane.ttl_s`: from 10 s to a day.
 const LANE_TTL_S: std::ops::RangeInclusive<u64> = 10..=86_400;
 const LANE_TTL_S_DEFAULT: u64 = 300;
@@ -520,7 +544,12 @@ const LANE_TTL_S_DEFAULT: u64 = 300;
 pub const LANE_RULE: &str = "lane";
 
 /// `lane` (DESIGN.md "Lanes").
-fn compile_lane(b: &mut Builder, l: RawLane, rules: &[Rule]) -> Result<LaneSpec, ConfigError> {
+fn compile_lane(
+    b: &mut Builder,
+    l: RawLane,
+    rules: &[Rule],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<LaneSpec, ConfigError> {
     let mode = match l.mode.as_str() {
         "edge" => LaneMode::Edge,
         "follow" => LaneMode::Follow,
@@ -538,7 +567,49 @@ fn compile_lane(b: &mut Builder, l: RawLane, rules: &[Rule]) -> Result<LaneSpec,
             format!("must be 1 to 64 token characters (a W3C baggage key), got {}", quote(&baggage_key)),
         ));
     }
-    let keys = secrets("lane", l.key, l.previous_keys)?;
+    let key = match (l.key, l.key_env) {
+        (Some(k), None) => k,
+        (None, Some(name)) => {
+            env_name("lane.key_env", &name)?;
+            let Some(k) = env(&name) else {
+                return Err(ConfigError::new(
+                    "lane.key_env",
+                    format!("{} is not set in the proxy's environment (list it in the WasmPlugin's vmConfig.env with valueFrom: HOST, and set it on the proxy from the Secret)", quote(&name)),
+                ));
+            };
+            if k.chars().count() < MIN_KEY_LEN {
+                return Err(ConfigError::new(
+                    "lane.key_env",
+                    format!("{} must hold at least {MIN_KEY_LEN} characters (a random secret)", quote(&name)),
+                ));
+            }
+            k
+        }
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new("lane.key_env", "give `key` or `key_env`, not both"));
+        }
+        (None, None) => {
+            return Err(ConfigError::new(
+                "lane.key",
+                "is required (or `key_env`, the environment variable that holds it)",
+            ));
+        }
+    };
+    let mut keys = secrets("lane", key, l.previous_keys)?;
+    for (i, name) in l.previous_keys_env.unwrap_or_default().iter().enumerate() {
+        let at = format!("lane.previous_keys_env[{i}]");
+        env_name(&at, name)?;
+        // Unset or empty between rotations: no key from it.
+        if let Some(k) = env(name).filter(|k| !k.is_empty()) {
+            if k.chars().count() < MIN_KEY_LEN {
+                return Err(ConfigError::new(
+                    at,
+                    format!("{} must hold at least {MIN_KEY_LEN} characters (a random secret)", quote(name)),
+                ));
+            }
+            keys.push(k.into_bytes().into());
+        }
+    }
     let ttl_s = in_range("lane.ttl_s", l.ttl_s, LANE_TTL_S_DEFAULT, LANE_TTL_S, " seconds")?;
     let trusted = match (mode, l.trusted_cidrs) {
         (LaneMode::Edge, Some(_)) => {

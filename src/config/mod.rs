@@ -23,6 +23,13 @@ pub const SHADOW_HEADER: &str = "x-graysplit-shadow";
 
 /// Parses, validates and compiles a plugin configuration.
 pub fn parse(json: &[u8]) -> Result<Plan, ConfigError> {
+    parse_in(json, &|name| std::env::var(name).ok())
+}
+
+/// [`parse`], with `env` giving the environment variables a config may name (`lane.key_env`):
+/// the filter's is the VM's (what Envoy passes from `vm_config.environment_variables`), the
+/// CLI's its own or a stand-in.
+pub fn parse_in(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Plan, ConfigError> {
     if json.iter().all(u8::is_ascii_whitespace) {
         return Err(ConfigError::new(
             "$",
@@ -34,7 +41,7 @@ pub fn parse(json: &[u8]) -> Result<Plan, ConfigError> {
         serde_path_to_error::deserialize(&mut de).map_err(ConfigError::from_serde)?;
     // Only whitespace may follow the document.
     de.end().map_err(|e| ConfigError::new("$", e.to_string()))?;
-    compile::compile(raw)
+    compile::compile(raw, env)
 }
 
 #[cfg(test)]
@@ -1064,6 +1071,50 @@ mod tests {
             ),
         ];
         for (got, want) in cases {
+            assert!(got.starts_with(want), "got {got:?}, want {want:?}...");
+        }
+    }
+
+    #[test]
+    fn a_lane_key_can_come_from_the_proxys_environment() {
+        let env = |name: &str| match name {
+            "LANE_KEY" => Some(LANE_KEY.to_string()),
+            "OLD_KEY" => Some(format!("{LANE_KEY} (old)")),
+            "EMPTY" => Some(String::new()),
+            "SHORT" => Some("short".to_string()),
+            _ => None,
+        };
+        let lane = |fields: &str| {
+            parse_in(
+                format!(r#"{{"stable": "v1", "lane": {{"mode": "follow", {fields}}}}}"#).as_bytes(),
+                &env,
+            )
+        };
+        let p = lane(r#""key_env": "LANE_KEY", "previous_keys_env": ["OLD_KEY", "UNSET", "EMPTY"]"#).unwrap();
+        let keys: Vec<&[u8]> = p.lane.as_ref().unwrap().keys.iter().map(|k| &k[..]).collect();
+        assert_eq!(
+            keys,
+            [LANE_KEY.as_bytes(), format!("{LANE_KEY} (old)").as_bytes()],
+            "unset and empty give none"
+        );
+        let cases: &[(&str, &str)] = &[
+            (r#""key_env": "UNSET""#, "lane.key_env: \"UNSET\" is not set in the proxy's environment"),
+            (r#""key_env": "SHORT""#, "lane.key_env: \"SHORT\" must hold at least 32 characters"),
+            (r#""key_env": "LANE_KEY", "key": "x""#, "lane.key_env: give `key` or `key_env`, not both"),
+            (r#""key_env": "1ANE""#, "lane.key_env: must be an environment variable's name"),
+            (r#""key_env": "ISTIO_META_KEY""#, "lane.key_env: must not start with ISTIO_META_"),
+            (
+                r#""key_env": "LANE_KEY", "previous_keys_env": ["SHORT"]"#,
+                "lane.previous_keys_env[0]: \"SHORT\" must hold",
+            ),
+            (
+                r#""key_env": "LANE_KEY", "previous_keys_env": ["a-b"]"#,
+                "lane.previous_keys_env[0]: must be an environment",
+            ),
+            (r#""baggage_key": "g""#, "lane.key: is required (or `key_env`"),
+        ];
+        for (fields, want) in cases {
+            let got = lane(fields).unwrap_err().to_string();
             assert!(got.starts_with(want), "got {got:?}, want {want:?}...");
         }
     }

@@ -57,8 +57,12 @@ pub struct RawConfig {
 pub struct RawLane {
     pub mode: String,
     pub baggage_key: Option<String>,
-    pub key: String,
+    pub key: Option<String>,
+    /// The environment variable that holds `key` (Istio: a WasmPlugin's `vmConfig.env` with
+    /// `valueFrom: HOST`, set on the proxy from a Secret).
+    pub key_env: Option<String>,
     pub previous_keys: Option<Vec<String>>,
+    pub previous_keys_env: Option<Vec<String>>,
     pub ttl_s: Option<u64>,
     pub trusted_cidrs: Option<Vec<String>>,
 }
