@@ -3,11 +3,14 @@
 -- cookies and query) on every request. The requests are formatted once in init(), so wrk's own
 -- cost per request stays small. done() prints one line `WRK_JSON {...}` that bench.py reads.
 --
--- Arguments (after `--`): the kind of request, and the tokens file for `jwt`:
+-- Arguments (after `--`): the kind of request, and the tokens file for `jwt` (the lanes file for
+-- `lane`):
 --   get          GET with x-user-id: user-<n> (50 000 ids)
 --   chat<KB>     POST of an OpenAI-style chat body of <KB> KiB whose /user is user-<n>
 --                (scripts/bench.py chat_body() makes the same bytes)
 --   jwt FILE     GET with authorization: Bearer <line n of FILE> (RS256, sub user-<n>)
+--   lane FILE    GET with x-user-id: user-<n> and baggage: <line n of FILE> (user-<n>'s signed
+--                lane member; scripts/bench.py lane_members() writes one a line)
 
 local requests = {}
 local n = 0
@@ -35,6 +38,12 @@ function init(args)
     local i = 0
     for line in io.lines(args[2]) do
       requests[i + 1] = wrk.format("GET", nil, with({["authorization"] = "Bearer " .. line}))
+      i = i + 1
+    end
+  elseif kind == "lane" then
+    local i = 0
+    for line in io.lines(args[2]) do
+      requests[i + 1] = wrk.format("GET", nil, with({["x-user-id"] = "user-" .. i, ["baggage"] = line}))
       i = i + 1
     end
   elseif kind:sub(1, 4) == "chat" then

@@ -3,7 +3,7 @@
 no-op Wasm filters. Prints a markdown table and writes it to bench/results.md.
 
     .venv/bin/python scripts/bench.py [--rounds 7] [--duration 5] [--warmup 2] [--connections 16]
-                                        [--callgrind N] [--only abcdefghijklmnopqrstuvwxyz1]
+                                        [--callgrind N] [--only abcdefghijklmnopqrstuvwxyz1234]
 
 Scenarios (one Envoy each, all from envoy/bench.yaml: the same listener, strip step and
 clusters; they differ in the routes and the HTTP filter, set in `scenarios()` below):
@@ -56,7 +56,17 @@ clusters; they differ in the routes and the HTTP filter, set in `scenarios()` be
      the primary side of (z) is (z) - ((1) - (y)) (DESIGN "Performance": "a shadowed request (its
      primary side only)"; the target applies to it). Before measuring, nginx must log one
      mirrored request (its :authority with Envoy's `-shadow` suffix) per request.
-  The keys are single characters (--only takes a string of them): a-z, then 1.
+  2  graysplit, (z) with the shadow's cluster unknown to Envoy: the user's request path alone
+  v3 (issue 19), lanes: (c)'s GET and split, with `lane` (key LANE_KEY); each against (c)
+  3  graysplit, (c) with `lane` mode edge: every decision signed into the request's baggage
+     (HMAC-SHA256, base64url; the W3C `baggage` header set). Before measuring, the upstream
+     must get one member `graysplit=<the user's version>;r=ramp;e=<now + 300>;s=<sig>` per
+     request, its signature recomputed here, and graysplit_lane_total must count each `issued`.
+  4  graysplit, (c) with `lane` mode follow: each request carries the lane an edge would have
+     issued for the version its bucket does NOT give (bench/wrk-users.lua `lane FILE`, from
+     lane_members(): so the routing proves the lane decided, rule `lane`), which verifies and
+     is kept, byte for byte, for the next hop; graysplit_lane_total must count each `followed`.
+  The keys are single characters (--only takes a string of them): a-z, then 1, 2, 3, 4.
 
 How: every Envoy runs with --concurrency 1 pinned to CPU 0; nginx (the upstream, one process,
 two ports answering "v1" / "v2", two more the same over HTTP/2) and wrk (one thread, many
@@ -131,9 +141,11 @@ GRAY_BELOW = 5000        # buckets [0, 5000) -> v2
 # ("-x", base, x, extra, what): (k) - ((extra) - (base)) at most x times base, where (extra) -
 # (base) is `what`, a cost (k) pays that the target does not price; for (z), Envoy's own cost of
 # the shadow's extra upstream request, measured by its native mirror (1) (see shadow_lines()).
+# Issue 19 (v3): a lane issued (3) and a lane followed (4), each at most 0.05 over (c).
 GOALS = {"c": 1.24, "d": 1.40, "h": ("+", "c", 0.01), "i": ("+", "c", 0.07),
          "k": ("x", "j", 1.40), "m": ("x", "l", 1.09), "r": ("x", "p", 1.15), "t": ("x", "s", 1.10),
-         "z": ("-x", "y", 1.35, "1", "the shadow's own request")}
+         "z": ("-x", "y", 1.35, "1", "the shadow's own request"),
+         "3": ("+", "c", 0.05), "4": ("+", "c", 0.05)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,6 +334,50 @@ def config_twenty_rules() -> dict:
     }
 
 
+# (3), (4): `lane`, both with this key (at least 32 characters); the members (4) sends are
+# signed with it in lane_members().
+LANE_KEY = "graysplit-bench-lane-key-0123456789abcdef"
+LANE_KEY_NAME = "graysplit"      # baggage_key's default
+LANE_TTL_S = 300                 # ttl_s' default: an edge's member holds until now + 300
+LANE_FILE = RUN_DIR / "lanes.txt"
+LANE_USERS = 50000               # as many as bench/wrk-users.lua's user ids
+
+
+def config_lane(mode: str) -> dict:
+    """(c)'s split with a lane: "edge" signs every decision into the baggage, "follow" takes the
+    version from a lane that verifies (rule `lane`)."""
+    cfg = config_one_rule()
+    cfg["lane"] = {"mode": mode, "key": LANE_KEY}
+    return cfg
+
+
+def lane_member(version: str, rule: str, expires_s: int, key: str = LANE_KEY) -> str:
+    """The member an edge writes (DESIGN.md "Lanes"), computed independently of the filter: the
+    HMAC-SHA256 under `key` of the bytes before `;s=`, base64url without padding. The version
+    and rule of the bench are unreserved characters: no percent-encoding."""
+    import base64
+    import hashlib
+    import hmac
+    member = f"{LANE_KEY_NAME}={version};r={rule};e={expires_s}"
+    sig = base64.urlsafe_b64encode(hmac.new(key.encode(), member.encode(), hashlib.sha256).digest()).rstrip(b"=")
+    return f"{member};s={sig.decode()}"
+
+
+def expect_lane(user: str) -> str:
+    """(4)'s lanes: the version the split does NOT give the user (as if the edge's rules said
+    otherwise), so that a request routed by its lane is told apart from one the rules decided."""
+    return "v1" if expect_split(user) == "v2" else "v2"
+
+
+def lane_members() -> Path:
+    """(4)'s `baggage` for user-0 .. user-49999, one a line: the member of expect_lane(user) by
+    rule ramp, holding a day (the run is shorter), for wrk and the checks."""
+    expires = int(time.time()) + 86400
+    LANE_FILE.write_text("".join(lane_member(expect_lane(f"user-{i}"), SPLIT_SALT, expires) + "\n"
+                                 for i in range(LANE_USERS)))
+    return LANE_FILE
+
+
 # ---------------------------------------------------------------------------------------------
 # Scenarios.
 
@@ -335,7 +391,8 @@ class Scenario:
     # What each request is: "get" (the browser GET above), "chat<KB>" (POST of an OpenAI-style
     # chat body of that many KB carrying the user id in /user), "jwt" (the GET with a bearer
     # token, RS256, whose sub is the user id), "sse" / "json" (the GET on a path nginx answers
-    # with bench/llm-stream.sse / bench/llm-answer.json).
+    # with bench/llm-stream.sse / bench/llm-answer.json), "lane" (the GET with a `baggage` of the
+    # user's lane from lane_members()).
     kind: str = "get"
     # Its graysplit config has `llm`: every answer must show in the llm counters (for "sse" and
     # "json"; without it they must not move).
@@ -347,6 +404,9 @@ class Scenario:
     unsent: bool = False
     # Its routes mirror every request to cluster v2 (1): nginx must see each mirrored copy.
     mirror: bool = False
+    # Its graysplit config has `lane` in this mode, "edge" (3) or "follow" (4): every request
+    # must be counted `issued` / `followed`, and reach the upstream with its member.
+    lane: str = ""
     proc: subprocess.Popen | None = None
     admin: str = ""
     port: int = 0
@@ -512,6 +572,10 @@ def scenarios(graysplit_wasm: Path) -> list[Scenario]:
         Scenario("1", "graysplit, (y) with Envoy's own request mirroring to v2 at 100% (Envoy's cost of the extra request)",
                  wasm(graysplit_wasm, config_stable_only(), routes=MIRROR_ROUTES), expect=lambda u: "v1",
                  mirror=True),
+        Scenario("3", "graysplit, (c) with `lane` mode edge: every decision signed into the request's baggage",
+                 wasm(graysplit_wasm, config_lane("edge")), expect=expect_split, lane="edge"),
+        Scenario("4", "graysplit, (c) with `lane` mode follow: each request carries a lane that verifies",
+                 wasm(graysplit_wasm, config_lane("follow")), expect=expect_lane, kind="lane", lane="follow"),
     ]
 
 
@@ -654,6 +718,16 @@ def sink_location(d: Path) -> str:
 # (1)'s mirrored requests as nginx's v2 server logs them: the :authority Envoy gave the copy and
 # the request URI, one a line.
 MIRROR_LOG = "mirror.log"
+# (3), (4): the `baggage` the upstream got, for the requests of check_routing() only (they carry
+# LANE_LOG_HEADER; wrk's and callgrind's requests do not, so nothing is logged under load).
+LANE_LOG = "lane.log"
+LANE_LOG_HEADER = "x-bench-lane-log"
+
+
+def lane_location(d: Path) -> str:
+    """(3) and (4)'s check, in both servers' `location /`: log the user id and the `baggage`
+    header of each request that carries LANE_LOG_HEADER, nothing else (only nginx pays for it)."""
+    return f"access_log {d / LANE_LOG} bench_lane if=$http_{LANE_LOG_HEADER.replace('-', '_')};"
 
 
 def mirror_location(d: Path) -> str:
@@ -693,8 +767,11 @@ http {{
   keepalive_timeout 600s;
   map $http_host $bench_mirrored {{ "~-shadow" 1; default 0; }}
   log_format bench_mirror '$http_host $request_uri';
-  server {{ listen 127.0.0.1:{v1}; location / {{ return 200 "v1\\n"; }} {nginx_answers('v1')} {sink_location(d)} }}
-  server {{ listen 127.0.0.1:{v2}; location / {{ {mirror_location(d)} return 200 "v2\\n"; }} {nginx_answers('v2')}
+  log_format bench_lane '$http_x_user_id $http_baggage';
+  server {{ listen 127.0.0.1:{v1}; location / {{ {lane_location(d)} return 200 "v1\\n"; }} {nginx_answers('v1')}
+           {sink_location(d)} }}
+  server {{ listen 127.0.0.1:{v2}; location / {{ {mirror_location(d)} {lane_location(d)} return 200 "v2\\n"; }}
+           {nginx_answers('v2')}
            {sink_location(d)} }}
   server {{ listen 127.0.0.1:{v1h2} http2; http2_chunk_size {h2_frame_bytes()};
            location / {{ return 200 "v1\\n"; }} {nginx_answers('v1')} }}
@@ -783,6 +860,10 @@ def get(conn: http.client.HTTPConnection, user: bytes | None, extra: dict | None
     elif kind == "jwt" and user is not None:
         n = int(user.decode().rsplit("-", 1)[1]) % JWT_USERS
         headers["authorization"] = "Bearer " + TOKENS[n]
+    elif kind == "lane" and user is not None:
+        n = int(user.decode().rsplit("-", 1)[1]) % LANE_USERS
+        headers["x-user-id"] = user
+        headers["baggage"] = LANES[n]
     elif user is not None:
         headers["x-user-id"] = user
     headers.update(extra or {})
@@ -792,6 +873,7 @@ def get(conn: http.client.HTTPConnection, user: bytes | None, extra: dict | None
 
 
 TOKENS: list[str] = []   # jwt_tokens(), read once main() made them
+LANES: list[str] = []    # lane_members(), likewise
 
 
 def check_routing(s: Scenario, sample: int = 600) -> str:
@@ -804,8 +886,10 @@ def check_routing(s: Scenario, sample: int = 600) -> str:
     before = llm_counts(s.admin) if answer else {}
     shadows_before, posts_before = (shadow_counts(s.admin), sink_posts()) if s.shadow else ({}, 0)
     mirrored_before = mirror_log_size() if s.mirror else 0
+    lanes_before, lane_log_before = (lane_counts(s.admin), lane_log_size()) if s.lane else ({}, 0)
     for u in users:
-        status, body, headers = get(conn, u.encode(), kind=s.kind)
+        # With `lane`, nginx logs the baggage it got for these requests (and only these).
+        status, body, headers = get(conn, u.encode(), {LANE_LOG_HEADER: "1"} if s.lane else None, kind=s.kind)
         if status != 200:
             problems.append(f"{u}: HTTP {status} {body[:80]!r}")
         if answer:   # an LLM answer: the file's bytes, its content type; the version in a header
@@ -826,7 +910,7 @@ def check_routing(s: Scenario, sample: int = 600) -> str:
         for u in users:
             if got[u] != s.expect(u):
                 problems.append(f"{u}: got {got[u]!r}, expected {s.expect(u)!r}")
-    if s.key in ("b", "c", "d", "e", "q", "r", "t", "u", "w", "x"):
+    if s.key in ("b", "c", "d", "e", "q", "r", "t", "u", "w", "x", "3", "4"):
         share = sum(v == "v2" for v in got.values()) / len(users)
         if not 0.40 <= share <= 0.60:
             problems.append(f"v2 share {share:.1%}, expected about 50%")
@@ -857,6 +941,12 @@ def check_routing(s: Scenario, sample: int = 600) -> str:
         moved, mirror_bad = mirror_check(s, mirrored_before, len(users))
         problems += mirror_bad
         summary += f"; mirrored: {moved}"
+    if s.lane:
+        moved, lane_bad = lane_check(s, lanes_before, len(users))
+        problems += lane_bad
+        received, received_bad = lane_log_check(s, lane_log_before, users)
+        problems += received_bad
+        summary += f"; lanes: {moved}; upstream: {received}"
     if problems:
         raise SystemExit(f"scenario ({s.key}) does not route as intended ({summary}):\n  "
                          + "\n  ".join(problems[:10]))
@@ -1003,6 +1093,93 @@ def mirror_check(s: Scenario, before: int, requests: int, wait_s: float = 5.0) -
     return f"{len(new)} at nginx v2" + (f" ({new[0]})" if new else ""), bad
 
 
+LANE_COUNTER = "wasmcustom.graysplit_lane_total.result."
+LANE_RESULTS = ("issued", "followed", "forged", "expired", "untrusted", "absent", "too_long")
+
+
+def lane_counts(admin: str) -> dict[str, int]:
+    """graysplit_lane_total by result (issued, followed, forged, ...)."""
+    return {name[len(LANE_COUNTER):]: value for name, value in run.counters(admin, LANE_COUNTER).items()}
+
+
+def lane_check(s: Scenario, before: dict[str, int], requests: int, wait_s: float = 3.0) -> tuple[str, list[str]]:
+    """After `requests` requests of (3) or (4): `issued` (edge) or `followed` (follow) moved by
+    exactly that many, and no other result in this Envoy's life (a lane refused, dropped as too
+    long, or a request without one would be measured for less than a lane costs)."""
+    want = "issued" if s.lane == "edge" else "followed"
+    deadline = time.monotonic() + wait_s
+    while True:
+        after = lane_counts(s.admin)
+        moved = after.get(want, 0) - before.get(want, 0)
+        bad = [] if moved == requests else [f"graysplit_lane_total {want}: moved by {moved}, expected {requests}"]
+        if not after:
+            bad = ["no graysplit_lane_total counters at all: does this filter know `lane`?"]
+        bad += [f"graysplit_lane_total {k}: {after[k]} in this Envoy's life, expected none"
+                for k in LANE_RESULTS if k != want and after.get(k)]
+        if not bad or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    return f"{moved} {want}", bad
+
+
+def lane_log_size() -> int:
+    """Where nginx's log of the baggage it got (lane_location()) ends now, in bytes."""
+    try:
+        return (RUN_DIR / "nginx" / LANE_LOG).stat().st_size
+    except OSError:
+        return 0
+
+
+def lane_log_check(s: Scenario, before: int, users: list[str], wait_s: float = 5.0) -> tuple[str, list[str]]:
+    """What the upstream got of check_routing()'s requests (`before`: the log's size before
+    them): one line per request, each with exactly one member of our key, and (3) the member of
+    the user's version by rule ramp, expiring `ttl_s` from now, its signature recomputed here
+    (lane_member()); (4) the member the request carried, byte for byte (kept for the next hop).
+    nginx writes a line after its answer: wait up to `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with open(RUN_DIR / "nginx" / LANE_LOG, "rb") as f:
+                f.seek(before)
+                lines = f.read().decode(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        if len(lines) >= len(users) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    now = int(time.time())
+    bad = [] if len(lines) == len(users) else [
+        f"nginx logged {len(lines)} requests with a lane check header, expected {len(users)} "
+        f"({RUN_DIR / 'nginx' / LANE_LOG})"]
+    seen: dict[str, str] = {}
+    for line in lines:
+        user, _, baggage = line.partition(" ")
+        ours = [m for m in baggage.split(",") if m.split("=", 1)[0].strip() == LANE_KEY_NAME]
+        if len(ours) != 1:
+            bad.append(f"{user}: the upstream got baggage {baggage!r}, not one member of {LANE_KEY_NAME!r}")
+            continue
+        member = seen[user] = ours[0]
+        if s.lane == "follow":
+            want = LANES[int(user.rsplit("-", 1)[1]) % LANE_USERS]
+            if member != want:
+                bad.append(f"{user}: the upstream got {member!r}, not the lane the request carried {want!r}")
+            continue
+        m = re.fullmatch(rf"{LANE_KEY_NAME}=([^;]*);r=([^;]*);e=(\d+);s=[A-Za-z0-9_-]{{43}}", member)
+        if not m:
+            bad.append(f"{user}: the upstream got {member!r}, not {LANE_KEY_NAME}=<version>;r=<rule>;e=<expiry>;s=<sig>")
+        elif (m[1], m[2]) != (s.expect(user), SPLIT_SALT):
+            bad.append(f"{user}: the upstream got {member!r}, expected version {s.expect(user)} by rule {SPLIT_SALT}")
+        elif not -10 <= int(m[3]) - (now + LANE_TTL_S) <= 1:
+            bad.append(f"{user}: the upstream got {member!r}, expiring {int(m[3]) - now} s from now, not {LANE_TTL_S}")
+        elif member != lane_member(m[1], m[2], int(m[3])):
+            bad.append(f"{user}: the upstream got {member!r}, whose signature is not HMAC-SHA256 under the lane key")
+    missing = [u for u in users if u not in seen]
+    if missing and len(lines) == len(users):
+        bad.append(f"{len(missing)} users' requests not logged with a lane, e.g. {missing[0]}")
+    example = next(iter(seen.values()), "")
+    return f"{len(seen)} with a lane" + (f" ({example})" if example else ""), bad
+
+
 def check_lua_murmur3(ports: dict[str, int], cpu: int | None) -> int:
     """Run bench/graysplit-split.lua's graysplit_bucket() in Envoy's LuaJIT and compare it with
     Python's mmh3 (golden values of DESIGN.md, every tail length, non-ASCII bytes)."""
@@ -1097,8 +1274,9 @@ class RunFailed(Exception):
 
 
 def wrk(wrk_bin: str, s: Scenario, seconds: int, connections: int, cpu: int | None) -> dict:
+    data = LANE_FILE if s.kind == "lane" else RUN_DIR / "tokens.txt"   # the members, or the tokens of "jwt"
     cmd = [wrk_bin, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(WRK_SCRIPT),
-           f"http://127.0.0.1:{s.port}{s.path}", "--", s.kind, str(RUN_DIR / "tokens.txt")]
+           f"http://127.0.0.1:{s.port}{s.path}", "--", s.kind, str(data)]
     out = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_child_setup(cpu))
     m = re.search(r"^WRK_JSON (\{.*\})$", out.stdout, re.M)
     if out.returncode != 0 or not m:
@@ -1162,7 +1340,7 @@ def instructions_per_request(s: Scenario, ports: dict[str, int], n: int, cpu: in
     out = RUN_DIR / f"callgrind-{s.key}.out"
     for old in RUN_DIR.glob(f"callgrind-{s.key}.out*"):
         old.unlink()
-    probe = Scenario(s.key, s.title, s.values, shadow=s.shadow, unsent=s.unsent, mirror=s.mirror)
+    probe = Scenario(s.key, s.title, s.values, shadow=s.shadow, unsent=s.unsent, mirror=s.mirror, lane=s.lane)
     posts0 = sink_posts()
     mirrored0 = mirror_log_size()
     start_envoy(probe, ports, cpu, name=f"callgrind-{s.key}", wrapper=[
@@ -1192,6 +1370,11 @@ def instructions_per_request(s: Scenario, ports: dict[str, int], n: int, cpu: in
             if bad:
                 raise SystemExit(f"({s.key}) under callgrind: {'; '.join(bad)}")
             print(f"({s.key}) under callgrind: mirrored {moved}", flush=True)
+        if s.lane:   # every request counted issued (3) or followed (4) a lane, none refused
+            moved, bad = lane_check(probe, {}, 400 + n, wait_s=30)
+            if bad:
+                raise SystemExit(f"({s.key}) under callgrind: {'; '.join(bad)}")
+            print(f"({s.key}) under callgrind: lanes {moved}", flush=True)
     finally:
         stop(probe.proc)
     dumps = sorted(RUN_DIR.glob(f"callgrind-{s.key}.out.*"))
@@ -1397,6 +1580,36 @@ def shadow_lines(instructions: dict[str, float], cpu: dict[str, float],
     return ["Shadow (issue 18; instructions per request under callgrind):", "", *out, ""] if out else []
 
 
+def lane_lines(instructions: dict[str, float], cpu: dict[str, float],
+               previous: tuple[str, dict[str, int]]) -> list[str]:
+    """What a lane costs (3, 4) over (c)'s split without one, from the instruction counts (and,
+    noisy, the CPU medians), against issue 19's +0.05 of (a); and whether (c), without `lane`,
+    costs what it did (the previous results.md)."""
+    i, out = instructions, []
+    what = {"3": "a lane issued (edge): the decision's member signed (HMAC-SHA256 under the key, base64url), the "
+                 "`baggage` header read and set, the `issued` counter",
+            "4": "a lane followed (follow): the `baggage` header read, the member parsed and its HMAC verified, the "
+                 "version taken by rule `lane` (no bucket), the header kept, the `followed` counter"}
+    for k in ("3", "4"):
+        if {k, "c"} <= i.keys():
+            d = i[k] - i["c"]
+            _, _, limit = GOALS[k]
+            line = f"- {what[k]}: ({k}) - (c) = {d:+,.0f} instructions per request; ({k}) / (c) = {i[k] / i['c']:.3f}"
+            if "a" in i:
+                r, rc = i[k] / i["a"], i["c"] / i["a"]
+                line += (f"; **({k}) / (a) = {r:.3f}, (c) / (a) = {rc:.3f}: {r - rc:+.3f}**, target +{limit:.2f}: "
+                         f"{'met' if r - rc <= limit else 'NOT met'}")
+            if {k, "c"} <= cpu.keys():
+                line += f"; CPU medians: ({k}) - (c) = {cpu[k] - cpu['c']:+.1f} µs per request (noisy)"
+            out.append(line)
+    date, before = previous
+    if out and "c" in i:
+        out.append(f"- without `lane` nothing changes: (c) {i['c']:,.0f} instructions"
+                   + (f", {before['c']:,} in the previous results.md ({date}; {i['c'] / before['c'] - 1:+.1%})"
+                      if "c" in before else " (no (c) in the previous results.md to compare with)"))
+    return ["Lanes (issue 19; instructions per request under callgrind):", "", *out, ""] if out else []
+
+
 def report(scens: list[Scenario], runs: list[Run], args, wasm: Path, pinned: bool,
            instructions: dict[str, float] | None = None, reads: dict | None = None,
            previous: tuple[str, dict[str, int]] = ("", {})) -> str:
@@ -1445,6 +1658,7 @@ def report(scens: list[Scenario], runs: list[Run], args, wasm: Path, pinned: boo
         cpu_medians = {s.key: med(by[s.key, n].cpu_us_per_rq for n in rounds) for s in scens}
         lines += llm_lines(instructions, cpu_medians, reads or {}, previous)
         lines += shadow_lines(instructions, cpu_medians, previous)
+        lines += lane_lines(instructions, cpu_medians, previous)
     lines += [
         "<details><summary>Every run: CPU µs per request (ratio to (a) of the round)</summary>",
         "",
@@ -1527,8 +1741,8 @@ def main() -> int:
     ap.add_argument("--callgrind", type=int, default=int(os.environ.get("BENCH_CALLGRIND", 300)),
                     metavar="N", help="also count Envoy instructions per request under valgrind's "
                     "callgrind over N requests per scenario (noise-free; about 30 s per scenario)")
-    ap.add_argument("--only", default="abcdefghijklmnopqrstuvwxyz12",
-                    help="scenarios to run, one character each, e.g. acf or ayz1 ((a) is always run)")
+    ap.add_argument("--only", default="abcdefghijklmnopqrstuvwxyz1234",
+                    help="scenarios to run, one character each, e.g. acf, ayz1 or ac34 ((a) is always run)")
     ap.add_argument("--without-llm", action="store_true",
                     help="debug: run (r) and (t) with `llm` removed from their config (a filter that does not "
                     "know it yet), without checking the llm counters; results.md is not written")
@@ -1547,6 +1761,7 @@ def main() -> int:
     build_noop()
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     TOKENS[:] = jwt_tokens().read_text().split()
+    LANES[:] = lane_members().read_text().split()
 
     pinned = (os.cpu_count() or 1) >= 2
     envoy_cpu, load_cpu = (ENVOY_CPU, LOAD_CPU) if pinned else (None, None)
@@ -1606,6 +1821,11 @@ def main() -> int:
                 print(f"({k}) {v:,.0f} instructions/rq, {v / a:.3f} x (a)")
             print("\n".join(llm_lines(instructions, {}, reads, previous_instructions())))
             print("\n".join(shadow_lines(instructions, {}, previous_instructions())))
+            print("\n".join(lane_lines(instructions, {}, previous_instructions())))
+            value = {k: v / a for k, v in instructions.items()}
+            goals = [line for k in GOALS if (line := goal_line(value, k))]
+            if goals:
+                print("Targets (instructions): " + "; ".join(goals) + ".")
             return 0
         text = report(scens, runs, args, run.WASM, pinned, instructions, reads, previous_instructions())
         if heap:
