@@ -649,10 +649,12 @@ fn compile_lane(
         LaneMode::Follow => (0..b.versions.len()).map(|v| b.metric(LANE_RULE, v)).collect(),
         LaneMode::Edge => Vec::new(),
     };
+    let signers = keys.iter().filter_map(|k| crate::lane::Signer::new(k)).collect();
     Ok(LaneSpec {
         mode,
         baggage_key,
         keys,
+        signers,
         ttl_s: ttl_s as u32,
         trusted,
         slot: b.slot("baggage"),

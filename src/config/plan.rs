@@ -216,6 +216,8 @@ pub struct LaneSpec {
     pub baggage_key: String,
     /// The signing key first, then `previous_keys` (a follower verifies with any).
     pub keys: Vec<Box<[u8]>>,
+    /// The same keys, keyed once for HMAC-SHA256.
+    pub signers: Vec<crate::lane::Signer>,
     /// How long an issued lane holds (edge).
     pub ttl_s: u32,
     /// Follow: the sources a lane is taken from; empty: any.

@@ -199,8 +199,9 @@ fn finish<H: Host>(plan: &Plan, mut cx: Ctx<'_, H>, mut d: Decision) -> Decision
 /// request's baggage, any member of our key the client sent removed.
 fn issue_lane<H: Host>(plan: &Plan, l: &LaneSpec, d: &Decision, cx: &mut Ctx<'_, H>) -> LaneOut {
     let now_s = u64::try_from(cx.facts.now() / 1_000_000_000).unwrap_or(0);
-    let values = cx.facts.header_values(l.slot);
-    let key = l.keys.first().map_or(&[][..], |k| &k[..]);
+    // A client rarely sends baggage to the edge: one read finds none.
+    let values = cx.facts.header_values(l.slot, false);
+    let Some(key) = l.signers.first() else { return LaneOut { baggage: None, metric: l.metrics.too_long } };
     let issued = lane::issue(
         &values,
         &l.baggage_key,
@@ -222,7 +223,8 @@ fn follow_lane<H: Host>(plan: &Plan, l: &LaneSpec, cx: &mut Ctx<'_, H>) -> Optio
     let trusted =
         l.trusted.is_empty() || cx.facts.source().is_some_and(|ip| l.trusted.iter().any(|c| c.contains(ip)));
     let now_s = u64::try_from(cx.facts.now() / 1_000_000_000).unwrap_or(0);
-    let values = cx.facts.header_values(l.slot);
+    // A follower's requests carry baggage: the whole map at once (every value of it).
+    let values = cx.facts.header_values(l.slot, true);
     if !trusted {
         let header = lane::strip(&values, &l.baggage_key);
         // A request with no lane is absent wherever it comes from.
@@ -231,7 +233,7 @@ fn follow_lane<H: Host>(plan: &Plan, l: &LaneSpec, cx: &mut Ctx<'_, H>) -> Optio
         return None;
     }
     let f =
-        lane::follow(&values, &l.baggage_key, &l.keys, now_s, |v| plan.version_id(v.as_bytes()).is_some());
+        lane::follow(&values, &l.baggage_key, &l.signers, now_s, |v| plan.version_id(v.as_bytes()).is_some());
     let metric = match f.verdict.outcome() {
         lane::Outcome::Followed => l.metrics.followed,
         lane::Outcome::Expired => l.metrics.expired,

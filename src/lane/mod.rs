@@ -21,6 +21,8 @@
 mod baggage;
 mod member;
 
+pub use member::{Key, Signer};
+
 /// The longest `baggage` header an edge writes: W3C Baggage's limit for a baggage-string.
 pub const MAX_BAGGAGE_BYTES: usize = 8192;
 
@@ -99,7 +101,7 @@ pub fn issue<V: AsRef<[u8]>>(
     version: &str,
     rule: &str,
     expires_s: u64,
-    key: &[u8],
+    key: &(impl Key + ?Sized),
 ) -> Issued {
     let ours = baggage_key.as_bytes();
     let scan = baggage::scan(values, ours);
@@ -189,7 +191,7 @@ pub struct Follow {
 /// The signature is checked over the member's bytes before `;s=` exactly as received, in
 /// constant time; a member verifies only in the one spelling [`issue`] writes. The follow path
 /// allocates only the verdict's names, and the rewritten header when a member is removed.
-pub fn follow<V: AsRef<[u8]>, K: AsRef<[u8]>>(
+pub fn follow<V: AsRef<[u8]>, K: Key>(
     values: &[V],
     baggage_key: &str,
     keys: &[K],
@@ -212,7 +214,7 @@ pub fn follow<V: AsRef<[u8]>, K: AsRef<[u8]>>(
 
 /// The one member of our key, judged: shape, then signature (so nothing unsigned is called
 /// expired or unknown), then expiry, then names.
-fn judge<K: AsRef<[u8]>>(
+fn judge<K: Key>(
     member: &[u8],
     baggage_key: &[u8],
     keys: &[K],

@@ -119,11 +119,12 @@ impl<'a, H: Host> Facts<'a, H> {
         cookie::find(map.values(b"cookie").skip(skip), name)
     }
 
-    /// Every value of the header in `slot`, in order: one host call when there is none (the
-    /// first value, absent), else the whole header map (the host gives only the first value
-    /// of a header by name, and a client may send a list header, `baggage`, several times).
-    pub fn header_values(&mut self, slot: HeaderSlot) -> Vec<&[u8]> {
-        if !self.plan.read_whole_map && self.header(slot).is_none() {
+    /// Every value of the header in `slot`, in order, from the whole header map (the host gives
+    /// only the first value of a header by name, and a client may send a list header,
+    /// `baggage`, several times). Unless `likely`, the first value is read first: when there is
+    /// none, that one cheap host call is all.
+    pub fn header_values(&mut self, slot: HeaderSlot, likely: bool) -> Vec<&[u8]> {
+        if !likely && !self.plan.read_whole_map && self.header(slot).is_none() {
             return Vec::new();
         }
         let Facts { plan, host, map, .. } = self;
@@ -338,10 +339,14 @@ mod tests {
                 single_reads: Cell::new(0),
             };
             let mut facts = Facts::new(&plan, &host);
-            let got: Vec<&[u8]> = facts.header_values(slot);
+            let got: Vec<&[u8]> = facts.header_values(slot, false);
             let want: Vec<&[u8]> = values.iter().map(|v| v.as_bytes()).collect();
             assert_eq!(got, want);
             assert_eq!((host.single_reads.get(), host.full_reads.get()), (1, *full_reads), "{values:?}");
+            // Likely there: the whole map at once, no single read first.
+            let mut facts = Facts::new(&plan, &host);
+            assert_eq!(facts.header_values(slot, true), want);
+            assert_eq!((host.single_reads.get(), host.full_reads.get()), (1, *full_reads + 1), "{values:?}");
         }
     }
 
