@@ -139,6 +139,16 @@ def refused(tmp_path, config):
         envoy.stop()
 
 
+def refused_at(tmp_path, config, path_re: str, word: str) -> None:
+    """A real Envoy refuses to start with `config`, with one `graysplit: invalid config: <path>:
+    <problem>` line: the path matching `path_re` (as DESIGN writes paths), `word` in the problem."""
+    log = refused(tmp_path, config)
+    m = re.search(r"graysplit: invalid config: (\S*): (\S.*)", log)
+    assert m, f"no 'graysplit: invalid config:' line in the log:\n{log[-5000:]}"
+    assert re.fullmatch(path_re, m.group(1)), f"path {m.group(1)!r} !~ {path_re}: {m.group(0)}"
+    assert word in m.group(2), m.group(0)
+
+
 @pytest.mark.parametrize("case", sorted(BAD))
 def it_invalid_config_at_startup_is_refused_with_its_json_path(tmp_path, case):
     config, path_re = BAD[case]
