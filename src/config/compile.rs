@@ -513,6 +513,18 @@ fn secrets(at: &str, key: String, previous: Option<Vec<String>>) -> Result<Vec<B
     Ok(keys)
 }
 
+/// A key read from environment variable `name`: at least [`MIN_KEY_LEN`] characters (the
+/// message names the variable, never its value).
+fn env_secret(path: &str, name: &str, k: String) -> Result<String, ConfigError> {
+    if k.chars().count() < MIN_KEY_LEN {
+        return Err(ConfigError::new(
+            path,
+            format!("{} must hold at least {MIN_KEY_LEN} characters (a random secret)", quote(name)),
+        ));
+    }
+    Ok(k)
+}
+
 /// The name of an environment variable: `[A-Za-z_][A-Za-z0-9_]*`, at most 256 characters; not
 /// `ISTIO_META_*` (pilot-agent sends those to istiod).
 fn env_name(path: &str, name: &str) -> Result<(), ConfigError> {
@@ -577,13 +589,7 @@ fn compile_lane(
                     format!("{} is not set in the proxy's environment (list it in the WasmPlugin's vmConfig.env with valueFrom: HOST, and set it on the proxy from the Secret)", quote(&name)),
                 ));
             };
-            if k.chars().count() < MIN_KEY_LEN {
-                return Err(ConfigError::new(
-                    "lane.key_env",
-                    format!("{} must hold at least {MIN_KEY_LEN} characters (a random secret)", quote(&name)),
-                ));
-            }
-            k
+            env_secret("lane.key_env", &name, k)?
         }
         (Some(_), Some(_)) => {
             return Err(ConfigError::new("lane.key_env", "give `key` or `key_env`, not both"));
@@ -601,13 +607,7 @@ fn compile_lane(
         env_name(&at, name)?;
         // Unset or empty between rotations: no key from it.
         if let Some(k) = env(name).filter(|k| !k.is_empty()) {
-            if k.chars().count() < MIN_KEY_LEN {
-                return Err(ConfigError::new(
-                    at,
-                    format!("{} must hold at least {MIN_KEY_LEN} characters (a random secret)", quote(name)),
-                ));
-            }
-            keys.push(k.into_bytes().into());
+            keys.push(env_secret(&at, name, k)?.into_bytes().into());
         }
     }
     let ttl_s = in_range("lane.ttl_s", l.ttl_s, LANE_TTL_S_DEFAULT, LANE_TTL_S, " seconds")?;

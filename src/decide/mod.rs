@@ -198,7 +198,7 @@ fn finish<H: Host>(plan: &Plan, mut cx: Ctx<'_, H>, mut d: Decision) -> Decision
 /// The edge's lane (DESIGN.md "Lanes"): the decision, whoever made it, signed into the
 /// request's baggage, any member of our key the client sent removed.
 fn issue_lane<H: Host>(plan: &Plan, l: &LaneSpec, d: &Decision, cx: &mut Ctx<'_, H>) -> LaneOut {
-    let now_s = u64::try_from(cx.facts.now() / 1_000_000_000).unwrap_or(0);
+    let now_s = cx.facts.now_s();
     // A client rarely sends baggage to the edge: one read finds none.
     let values = cx.facts.header_values(l.slot, false);
     let Some(key) = l.signers.first() else { return LaneOut { baggage: None, metric: l.metrics.too_long } };
@@ -222,7 +222,7 @@ fn issue_lane<H: Host>(plan: &Plan, l: &LaneSpec, d: &Decision, cx: &mut Ctx<'_,
 fn follow_lane<H: Host>(plan: &Plan, l: &LaneSpec, cx: &mut Ctx<'_, H>) -> Option<Decision> {
     let trusted =
         l.trusted.is_empty() || cx.facts.source().is_some_and(|ip| l.trusted.iter().any(|c| c.contains(ip)));
-    let now_s = u64::try_from(cx.facts.now() / 1_000_000_000).unwrap_or(0);
+    let now_s = cx.facts.now_s();
     // A follower's requests carry baggage: the whole map at once (every value of it).
     let values = cx.facts.header_values(l.slot, true);
     if !trusted {

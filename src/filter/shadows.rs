@@ -105,6 +105,13 @@ struct Shadowed {
     answer: Option<(Answer, AnswerText)>,
 }
 
+impl Shadowed {
+    /// A shadow that gave no answer, after `total_ms`.
+    fn unanswered(result: Outcome, total_ms: u64) -> Shadowed {
+        Shadowed { result, status: None, total_ms, answer: None }
+    }
+}
+
 /// A config's records not sent yet: the batch, and each record's shadow (its rule's counters).
 struct Pending {
     active: Rc<Active>,
@@ -199,6 +206,15 @@ impl Shadows {
 fn count(active: &Active, metric: MetricId) {
     if let Some(id) = active.metric_ids.get(metric) {
         let _ = hostcalls::increment_metric(*id, 1);
+    }
+}
+
+/// A batch the sink lost: `sink_failed` counts each of its records under its rule.
+fn lost(active: &Active, shadows: &[usize]) {
+    for s in shadows {
+        if let Some(spec) = active.plan.shadows.get(*s) {
+            count(active, spec.metrics.sink_failed);
+        }
     }
 }
 
@@ -331,9 +347,7 @@ pub(super) fn queue_ready(vm: &SharedVm, root: u32) {
             }),
             Err(_) => {
                 count(&q.active, spec.metrics.shadow_failed);
-                let failed =
-                    Shadowed { result: Outcome::ShadowFailed, status: None, total_ms: 0, answer: None };
-                v.shadows.shadow_done(q.pair, failed, Some(root));
+                v.shadows.shadow_done(q.pair, Shadowed::unanswered(Outcome::ShadowFailed, 0), Some(root));
             }
         }
     }
@@ -384,11 +398,7 @@ pub(super) fn call_ended(vm: &SharedVm, root: u32, token: u32, num_headers: usiz
         let ok = num_headers > 0
             && map.first(b":status").and_then(super::http::status).is_some_and(|s| (200..300).contains(&s));
         if !ok {
-            for s in &call.shadows {
-                if let Some(spec) = call.active.plan.shadows.get(*s) {
-                    count(&call.active, spec.metrics.sink_failed);
-                }
-            }
+            lost(&call.active, &call.shadows);
         }
         return;
     }
@@ -405,14 +415,12 @@ pub(super) fn call_ended(vm: &SharedVm, root: u32, token: u32, num_headers: usiz
     let map = super::ffi::header_pairs(MapType::HttpCallResponseHeaders);
     let status = map.first(b":status").and_then(super::http::status);
     let upstream = num_headers > 0 && map.first(b"x-envoy-upstream-service-time").is_some();
-    let no_answer = |result| Shadowed { result, status: None, total_ms, answer: None };
     let timeout_ms = u64::from(spec.timeout_ms);
     let (metric, shadowed) = if total_ms >= timeout_ms || (!upstream && status == Some(504)) {
         // The time waited is the timeout, as Envoy's clock measured it.
-        let waited = Shadowed { total_ms: total_ms.max(timeout_ms), ..no_answer(Outcome::TimedOut) };
-        (spec.metrics.timed_out, waited)
+        (spec.metrics.timed_out, Shadowed::unanswered(Outcome::TimedOut, total_ms.max(timeout_ms)))
     } else if !upstream {
-        (spec.metrics.shadow_failed, no_answer(Outcome::ShadowFailed))
+        (spec.metrics.shadow_failed, Shadowed::unanswered(Outcome::ShadowFailed, total_ms))
     } else {
         let body = match body_size {
             0 => Vec::new(),
@@ -463,13 +471,7 @@ pub(super) fn flush(vm: &SharedVm, root: u32, all: bool) {
                 shadows: p.shadows,
                 root,
             }),
-            Err(_) => {
-                for s in &p.shadows {
-                    if let Some(spec) = p.active.plan.shadows.get(*s) {
-                        count(&p.active, spec.metrics.sink_failed);
-                    }
-                }
-            }
+            Err(_) => lost(&p.active, &p.shadows),
         }
     }
 }

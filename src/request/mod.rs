@@ -172,6 +172,11 @@ impl<'a, H: Host> Facts<'a, H> {
         *self.now.get_or_insert_with(|| host.now_unix_nanos())
     }
 
+    /// [`Facts::now`] in whole Unix seconds (0 before the epoch).
+    pub fn now_s(&mut self) -> u64 {
+        u64::try_from(self.now() / 1_000_000_000).unwrap_or(0)
+    }
+
     /// Verified claim `name`, the claims read on first need (each decoded when asked for).
     pub fn claim(&mut self, name: &str) -> Option<Claim> {
         let (plan, host) = (self.plan, self.host);
