@@ -111,7 +111,8 @@ def ipv6_loopback_available() -> bool:
 
 
 def known_versions(config: dict) -> list[str]:
-    """`stable` and every version a rule names (what the route table must serve)."""
+    """`stable`, every version a rule names and every one `versions` names (what the route
+    table must serve)."""
     versions = [config.get("stable", "stable")]
     for rule in config.get("rules", []) or []:
         if not isinstance(rule, dict):
@@ -121,6 +122,8 @@ def known_versions(config: dict) -> list[str]:
         for entry in rule.get("split", []) or []:
             if isinstance(entry, dict) and isinstance(entry.get("version"), str):
                 versions.append(entry["version"])
+    if isinstance(config.get("versions"), dict):
+        versions.extend(config["versions"])
     return list(dict.fromkeys(v for v in versions if isinstance(v, str)))
 
 

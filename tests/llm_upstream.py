@@ -146,6 +146,7 @@ class Answer:
     cut: bool = False                   # closed on purpose before the end
     broken: str | None = None           # the peer went away while we wrote
     headers: dict = field(default_factory=dict)   # the request's headers (lower-case names)
+    raw: bytes = b""                    # the request's body, byte for byte as it arrived
 
     @property
     def sha256(self) -> str:
@@ -604,7 +605,8 @@ class LLMApp(App):
         asked = (req.get("response_mode") == "streaming") if fmt == "dify" else bool(req.get("stream"))
         stream = asked if s.stream is None else s.stream
         ans = Answer(h.headers.get(TEST_ID_HEADER), h.path, fmt, stream, name or "default",
-                     s.status, req, headers={k.lower(): v for k, v in h.headers.items()})
+                     s.status, req, headers={k.lower(): v for k, v in h.headers.items()},
+                     raw=bytes(body))
         with self.answers_lock:
             self.answers.append(ans)
         try:

@@ -192,7 +192,7 @@ impl<'de> DeserializeSeed<'de> for At<'_> {
 }
 
 /// `i` in decimal, without allocating.
-fn decimal(mut i: usize, buf: &mut [u8; 20]) -> &str {
+pub(crate) fn decimal(mut i: usize, buf: &mut [u8; 20]) -> &str {
     let mut at = buf.len();
     loop {
         at -= 1;

@@ -4,6 +4,8 @@
 //! Pure: the glue hands over bytes and events, nothing here calls the host.
 
 pub mod extract;
+pub mod model;
+pub mod prompt;
 pub mod watchdog;
 
 pub use extract::{Field, Pointers};

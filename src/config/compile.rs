@@ -272,6 +272,8 @@ pub(super) fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> R
         }
     }
     let default_metric = b.metric("default", 0);
+    // Versions named in `versions` are known before the override's and the lane's metrics are.
+    let version_models = compile_versions(&mut b, raw.versions.unwrap_or(Named(Vec::new())))?;
 
     let override_ = match raw.override_ {
         Some(Obj(o)) => {
@@ -349,8 +351,18 @@ pub(super) fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> R
     let conds = || rules.iter().flat_map(|r| &r.when);
     let reads_claims = identity.iter().any(|s| matches!(s, IdSource::Claim(_)))
         || conds().any(|c| matches!(c, Cond::Claim(..)));
+    let mut models: Vec<Option<ModelSpec>> = Vec::new();
+    models.resize_with(b.versions.len(), || None);
+    let rewrites = !version_models.is_empty();
+    for (v, m) in version_models {
+        if let Some(slot) = models.get_mut(v) {
+            *slot = Some(m);
+        }
+    }
+    // `when.prompt` and a version's model read bodies too.
     let reads_body = identity.iter().any(|s| matches!(s, IdSource::Body(_)))
-        || conds().any(|c| matches!(c, Cond::Body(..)));
+        || conds().any(|c| matches!(c, Cond::Body(..) | Cond::Prompt(_)))
+        || rewrites;
     let claims_key = match raw.claims {
         Some(Obj(c)) => non_empty("claims.metadata_key", c.metadata_key.unwrap_or_else(|| "payload".into()))?,
         None => "payload".to_string(),
@@ -437,6 +449,7 @@ pub(super) fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> R
         claims_key: reads_claims.then_some(claims_key),
         body: reads_body.then_some(BodySpec { max_bytes }),
         body_fields,
+        models: if rewrites { models } else { Vec::new() },
         pin,
     })
 }
@@ -700,7 +713,9 @@ fn headers_read<'h>(
             Cond::PathPrefix(_) | Cond::Query(..) => ":path",
             Cond::Header(s, _) => slot(s),
             Cond::Cookie(..) => "cookie",
-            Cond::Sources(_) | Cond::Users(_) | Cond::Claim(..) | Cond::Body(..) => continue,
+            Cond::Sources(_) | Cond::Users(_) | Cond::Claim(..) | Cond::Body(..) | Cond::Prompt(_) => {
+                continue
+            }
         });
     }
     read
@@ -781,7 +796,97 @@ fn compile_when(b: &mut Builder, i: usize, w: RawWhen, has_identity: bool) -> Re
         let pointer = json_pointer(&format!("{path}.pointer"), m.pointer.clone())?;
         conds.push(Cond::Body(pointer.into(), string_match(&path, m.into())?));
     }
+    if let Some(list) = w.prompt {
+        if list.is_empty() {
+            return Err(ConfigError::new(at("prompt"), NEVER_MATCHES));
+        }
+        for (j, Obj(m)) in list.into_iter().enumerate() {
+            conds.push(Cond::Prompt(prompt_match(&format!("rules[{i}].when.prompt[{j}]"), m)?));
+        }
+    }
     Ok(conds)
+}
+
+/// The most `min_chars` and `max_chars` may say: a prompt is never longer than the longest body
+/// read.
+const PROMPT_CHARS_MAX: u64 = *MAX_BYTES.end();
+
+/// A `when.prompt` matcher (DESIGN.md "Prompt matchers and versions as models").
+fn prompt_match(path: &str, m: RawPrompt) -> Result<PromptMatch, ConfigError> {
+    let given = [m.contains_any.is_some(), m.regex.is_some(), m.min_chars.is_some(), m.max_chars.is_some()];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err(ConfigError::new(
+            path,
+            "give exactly one of `contains_any`, `regex`, `min_chars`, `max_chars` (list several matchers to need them all)",
+        ));
+    }
+    let chars = |field: &str, n: u64| {
+        if n > PROMPT_CHARS_MAX {
+            return Err(ConfigError::new(
+                format!("{path}.{field}"),
+                format!("must be at most {PROMPT_CHARS_MAX} characters (the most of a body read), got {n}"),
+            ));
+        }
+        Ok(n as usize)
+    };
+    Ok(if let Some(list) = m.contains_any {
+        if list.is_empty() {
+            return Err(ConfigError::new(format!("{path}.contains_any"), NEVER_MATCHES));
+        }
+        let mut needles = Vec::with_capacity(list.len());
+        for (k, n) in list.into_iter().enumerate() {
+            if n.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{path}.contains_any[{k}]"),
+                    "must not be empty (it would match every prompt)",
+                ));
+            }
+            needles.push(n.to_lowercase().into());
+        }
+        PromptMatch::ContainsAny(needles)
+    } else if let Some(r) = m.regex {
+        PromptMatch::Regex(
+            crate::body::prompt::compile_regex(&r)
+                .map_err(|e| ConfigError::new(format!("{path}.regex"), e))?,
+        )
+    } else if let Some(n) = m.min_chars {
+        PromptMatch::MinChars(chars("min_chars", n)?)
+    } else {
+        PromptMatch::MaxChars(chars("max_chars", m.max_chars.unwrap_or(0))?)
+    })
+}
+
+/// The most a `versions.<v>.model` may be (UTF-8 bytes).
+const MODEL_MAX: usize = 256;
+
+/// `versions`: each version named there made known, and its model (with its two counters).
+fn compile_versions(
+    b: &mut Builder,
+    versions: Named<RawVersion>,
+) -> Result<Vec<(VersionId, ModelSpec)>, ConfigError> {
+    let mut models = Vec::new();
+    for (name, v) in versions.0 {
+        let mut path = "versions".to_string();
+        super::error::push_key(&mut path, &name);
+        check_version(&path, &name)?;
+        let id = b.version(&name);
+        let Some(model) = v.model else { continue };
+        if model.is_empty() || model.len() > MODEL_MAX || model.chars().any(char::is_control) {
+            return Err(ConfigError::new(
+                format!("{path}.model"),
+                format!(
+                    "must be a model name of 1 to {MODEL_MAX} bytes without control characters, got {}",
+                    quote(&model)
+                ),
+            ));
+        }
+        let counter = |result: &str| format!("graysplit_model_rewrites_total.version.{name}.result.{result}");
+        let rewritten = intern(&mut b.metrics, &counter("rewritten"));
+        let skipped = intern(&mut b.metrics, &counter("skipped"));
+        let literal = crate::body::model::literal(&model);
+        models.push((id, ModelSpec { name: model, literal, rewritten, skipped }));
+    }
+    Ok(models)
 }
 
 fn compile_split(

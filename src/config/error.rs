@@ -48,7 +48,7 @@ impl ConfigError {
 
 /// Appends field `key` to a JSON path: `.key` for a plain name, `["key"]` quoted otherwise (an
 /// empty key, or one with dots, spaces or invisible characters, which would mislead a reader).
-fn push_key(path: &mut String, key: &str) {
+pub(crate) fn push_key(path: &mut String, key: &str) {
     let plain = !key.is_empty() && key.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
     if plain {
         if !path.is_empty() {

@@ -36,7 +36,14 @@ pub fn parse_in(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Pla
             "the configuration is empty; graysplit needs at least {\"stable\": \"<version>\"}",
         ));
     }
-    let mut de = serde_json::Deserializer::from_slice(json);
+    // Read as text, as request bodies are: one instantiation of serde_json's parser serves both.
+    let text = std::str::from_utf8(json).map_err(|e| {
+        ConfigError::new(
+            "$",
+            format!("the configuration is not UTF-8 (invalid byte at offset {})", e.valid_up_to()),
+        )
+    })?;
+    let mut de = serde_json::Deserializer::from_str(text);
     let Obj(raw): Obj<RawConfig> =
         serde_path_to_error::deserialize(&mut de).map_err(ConfigError::from_serde)?;
     // Only whitespace may follow the document.

@@ -3,6 +3,7 @@
 //! into integer bucket bounds, metric names interned.
 
 use super::error::quote;
+pub use crate::body::prompt::PromptMatch;
 use crate::bucket::BUCKETS;
 use crate::matcher::cidr::Cidr;
 use crate::matcher::StringMatch;
@@ -66,6 +67,9 @@ pub struct Plan {
     pub body: Option<BodySpec>,
     /// Every JSON pointer the plan reads from a body (identity and conditions).
     pub body_fields: crate::body::Pointers,
+    /// With `versions.<v>.model`: per version (by `VersionId`), the model a request decided to
+    /// it asks for. Empty when no version has one (then nothing is rewritten, nothing held).
+    pub models: Vec<Option<ModelSpec>>,
     pub pin: Option<PinSpec>,
     /// Lower-case names of the request headers the plan reads (pseudo-headers included).
     pub headers: Vec<String>,
@@ -255,6 +259,18 @@ pub struct SinkSpec {
     pub batch: u32,
 }
 
+/// `versions.<v>.model` (DESIGN.md "Prompt matchers and versions as models").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSpec {
+    /// As configured.
+    pub name: String,
+    /// As a JSON string literal, quotes included: what replaces the body's `model` value.
+    pub literal: Box<[u8]>,
+    /// `graysplit_model_rewrites_total.version.<v>.result.rewritten` and `.skipped`.
+    pub rewritten: MetricId,
+    pub skipped: MetricId,
+}
+
 /// Reading JSON request bodies (DESIGN.md "JSON request bodies").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BodySpec {
@@ -320,6 +336,8 @@ pub(crate) enum Cond {
     Users(Vec<Box<[u8]>>),
     Claim(Box<str>, StringMatch),
     Body(Box<str>, StringMatch),
+    /// One `when.prompt` matcher.
+    Prompt(PromptMatch),
 }
 
 #[derive(Debug)]
@@ -531,6 +549,11 @@ impl Plan {
         self.split(rule)?.shadow.and_then(|s| self.shadows.get(s))
     }
 
+    /// The model a request decided to version `v` asks for, if `versions` gives it one.
+    pub fn model(&self, v: VersionId) -> Option<&ModelSpec> {
+        self.models.get(v)?.as_ref()
+    }
+
     /// The name of version `v`.
     pub fn version_name(&self, v: VersionId) -> &str {
         self.versions.get(v).map_or("", String::as_str)
@@ -596,6 +619,13 @@ impl Plan {
             Cond::Users(l) => format!("user id is one of {} listed users", l.len()),
             Cond::Claim(n, sm) => format!("verified claim {} {}", quote(n), m(sm)),
             Cond::Body(p, sm) => format!("JSON body field {} {}", quote(p), m(sm)),
+            Cond::Prompt(PromptMatch::ContainsAny(l)) => format!(
+                "the prompt contains one of [{}] (case folded)",
+                l.iter().map(|n| quote(n)).collect::<Vec<_>>().join(", ")
+            ),
+            Cond::Prompt(PromptMatch::Regex(r)) => format!("the prompt matches regex {}", quote(r.as_str())),
+            Cond::Prompt(PromptMatch::MinChars(n)) => format!("the prompt has at least {n} characters"),
+            Cond::Prompt(PromptMatch::MaxChars(n)) => format!("the prompt has at most {n} characters"),
         }
     }
 }

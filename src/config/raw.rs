@@ -48,6 +48,41 @@ pub struct RawConfig {
     pub llm: Option<Obj<RawLlm>>,
     pub shadow_sink: Option<Obj<RawSink>>,
     pub lane: Option<Obj<RawLane>>,
+    pub versions: Option<Named<RawVersion>>,
+}
+
+/// A JSON object whose keys are names, each holding a `T` object, in the order written (a name
+/// written twice: the last counts, as in any JSON object).
+#[derive(Debug)]
+pub struct Named<T>(pub Vec<(String, T)>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Named<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Named<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Named<T>, A::Error> {
+                let mut out: Vec<(String, T)> = Vec::new();
+                while let Some((k, Obj(v))) = map.next_entry::<String, Obj<T>>()? {
+                    out.retain(|(n, _)| *n != k);
+                    out.push((k, v));
+                }
+                Ok(Named(out))
+            }
+        }
+        d.deserialize_map(V(PhantomData))
+    }
+}
+
+/// `versions.<v>`: what a version is besides its name (DESIGN.md "Prompt matchers and versions
+/// as models"). A version named here is a known version even when no rule names it yet.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVersion {
+    pub model: Option<String>,
 }
 
 /// `lane`: the decision carried through the mesh in a signed W3C baggage member (DESIGN.md
@@ -241,6 +276,17 @@ pub struct RawWhen {
     pub users: Option<Vec<String>>,
     pub claims: Option<Vec<Obj<RawMatch>>>,
     pub body: Option<Vec<Obj<RawBodyMatch>>>,
+    pub prompt: Option<Vec<Obj<RawPrompt>>>,
+}
+
+/// A `when.prompt` matcher: exactly one of `contains_any`, `regex`, `min_chars`, `max_chars`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrompt {
+    pub contains_any: Option<Vec<String>>,
+    pub regex: Option<String>,
+    pub min_chars: Option<u64>,
+    pub max_chars: Option<u64>,
 }
 
 /// `{"pointer", one of "exact" / "prefix" / "suffix" / "one_of" / "present"}`: a field of a

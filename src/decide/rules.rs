@@ -57,6 +57,8 @@ fn holds<H: Host>(plan: &Plan, cond: &Cond, cx: &mut Ctx<'_, H>) -> Result<bool,
             None => m.matches(None),
         },
         Cond::Body(pointer, m) => body::matches(f.body_field(pointer)?, m),
+        // No prompt: every prompt matcher fails.
+        Cond::Prompt(m) => f.prompt()?.is_some_and(|p| p.matches(m)),
         Cond::Users(sorted) => {
             user_id(plan, cx, false)?.is_some_and(|u| sorted.binary_search_by(|x| x[..].cmp(u)).is_ok())
         }

@@ -16,12 +16,12 @@ use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, MapType};
+use proxy_wasm::types::{Action, BufferType, MapType};
 
 use super::answers::Reading;
 use super::host::WasmHost;
 use super::root::{now_ns, Active};
-use super::vm::SharedVm;
+use super::vm::{Held, SharedVm};
 use crate::body;
 use crate::config::{self, MetricId, VersionId};
 use crate::decide::{decide, decide_at_headers, Decision};
@@ -33,6 +33,9 @@ pub(super) struct Stream {
     out: Outcome,
     /// The decision waits for the JSON body: the request is held.
     awaiting_body: bool,
+    /// Decided for a version with a `model`: the request is held until its body is whole, to
+    /// rewrite it.
+    rewriting: bool,
     /// How much of the body Envoy holds so far.
     body_size: usize,
     /// With `llm`: when the request's headers reached the filter (Unix ns), and the answer
@@ -59,6 +62,8 @@ pub(super) struct Outcome {
     answer: bool,
     /// The decision picked the request for its rule's shadow.
     shadow: Option<crate::decide::ShadowPick>,
+    /// Decided for a version with a `model`: its body's `model` is still to be rewritten.
+    model: Option<VersionId>,
 }
 
 impl Stream {
@@ -69,6 +74,7 @@ impl Stream {
             active,
             out: Outcome::default(),
             awaiting_body: false,
+            rewriting: false,
             body_size: 0,
             started_ns: 0,
             reading: None,
@@ -108,6 +114,23 @@ impl Stream {
         self.active.as_ref().and_then(|a| a.plan.body.as_ref()).map_or(0, |b| b.max_bytes)
     }
 
+    /// A held request's body is in (`whole`: its size, within `max_bytes`), or too long: decided
+    /// now if it waited for its decision, and no longer held.
+    fn body_ready(&mut self, whole: Option<usize>) {
+        if self.awaiting_body {
+            self.decide_held(whole);
+        } else if self.rewriting {
+            self.rewriting = false;
+            self.vm.borrow_mut().release(self.context_id);
+        }
+    }
+
+    /// The counter of a skipped rewrite of this request's model.
+    fn skipped_metric(&self) -> Option<crate::config::MetricId> {
+        let (active, v) = (self.active.as_ref()?, self.out.model?);
+        active.plan.model(v).map(|m| m.skipped)
+    }
+
     /// Decides a held request now (`body`: the size of its whole JSON body, or none).
     fn decide_held(&mut self, body: Option<usize>) {
         self.awaiting_body = false;
@@ -121,15 +144,53 @@ impl Stream {
 
     /// A held request the tick had to decide (Envoy does not deliver its body): its outcome.
     fn picked_up(&mut self) {
+        if self.rewriting && self.vm.borrow_mut().take_let_go(self.context_id) {
+            // The tick let it go without its body (Envoy does not deliver bodies): counted
+            // skipped there.
+            self.rewriting = false;
+            self.out.model = None;
+        }
         if !self.awaiting_body {
             return;
         }
         let decided = self.vm.borrow_mut().take_decided(self.context_id);
         if let Some(mut o) = decided {
             self.awaiting_body = false;
-            // Its body never reached the filter: nothing to copy for a shadow.
+            // Its body never reached the filter: nothing to copy for a shadow, no model to
+            // rewrite (counted skipped).
             o.shadow = None;
             self.out = o;
+            self.rewrite_model(None);
+        }
+    }
+
+    /// The body's `model`, for a request decided to a version with one (DESIGN.md "Prompt
+    /// matchers and versions as models"): `whole` is the size of the whole body Envoy holds
+    /// within `max_bytes`, or none (then, or when the body has no top-level `model` string, the
+    /// body passes unchanged, counted `skipped`).
+    fn rewrite_model(&mut self, whole: Option<usize>) {
+        let Some(v) = self.out.model.take() else { return };
+        let Some(active) = &self.active else { return };
+        let Some(spec) = active.plan.model(v) else { return };
+        let rewritten = whole.and_then(|size| {
+            let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size).ok().flatten()?;
+            let new = crate::body::model::rewrite(&body, &spec.literal).ok()?;
+            hostcalls::set_buffer(BufferType::HttpRequestBody, 0, size, &new).ok()?;
+            if hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "content-length")
+                .ok()
+                .flatten()
+                .is_some()
+            {
+                let mut digits = [0u8; 20];
+                let n = crate::body::extract::decimal(new.len(), &mut digits).as_bytes();
+                let _ =
+                    hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, "content-length", Some(n));
+            }
+            Some(())
+        });
+        let metric = if rewritten.is_some() { spec.rewritten } else { spec.skipped };
+        if let Some(id) = active.metric_ids.get(metric) {
+            let _ = hostcalls::increment_metric(*id, 1);
         }
     }
 
@@ -176,6 +237,9 @@ impl Drop for Stream {
             // The request never ended (reset while its body came): its copy is not sent, and
             // its pair, answered or not, will have no shadow.
             super::shadows::unsent(&self.vm, copy);
+        }
+        if self.rewriting {
+            self.vm.borrow_mut().release(self.context_id);
         }
         if self.awaiting_body {
             let decided = {
@@ -240,6 +304,9 @@ fn apply(active: &Active, context_id: u32, d: Decision, started_ns: i64) -> Outc
         None => log::debug!("graysplit: version {version} by rule {rule}"),
     }
     let mut out = Outcome { metric: d.metric, shadow: d.shadow, ..Outcome::default() };
+    if plan.model(d.version).is_some() {
+        out.model = Some(d.version);
+    }
     if let Some(llm) = &plan.llm {
         out.answer = llm.paths.is_empty()
             || hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path")
@@ -307,6 +374,19 @@ impl HttpContext for Stream {
         match decided {
             Some(d) => {
                 self.out = apply(&active, self.context_id, d, self.started_ns);
+                if self.out.model.is_some() {
+                    if pending {
+                        // Its body's `model` is rewritten once the body is whole: held until then
+                        // (its headers too: `content-length` changes).
+                        self.rewriting = true;
+                        let held =
+                            Held { active, started_ns: self.started_ns, rewrite: self.skipped_metric() };
+                        vm.borrow_mut().watchdog.hold(self.context_id, held);
+                        return Action::Pause;
+                    }
+                    // No body to rewrite (none, not JSON, encoded, announced too long).
+                    self.rewrite_model(None);
+                }
                 self.begin_shadow(0, end_of_stream);
                 Action::Continue
             }
@@ -315,7 +395,8 @@ impl HttpContext for Stream {
                 // the routing header is set once the body says) until the body ends or
                 // max_bytes arrived.
                 self.awaiting_body = true;
-                vm.borrow_mut().watchdog.hold(self.context_id, (active, self.started_ns));
+                let held = Held { active, started_ns: self.started_ns, rewrite: None };
+                vm.borrow_mut().watchdog.hold(self.context_id, held);
                 Action::Pause
             }
         }
@@ -323,7 +404,7 @@ impl HttpContext for Stream {
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.picked_up();
-        if !self.awaiting_body {
+        if !self.awaiting_body && !self.rewriting {
             // Decided: the body passes, and a shadow's copy takes each chunk.
             if let (Some(copy), Some(active)) = (&mut self.shadow, &self.active) {
                 copy.body(active, body_size);
@@ -344,19 +425,23 @@ impl HttpContext for Stream {
             return Action::Pause;
         }
         // The whole body within max_bytes, or none (longer: the decision goes on without it).
-        let whole = end_of_stream && body_size <= max;
-        self.decide_held(whole.then_some(body_size));
+        let whole = (end_of_stream && body_size <= max).then_some(body_size);
+        self.body_ready(whole);
+        // The shadow's copy is of the body as the client sent it.
         self.begin_shadow(body_size, end_of_stream);
+        self.rewrite_model(whole);
         Action::Continue
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         // The body ended with trailers: decide with what is held.
         self.picked_up();
-        if self.awaiting_body {
+        if self.awaiting_body || self.rewriting {
             let (size, max) = (self.body_size, self.max_body());
-            self.decide_held((size <= max).then_some(size));
+            let whole = (size <= max).then_some(size);
+            self.body_ready(whole);
             self.begin_shadow(size, true);
+            self.rewrite_model(whole);
         }
         self.end_shadow();
         Action::Continue

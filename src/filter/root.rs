@@ -237,10 +237,18 @@ fn check_held(vm: &SharedVm, now: i64) {
             "graysplit: request bodies are not delivered to the filter: set allow_on_headers_stop_iteration: true in the Wasm filter's config (envoy.extensions.wasm.v3.PluginConfig); Envoy received the whole body of a held request and did not hand it over, so body conditions and body identities see no body for the next 60 s, then graysplit checks again"
         );
     }
-    for (id, (active, started_ns)) in tick.decide_without_body {
+    for (id, held) in tick.decide_without_body {
         if hostcalls::set_effective_context(id).is_ok() {
-            let out = decide_now(&active, id, None, &vm.borrow().minted, started_ns);
-            vm.borrow_mut().decided.push((id, out));
+            if let Some(skipped) = held.rewrite {
+                // Decided already; its model is not rewritten without its body.
+                if let Some(m) = held.active.metric_ids.get(skipped) {
+                    let _ = hostcalls::increment_metric(*m, 1);
+                }
+                vm.borrow_mut().let_go.push(id);
+            } else {
+                let out = decide_now(&held.active, id, None, &vm.borrow().minted, held.started_ns);
+                vm.borrow_mut().decided.push((id, out));
+            }
             let _ = hostcalls::resume_http_request();
         }
     }

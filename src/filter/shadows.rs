@@ -274,8 +274,14 @@ impl Copy {
 
     /// The request is whole: its copy goes to the root context to be sent (or, too long, is
     /// counted `skipped_size`). False when it is not sent: its pair is gone.
-    pub(super) fn send(self, active: &Rc<Active>, vm: &SharedVm) -> bool {
+    pub(super) fn send(mut self, active: &Rc<Active>, vm: &SharedVm) -> bool {
         let Some(spec) = active.plan.shadows.get(self.pick.shadow) else { return false };
+        if let Some(m) = active.plan.model(spec.version) {
+            // The shadow asks its version's model, as a request decided to it would.
+            if let Ok(body) = crate::body::model::rewrite(&self.body, &m.literal) {
+                self.body = body;
+            }
+        }
         let mut v = vm.borrow_mut();
         let queue = v.shadows.queue.filter(|_| v.shadows.owner.is_some());
         let Some(queue) = queue.filter(|_| !self.too_big) else {

@@ -23,9 +23,11 @@ pub(super) struct Vm {
     /// Whether Envoy delivers bodies, and the requests held for theirs, each with the config it
     /// is decided under (its root context may be replaced meanwhile) and when its headers came
     /// (Unix ns, 0 when the plan does not time answers).
-    pub watchdog: Watchdog<(Rc<Active>, i64)>,
+    pub watchdog: Watchdog<Held>,
     /// Held requests the tick decided without their body, for their streams to pick up.
     pub decided: Vec<(u32, Outcome)>,
+    /// Requests held for a model rewrite that the tick let go without their body.
+    pub let_go: Vec<u32>,
     /// When held requests were last checked (Unix ns): each root context with a tick calls the
     /// check, and the requests count one tick however many roots there are.
     pub last_check_ns: i64,
@@ -36,6 +38,16 @@ pub(super) struct Vm {
 }
 
 pub(super) type SharedVm = Rc<RefCell<Vm>>;
+
+/// A request held for its body: the config it is decided under (its root context may be
+/// replaced meanwhile), when its headers came (Unix ns, 0 when the plan does not time answers),
+/// and, for one already decided that waits only to have its `model` rewritten, the counter of a
+/// skipped rewrite.
+pub(super) struct Held {
+    pub active: Rc<Active>,
+    pub started_ns: i64,
+    pub rewrite: Option<crate::config::MetricId>,
+}
 
 thread_local! {
     /// The one `Vm` of this VM (a Wasm VM runs on one thread). The SDK's root context factory is
@@ -58,5 +70,12 @@ impl Vm {
     /// Request `context_id` is no longer held.
     pub fn release(&mut self, context_id: u32) {
         self.watchdog.release(context_id);
+    }
+
+    /// Whether the tick let request `context_id`, held for a rewrite, go without its body.
+    pub fn take_let_go(&mut self, context_id: u32) -> bool {
+        let Some(i) = self.let_go.iter().position(|id| *id == context_id) else { return false };
+        self.let_go.swap_remove(i);
+        true
     }
 }

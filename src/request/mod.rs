@@ -11,6 +11,7 @@ pub mod query;
 use std::borrow::Cow;
 use std::net::IpAddr;
 
+use crate::body::prompt::{self, Prompt};
 use crate::body::Field;
 use crate::config::{HeaderSlot, Plan, WatchId};
 use crate::matcher::cidr::parse_socket_ip;
@@ -75,6 +76,8 @@ pub struct Facts<'a, H: Host> {
     claims: Option<Option<Claims>>,
     /// The fields the plan's pointers name, by pointer index (`Some(None)`: no body to read).
     body: Option<Option<Vec<Option<Field>>>>,
+    /// The body's prompt (`Some(None)`: none).
+    prompt: Option<Option<Prompt>>,
 }
 
 impl<'a, H: Host> Facts<'a, H> {
@@ -88,6 +91,7 @@ impl<'a, H: Host> Facts<'a, H> {
             now: None,
             claims: None,
             body: None,
+            prompt: None,
         }
     }
 
@@ -194,6 +198,18 @@ impl<'a, H: Host> Facts<'a, H> {
         let fields = self.body.get_or_insert_with(|| host.body().and_then(|b| plan.body_fields.extract(&b)));
         let Some(fields) = fields.as_ref() else { return Ok(None) };
         Ok(plan.body_fields.index(pointer).and_then(|i| fields.get(i)).and_then(Option::as_ref))
+    }
+
+    /// The prompt of the JSON body (DESIGN.md "Prompt matchers"), read on first need (the body
+    /// copy it is read from is not kept). [`Pending`] while the body is still to come.
+    pub fn prompt(&mut self) -> Result<Option<&mut Prompt>, Pending> {
+        let host = self.host;
+        if self.prompt.is_none() && host.body_pending() {
+            return Err(Pending);
+        }
+        let found =
+            self.prompt.get_or_insert_with(|| host.body().and_then(|b| prompt::extract(&b)).map(Prompt::new));
+        Ok(found.as_mut())
     }
 }
 
