@@ -17,6 +17,7 @@ body; and bad matchers and versions refused by a real Envoy with their JSON path
 from __future__ import annotations
 
 import json
+import re
 import socket
 
 import pytest
@@ -360,3 +361,40 @@ def it_bad_prompt_matchers_are_refused_at_their_path(tmp_path, case):
 def it_bad_versions_are_refused_at_their_path(tmp_path, case):
     _, top, path, word = case
     refused_at(tmp_path, dict(BASE, **top), path, word)
+
+
+# --------------------------------------------------------------------------- the CLI
+
+def it_explain_and_simulate_read_the_body_s_prompt_and_model(tmp_path):
+    from harness import bucket, cli
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(CONFIG))
+    ask = lambda text, user: json.dumps({"user": user, "model": "qwen3-72b",  # noqa: E731
+                                         "messages": [{"role": "system", "content": "PPT"},
+                                                      {"role": "user", "content": text}]})
+    body = tmp_path / "b.json"
+    body.write_text(ask("请做一个幻灯片", "u-1"))
+    out = cli("explain", str(cfg), "--body", str(body)).stdout
+    assert "version: ppt" in out and "rule:    ppt-pilot" in out, out
+    assert 'prompt:  "请做一个幻灯片" (7 characters)' in out, out
+    assert "model:   as the client sent it (ppt has no model in versions)" in out, out
+    body.write_text(ask("what time is it?", GRAY_USER))
+    out = cli("explain", str(cfg), "--body", str(body), "--path", "/ramp/v1/chat/completions").stdout
+    assert "version: v2" in out and f"bucket:  {bucket(SALT, GRAY_USER)} of 10000" in out, out
+    assert "not true that the prompt contains one of" in out, out
+    assert f'model:   the upstream is asked for "{CANARY}" (the body said "qwen3-72b"' in out, out
+    # Past body.max_bytes: no body, as in the filter.
+    body.write_text(json.dumps({"model": "qwen3-72b", "pad": "x" * 5000,
+                                "messages": [{"role": "user", "content": "make a PPT"}]}))
+    p = cli("explain", str(cfg), "--body", str(body), "--header", "x-canary: 1")
+    assert "version: v2" in p.stdout and "longer than body.max_bytes" in p.stderr, p
+    assert "prompt:  none: no JSON body within body.max_bytes" in p.stdout, p.stdout
+    assert "the body passes unchanged (longer than body.max_bytes; counted skipped)" in p.stdout, p.stdout
+    body.write_text(ask("hello", "ignored"))
+    out = cli("simulate", str(cfg), "--users", "2000", "--body", str(body), "--path", "/ramp/x").stdout
+    got = {v: int(n) for v, n in re.findall(r"^ramp\s+(\S+)\s+(\d+)", out, re.M)}
+    want = {"v1": 0, "v2": 0}
+    for i in range(2000):
+        want["v2" if bucket(SALT, f"sim-user-{i}") < 5000 else "v1"] += 1
+    assert got == want, out
+    assert f'v2: model "{CANARY}" (the body\'s model rewritten)' in out, out

@@ -43,7 +43,9 @@ REQUEST facts (all optional, repeatable where it makes sense):
   --tripped VERSION      as if the guard had tripped VERSION (repeatable)
   --claim NAME=VALUE     a verified JWT claim (repeatable; VALUE as JSON when it is: 42,
                          true, [\"a\",\"b\"]; else a string)
-  --body FILE            the JSON request body (as if held in full within body.max_bytes)
+  --body FILE            the JSON request body (as if held in full; one longer than
+                         body.max_bytes, as the filter does, counts as none): its fields,
+                         its prompt (when.prompt) and its model (versions.<v>.model)
   --pin [NAME=]VALUE     a session pin cookie the request carries (bare: for every split rule)
   --plugin NAME          which WasmPlugin of a YAML file
 
@@ -357,6 +359,15 @@ fn load_plan(o: &Opts) -> Result<(String, Plan), String> {
     };
     let plan = config::parse_in(f.json.as_bytes(), &cli_env)
         .map_err(|e| format!("{}: invalid config: {e}", f.origin))?;
+    if let (Some(body), Some(spec)) = (&o.request.body, &plan.body) {
+        if body.len() > spec.max_bytes {
+            eprintln!(
+                "note: --body is {} bytes, longer than body.max_bytes {}: the filter reads no body, nor does this",
+                body.len(),
+                spec.max_bytes
+            );
+        }
+    }
     for v in &o.tripped {
         if !plan.watches.iter().any(|w| !w.stable && plan.version_name(w.version) == v) {
             return Err(format!("--tripped {v}: no guarded rule of {} splits to {v:?}", f.origin));
@@ -368,6 +379,9 @@ fn load_plan(o: &Opts) -> Result<(String, Plan), String> {
 /// The request for user `user` (or none): the user id goes where the config reads it first.
 fn build_request(o: &Opts, plan: &Plan, user: Option<&str>) -> StaticRequest {
     let mut r = o.request.clone();
+    if plan.body.as_ref().is_some_and(|spec| r.body.as_ref().is_some_and(|b| b.len() > spec.max_bytes)) {
+        r.body = None;
+    }
     r.tripped = plan
         .watches
         .iter()
@@ -497,6 +511,27 @@ fn explain(args: &[String]) -> Result<ExitCode, String> {
     } else if let Some(u) = &o.user {
         println!("user id: {u:?}");
     }
+    if plan.rule_names().enumerate().any(|(i, _)| plan.has_prompt_condition(i)) {
+        let body = readable_body(&o, &plan);
+        let line = match body.as_deref().map(graysplit::body::prompt::extract) {
+            None => "none: no JSON body within body.max_bytes (every prompt matcher fails)".to_string(),
+            Some(None) => "none: the body has no user message, input or query (every prompt matcher fails)".to_string(),
+            Some(Some(p)) => {
+                let n = p.chars().count();
+                let shown: String = p.chars().take(120).collect();
+                let more = if n > 120 { format!("... ({n} characters)") } else { format!(" ({n} characters)") };
+                format!("{}{more}", graysplit::text::quote(&shown))
+            }
+        };
+        println!("prompt:  {line}");
+    }
+    match plan.model(d.version) {
+        Some(m) => println!("model:   {}", explain_model(&o, &plan, m)),
+        None if !plan.models.is_empty() => {
+            println!("model:   as the client sent it ({} has no model in versions)", d.version_name(&plan))
+        }
+        None => {}
+    }
     if let Some(lane) = &d.lane {
         // The counter's result label says what the lane did.
         let result = plan.metrics.get(lane.metric).and_then(|m| m.rsplit('.').next()).unwrap_or("");
@@ -571,6 +606,42 @@ fn explain(args: &[String]) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The request's body as the filter would read it: JSON within `body.max_bytes`.
+fn readable_body(o: &Opts, plan: &Plan) -> Option<Vec<u8>> {
+    let max = plan.body.as_ref().map_or(0, |b| b.max_bytes);
+    o.request.body.clone().filter(|b| b.len() <= max)
+}
+
+/// What becomes of the body's `model` for a request decided to a version with one.
+fn explain_model(o: &Opts, plan: &Plan, m: &config::ModelSpec) -> String {
+    use graysplit::body::model::{rewrite, Skipped};
+    let Some(body) = readable_body(o, plan) else {
+        let why = if o.request.body.is_some() { "longer than body.max_bytes" } else { "no --body given" };
+        return format!("{:?} would replace the body's model, but the body passes unchanged ({why}; counted skipped)", m.name);
+    };
+    match rewrite(&body, &m.literal) {
+        Ok(new) => {
+            let asked = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("model").and_then(|x| x.as_str()).map(str::to_string))
+                .unwrap_or_default();
+            format!(
+                "the upstream is asked for {:?} (the body said {asked:?}; only that value changes: {} -> {} bytes)",
+                m.name,
+                body.len(),
+                new.len()
+            )
+        }
+        Err(Skipped::NotJson) => {
+            format!("{:?} not written: the body is not JSON; it passes unchanged (counted skipped)", m.name)
+        }
+        Err(Skipped::NoModel) => format!(
+            "{:?} not written: the body has no top-level model string; it passes unchanged (counted skipped)",
+            m.name
+        ),
+    }
+}
+
 /// What the deciding rule's shadow does with the request (DESIGN.md "Shadow").
 fn explain_shadow(plan: &Plan, s: &ShadowSpec, d: &Decision, user: Option<&str>, path: &str) -> String {
     let version = plan.version_name(s.version);
@@ -635,6 +706,24 @@ fn simulate(args: &[String]) -> Result<ExitCode, String> {
     println!();
     for (version, c) in &by_version {
         println!("{:<24} {version:<16} {c:>9} {:>7.2}%", "(all rules)", pct(*c));
+    }
+    let models: Vec<String> = by_version
+        .keys()
+        .filter_map(|v| {
+            let m = plan.model(plan.version_id(v.as_bytes())?)?;
+            let what = match readable_body(&o, &plan).map(|b| graysplit::body::model::rewrite(&b, &m.literal)) {
+                Some(Ok(_)) => "the body's model rewritten",
+                Some(Err(_)) => "the body passes unchanged: it has no top-level model string",
+                None => "no --body: the upstream would be asked for it in a JSON body's model",
+            };
+            Some(format!("{v}: model {:?} ({what})", m.name))
+        })
+        .collect();
+    if !models.is_empty() {
+        println!();
+        for line in models {
+            println!("{line}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -549,6 +549,11 @@ impl Plan {
         self.split(rule)?.shadow.and_then(|s| self.shadows.get(s))
     }
 
+    /// Whether rule `rule` has a `when.prompt` matcher.
+    pub fn has_prompt_condition(&self, rule: usize) -> bool {
+        self.rules.get(rule).is_some_and(|r| r.when.iter().any(|c| matches!(c, Cond::Prompt(_))))
+    }
+
     /// The model a request decided to version `v` asks for, if `versions` gives it one.
     pub fn model(&self, v: VersionId) -> Option<&ModelSpec> {
         self.models.get(v)?.as_ref()
