@@ -1238,6 +1238,43 @@ mod tests {
     }
 
     #[test]
+    fn prompt_rules_wait_for_the_body_and_a_model_alone_never_does() {
+        let p = plan(
+            r#"{"stable": "v1", "versions": {"v2": {"model": "canary"}, "v4": {}}, "rules": [
+               {"name": "dept", "when": {"headers": [{"name": "x-d", "present": true}], "prompt": [{"contains_any": ["PPT"]}]}, "version": "v3"},
+               {"name": "long", "when": {"prompt": [{"min_chars": 10}, {"max_chars": 12}]}, "version": "v4"},
+               {"name": "all", "version": "v2"}]}"#,
+        );
+        assert!(p.body.is_some(), "prompt rules and models read bodies");
+        assert!(p.version_id(b"v4").is_some(), "versions names known versions");
+        assert!(p.model(p.version_id(b"v2").unwrap()).is_some() && p.model(0).is_none());
+        let at_headers = |headers: &[(&str, &str)]| {
+            let mut r = req("/v1/chat", headers);
+            r.body_pending = true;
+            decide_at_headers(&p, &r).map(|d| d.rule_name(&p).to_string())
+        };
+        assert_eq!(at_headers(&[]), None, "rule long may match: wait");
+        let only_model = plan(r#"{"stable": "v1", "versions": {"v2": {"model": "m"}}, "rules": [{"name": "all", "version": "v2"}]}"#);
+        let mut r = req("/v1/chat", &[]);
+        r.body_pending = true;
+        assert_eq!(decide_at_headers(&only_model, &r).map(|d| d.version), only_model.version_id(b"v2"));
+        let with = |body: &str, headers: &[(&str, &str)]| {
+            let mut r = req("/v1/chat", headers);
+            r.body = Some(body.as_bytes().to_vec());
+            decide(&p, &r).rule_name(&p).to_string()
+        };
+        let chat = |text: &str| format!(r#"{{"messages": [{{"role": "user", "content": "{text}"}}]}}"#);
+        assert_eq!(with(&chat("a ppt"), &[("x-d", "1")]), "dept");
+        assert_eq!(with(&chat("a ppt"), &[]), "all", "every condition must hold");
+        assert_eq!(with(&chat("0123456789"), &[]), "long");
+        assert_eq!(with(&chat("0123456789abc"), &[]), "all", "13 characters");
+        assert_eq!(with("not json", &[("x-d", "1")]), "all", "no prompt: every prompt matcher fails");
+        let mut r = req("/v1/chat", &[("x-d", "1")]);
+        r.body = None;
+        assert_eq!(decide(&p, &r).rule_name(&p), "all");
+    }
+
+    #[test]
     fn a_pin_to_stable_holds_while_the_tripped_gray_has_the_whole_split() {
         let guarded = pinned(100, r#", "guard": {"max_error_percent": 5}"#);
         let gray = guarded.watches.iter().position(|w| !w.stable).unwrap();
