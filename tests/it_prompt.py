@@ -398,3 +398,14 @@ def it_explain_and_simulate_read_the_body_s_prompt_and_model(tmp_path):
         want["v2" if bucket(SALT, f"sim-user-{i}") < 5000 else "v1"] += 1
     assert got == want, out
     assert f'v2: model "{CANARY}" (the body\'s model rewritten)' in out, out
+
+
+def it_the_readme_configs_of_these_sections_are_valid():
+    from harness import REPO, cli
+    text = (REPO / "README.md").read_text()
+    part = text[text.index("## Pilots by what is asked"):text.index("## The hashing contract")]
+    blocks = re.findall(r"```json\n(.*?)```", part, re.S)
+    assert len(blocks) == 2
+    for b in blocks:
+        p = cli("check", "-", stdin=b)
+        assert p.returncode == 0 and ": ok:" in p.stdout, p.stdout + p.stderr
