@@ -515,11 +515,14 @@ fn explain(args: &[String]) -> Result<ExitCode, String> {
         let body = readable_body(&o, &plan);
         let line = match body.as_deref().map(graysplit::body::prompt::extract) {
             None => "none: no JSON body within body.max_bytes (every prompt matcher fails)".to_string(),
-            Some(None) => "none: the body has no user message, input or query (every prompt matcher fails)".to_string(),
+            Some(None) => {
+                "none: the body has no user message, input or query (every prompt matcher fails)".to_string()
+            }
             Some(Some(p)) => {
                 let n = p.chars().count();
                 let shown: String = p.chars().take(120).collect();
-                let more = if n > 120 { format!("... ({n} characters)") } else { format!(" ({n} characters)") };
+                let more =
+                    if n > 120 { format!("... ({n} characters)") } else { format!(" ({n} characters)") };
                 format!("{}{more}", graysplit::text::quote(&shown))
             }
         };
@@ -617,7 +620,10 @@ fn explain_model(o: &Opts, plan: &Plan, m: &config::ModelSpec) -> String {
     use graysplit::body::model::{rewrite, Skipped};
     let Some(body) = readable_body(o, plan) else {
         let why = if o.request.body.is_some() { "longer than body.max_bytes" } else { "no --body given" };
-        return format!("{:?} would replace the body's model, but the body passes unchanged ({why}; counted skipped)", m.name);
+        return format!(
+            "{:?} would replace the body's model, but the body passes unchanged ({why}; counted skipped)",
+            m.name
+        );
     };
     match rewrite(&body, &m.literal) {
         Ok(new) => {
@@ -711,7 +717,8 @@ fn simulate(args: &[String]) -> Result<ExitCode, String> {
         .keys()
         .filter_map(|v| {
             let m = plan.model(plan.version_id(v.as_bytes())?)?;
-            let what = match readable_body(&o, &plan).map(|b| graysplit::body::model::rewrite(&b, &m.literal)) {
+            let what = match readable_body(&o, &plan).map(|b| graysplit::body::model::rewrite(&b, &m.literal))
+            {
                 Some(Ok(_)) => "the body's model rewritten",
                 Some(Err(_)) => "the body passes unchanged: it has no top-level model string",
                 None => "no --body: the upstream would be asked for it in a JSON body's model",

@@ -1254,7 +1254,9 @@ mod tests {
             decide_at_headers(&p, &r).map(|d| d.rule_name(&p).to_string())
         };
         assert_eq!(at_headers(&[]), None, "rule long may match: wait");
-        let only_model = plan(r#"{"stable": "v1", "versions": {"v2": {"model": "m"}}, "rules": [{"name": "all", "version": "v2"}]}"#);
+        let only_model = plan(
+            r#"{"stable": "v1", "versions": {"v2": {"model": "m"}}, "rules": [{"name": "all", "version": "v2"}]}"#,
+        );
         let mut r = req("/v1/chat", &[]);
         r.body_pending = true;
         assert_eq!(decide_at_headers(&only_model, &r).map(|d| d.version), only_model.version_id(b"v2"));
