@@ -268,3 +268,21 @@ def it_shadows_to_a_version_no_split_gives_users_yet(envoy, apps):
     wait_until(lambda: shadow_stat(e, "paired") == 1, 10, "the shadow answered")
     (copy,) = [h for h, _ in apps["v2"].requests("v3") if h.get("x-graysplit-shadow") == "1"]
     assert copy["x-graysplit-version"] == "v3", copy
+
+
+def it_a_shadow_to_a_version_with_a_model_asks_that_model(envoy, apps):
+    """`versions.v2.model`: the shadow's copy to v2 asks v2's model (only the top-level `model`
+    changed, its content-length the new length), while the primary on v1 keeps the client's."""
+    cfg = config()
+    cfg["versions"] = {"v2": {"model": "qwen3-72b-canary"}}
+    e = envoy(cfg)
+    user = next(u for u in USERS if expected(u) == ("v1", True))
+    body = b'{ "model" : "qwen3-72b", "metadata": {"model": "nested"}, "messages": [] }'
+    r = ask(e, user, "m", body)
+    assert r.status == 200 and r.header("x-app-version") == "v1"
+    wait_until(lambda: shadow_stat(e, "paired") == 1, 10, "the shadow answered")
+    (primary,) = apps["v1"].requests("m")
+    assert primary[1] == body, "the primary's body as sent"
+    (h, b), = [x for x in apps["v2"].requests("m") if x[0].get("x-graysplit-shadow") == "1"]
+    want = body.replace(b'"qwen3-72b"', b'"qwen3-72b-canary"')
+    assert b == want and h["content-length"] == str(len(want)), (h, b)
