@@ -3,7 +3,7 @@
 no-op Wasm filters. Prints a markdown table and writes it to bench/results.md.
 
     .venv/bin/python scripts/bench.py [--rounds 7] [--duration 5] [--warmup 2] [--connections 16]
-                                        [--callgrind N] [--only abcdefghijklmnopqrstuvwxyz1234]
+                                        [--callgrind N] [--only abcdefghijklmnopqrstuvwxyz1234567]
 
 Scenarios (one Envoy each, all from envoy/bench.yaml: the same listener, strip step and
 clusters; they differ in the routes and the HTTP filter, set in `scenarios()` below):
@@ -66,7 +66,16 @@ clusters; they differ in the routes and the HTTP filter, set in `scenarios()` be
      issued for the version its bucket does NOT give (bench/wrk-users.lua `lane FILE`, from
      lane_members(): so the routing proves the lane decided, rule `lane`), which verifies and
      is kept, byte for byte, for the next hop; graysplit_lane_total must count each `followed`.
-  The keys are single characters (--only takes a string of them): a-z, then 1, 2, 3, 4.
+  v3 (issue 20), prompts and models, on a POST of a 4 KB OpenAI-style chat body (chat_body(user,
+     4): its prompt is 4 KB of `x`), each against (5):
+  5  native header routing of that POST, no filter (the baseline of 6 and 7)
+  6  graysplit, one rule with a prompt matcher (contains_any ["PPT", "幻灯片", "slides"]): the
+     body held and its prompt read, lower-cased and searched; no needle is in it, so every
+     request goes to v1 (the costliest outcome of the matcher)
+  7  graysplit, every request decided to v2, whose `versions.v2.model` replaces the body's
+     `model`: held until the body is whole, rewritten, content-length set. Before measuring,
+     graysplit_model_rewrites_total must count each request `rewritten`, none `skipped`.
+  The keys are single characters (--only takes a string of them): a-z, then 1 to 7.
 
 How: every Envoy runs with --concurrency 1 pinned to CPU 0; nginx (the upstream, one process,
 two ports answering "v1" / "v2", two more the same over HTTP/2) and wrk (one thread, many
@@ -145,7 +154,8 @@ GRAY_BELOW = 5000        # buckets [0, 5000) -> v2
 GOALS = {"c": 1.24, "d": 1.40, "h": ("+", "c", 0.01), "i": ("+", "c", 0.07),
          "k": ("x", "j", 1.40), "m": ("x", "l", 1.09), "r": ("x", "p", 1.15), "t": ("x", "s", 1.10),
          "z": ("-x", "y", 1.35, "1", "the shadow's own request"),
-         "3": ("+", "c", 0.05), "4": ("+", "c", 0.05)}
+         "3": ("+", "c", 0.05), "4": ("+", "c", 0.05),
+         "6": ("x", "5", 1.30), "7": ("x", "5", 1.30)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,6 +195,22 @@ def config_body() -> dict:
     cfg = config_one_rule()
     cfg["identity"] = {"from": [{"body": "/user"}]}
     return cfg
+
+
+def config_prompt() -> dict:
+    """(6), issue 20: one rule on the prompt, DESIGN's PPT pilot. The bench body's prompt is
+    4 KB of `x`: no needle is found, so the whole prompt is lower-cased and searched for each
+    (the costliest outcome), and every request goes to stable."""
+    return {"route_header": "x-graysplit-version", "stable": "v1",
+            "rules": [{"name": "ppt-pilot", "when": {"prompt": [{"contains_any": ["PPT", "幻灯片", "slides"]}]},
+                       "version": "v2"}]}
+
+
+def config_model() -> dict:
+    """(7), issue 20: every request decided to v2, whose model replaces the body's."""
+    return {"route_header": "x-graysplit-version", "stable": "v1",
+            "versions": {"v2": {"model": "qwen3-72b-canary"}},
+            "rules": [{"name": "all", "version": "v2"}]}
 
 
 def config_claim() -> dict:
@@ -407,6 +433,9 @@ class Scenario:
     # Its graysplit config has `lane` in this mode, "edge" (3) or "follow" (4): every request
     # must be counted `issued` / `followed`, and reach the upstream with its member.
     lane: str = ""
+    # (7): every request's body has its model rewritten (graysplit_model_rewrites_total), none
+    # skipped.
+    rewrite: bool = False
     proc: subprocess.Popen | None = None
     admin: str = ""
     port: int = 0
@@ -572,6 +601,12 @@ def scenarios(graysplit_wasm: Path) -> list[Scenario]:
         Scenario("1", "graysplit, (y) with Envoy's own request mirroring to v2 at 100% (Envoy's cost of the extra request)",
                  wasm(graysplit_wasm, config_stable_only(), routes=MIRROR_ROUTES), expect=lambda u: "v1",
                  mirror=True),
+        Scenario("5", "native header routing of a 4 KB JSON chat POST, no filter (baseline of 6, 7)",
+                 bench_values(), expect=lambda u: "v1", kind="chat4"),
+        Scenario("6", "graysplit, a prompt matcher (contains_any of 3 needles, none found) on that POST",
+                 wasm(graysplit_wasm, config_prompt()), expect=lambda u: "v1", kind="chat4"),
+        Scenario("7", "graysplit, that POST decided to v2 and its model rewritten (versions.v2.model)",
+                 wasm(graysplit_wasm, config_model()), expect=lambda u: "v2", kind="chat4", rewrite=True),
         Scenario("3", "graysplit, (c) with `lane` mode edge: every decision signed into the request's baggage",
                  wasm(graysplit_wasm, config_lane("edge")), expect=expect_split, lane="edge"),
         Scenario("4", "graysplit, (c) with `lane` mode follow: each request carries a lane that verifies",
@@ -887,6 +922,7 @@ def check_routing(s: Scenario, sample: int = 600) -> str:
     shadows_before, posts_before = (shadow_counts(s.admin), sink_posts()) if s.shadow else ({}, 0)
     mirrored_before = mirror_log_size() if s.mirror else 0
     lanes_before, lane_log_before = (lane_counts(s.admin), lane_log_size()) if s.lane else ({}, 0)
+    rewrites_before = run.counters(s.admin, REWRITE_COUNTER) if s.rewrite else {}
     for u in users:
         # With `lane`, nginx logs the baggage it got for these requests (and only these).
         status, body, headers = get(conn, u.encode(), {LANE_LOG_HEADER: "1"} if s.lane else None, kind=s.kind)
@@ -941,6 +977,12 @@ def check_routing(s: Scenario, sample: int = 600) -> str:
         moved, mirror_bad = mirror_check(s, mirrored_before, len(users))
         problems += mirror_bad
         summary += f"; mirrored: {moved}"
+    if s.rewrite:
+        after = run.counters(s.admin, REWRITE_COUNTER)
+        moved = {k.rsplit(".", 1)[-1]: after.get(k, 0) - rewrites_before.get(k, 0) for k in after}
+        if moved.get("rewritten") != len(users) or moved.get("skipped", 0):
+            problems.append(f"model rewrites {moved}, expected {len(users)} rewritten and none skipped")
+        summary += f"; model rewrites: {moved}"
     if s.lane:
         moved, lane_bad = lane_check(s, lanes_before, len(users))
         problems += lane_bad
@@ -997,6 +1039,7 @@ def llm_check(s: Scenario, before: dict, served: dict[str, int]) -> tuple[str, l
 
 
 SHADOW_COUNTER = "wasmcustom.graysplit_shadow_total."
+REWRITE_COUNTER = "wasmcustom.graysplit_model_rewrites_total."
 # What must not happen to a shadow of (z): it would then cost less than a shadow does.
 SHADOW_BAD = ("shadow_failed", "timed_out", "skipped_busy", "skipped_size", "sink_failed")
 
@@ -1741,7 +1784,7 @@ def main() -> int:
     ap.add_argument("--callgrind", type=int, default=int(os.environ.get("BENCH_CALLGRIND", 300)),
                     metavar="N", help="also count Envoy instructions per request under valgrind's "
                     "callgrind over N requests per scenario (noise-free; about 30 s per scenario)")
-    ap.add_argument("--only", default="abcdefghijklmnopqrstuvwxyz1234",
+    ap.add_argument("--only", default="abcdefghijklmnopqrstuvwxyz1234567",
                     help="scenarios to run, one character each, e.g. acf, ayz1 or ac34 ((a) is always run)")
     ap.add_argument("--without-llm", action="store_true",
                     help="debug: run (r) and (t) with `llm` removed from their config (a filter that does not "
