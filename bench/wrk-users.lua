@@ -8,6 +8,8 @@
 --   get          GET with x-user-id: user-<n> (50 000 ids)
 --   chat<KB>     POST of an OpenAI-style chat body of <KB> KiB whose /user is user-<n>
 --                (scripts/bench.py chat_body() makes the same bytes)
+--   chatfile FILE  POST of FILE's bytes (bench/chat-4k.json), application/json, with
+--                x-user-id: user-<n>
 --   jwt FILE     GET with authorization: Bearer <line n of FILE> (RS256, sub user-<n>)
 --   lane FILE    GET with x-user-id: user-<n> and baggage: <line n of FILE> (user-<n>'s signed
 --                lane member; scripts/bench.py lane_members() writes one a line)
@@ -45,6 +47,14 @@ function init(args)
     for line in io.lines(args[2]) do
       requests[i + 1] = wrk.format("GET", nil, with({["x-user-id"] = "user-" .. i, ["baggage"] = line}))
       i = i + 1
+    end
+  elseif kind == "chatfile" then
+    local f = assert(io.open(args[2], "rb"))
+    local body = f:read("*a")
+    f:close()
+    for i = 1, 5000 do
+      requests[i] = wrk.format("POST", nil, with({["content-type"] = "application/json",
+        ["x-user-id"] = "user-" .. (i - 1)}), body)
     end
   elseif kind:sub(1, 4) == "chat" then
     local kb = tonumber(kind:sub(5))

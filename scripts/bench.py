@@ -3,7 +3,7 @@
 no-op Wasm filters. Prints a markdown table and writes it to bench/results.md.
 
     .venv/bin/python scripts/bench.py [--rounds 7] [--duration 5] [--warmup 2] [--connections 16]
-                                        [--callgrind N] [--only abcdefghijklmnopqrstuvwxyz1234567]
+                                        [--callgrind N] [--only abcdefghijklmnopqrstuvwxyz1234567890]
 
 Scenarios (one Envoy each, all from envoy/bench.yaml: the same listener, strip step and
 clusters; they differ in the routes and the HTTP filter, set in `scenarios()` below):
@@ -75,7 +75,15 @@ clusters; they differ in the routes and the HTTP filter, set in `scenarios()` be
   7  graysplit, every request decided to v2, whose `versions.v2.model` replaces the body's
      `model`: held until the body is whole, rewritten, content-length set. Before measuring,
      graysplit_model_rewrites_total must count each request `rewritten`, none `skipped`.
-  The keys are single characters (--only takes a string of them): a-z, then 1 to 7.
+  8, 9, 0  5, 6 and 7 on a realistic chat body instead, bench/chat-4k.json (4096 bytes: a
+     system message, three user/assistant turns, the last user message "Please make 3 slides
+     about Envoy ..."; the same bytes for every user): the prompt is that last message alone
+  8  native header routing of that POST, no filter (the baseline of 9 and 0)
+  9  graysplit, (6)'s rule: "slides" is found, so every request goes to v2. Before measuring,
+     the same body with a last message without any needle must go to v1.
+  0  graysplit, (7)'s config on that POST: every request to v2, its `model` rewritten
+     (graysplit_model_rewrites_total: each `rewritten`, none `skipped`)
+  The keys are single characters (--only takes a string of them): a-z, then 1 to 9, then 0.
 
 How: every Envoy runs with --concurrency 1 pinned to CPU 0; nginx (the upstream, one process,
 two ports answering "v1" / "v2", two more the same over HTTP/2) and wrk (one thread, many
@@ -155,7 +163,8 @@ GOALS = {"c": 1.24, "d": 1.40, "h": ("+", "c", 0.01), "i": ("+", "c", 0.07),
          "k": ("x", "j", 1.40), "m": ("x", "l", 1.09), "r": ("x", "p", 1.15), "t": ("x", "s", 1.10),
          "z": ("-x", "y", 1.35, "1", "the shadow's own request"),
          "3": ("+", "c", 0.05), "4": ("+", "c", 0.05),
-         "6": ("x", "5", 1.30), "7": ("x", "5", 1.30)}
+         "6": ("x", "5", 1.30), "7": ("x", "5", 1.30),
+         "9": ("x", "8", 1.30), "0": ("x", "8", 1.30)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,6 +282,19 @@ def answer_usage(kind: str) -> tuple[dict[str, int], str]:
     return {"input": usage["prompt_tokens"], "output": usage["completion_tokens"],
             "cached": usage.get("prompt_tokens_details", {}).get("cached_tokens", 0),
             "reasoning": usage.get("completion_tokens_details", {}).get("reasoning_tokens", 0)}, finish
+
+
+# (8), (9), (0): a realistic 4 KB chat request, the same bytes for every user (the ids are in
+# x-user-id). PROMPT_MISS is it with a last user message no needle of config_prompt() is in.
+CHAT_FILE = BENCH / "chat-4k.json"
+CHAT_LAST = "Please make 3 slides about Envoy for the team meeting"
+CHAT_MISS = "Please write 3 paragraphs about Envoy for the team meeting"
+
+
+def chat_file_body(miss: bool = False) -> bytes:
+    body = CHAT_FILE.read_bytes()
+    assert body.count(CHAT_LAST.encode()) == 1, f"{CHAT_FILE}: its last message changed"
+    return body.replace(CHAT_LAST.encode(), CHAT_MISS.encode()) if miss else body
 
 
 def chat_body(user: str, kb: int) -> bytes:
@@ -436,6 +458,8 @@ class Scenario:
     # (7): every request's body has its model rewritten (graysplit_model_rewrites_total), none
     # skipped.
     rewrite: bool = False
+    # (9): where the same body goes with a last user message that holds no needle.
+    miss: str = ""
     proc: subprocess.Popen | None = None
     admin: str = ""
     port: int = 0
@@ -607,6 +631,12 @@ def scenarios(graysplit_wasm: Path) -> list[Scenario]:
                  wasm(graysplit_wasm, config_prompt()), expect=lambda u: "v1", kind="chat4"),
         Scenario("7", "graysplit, that POST decided to v2 and its model rewritten (versions.v2.model)",
                  wasm(graysplit_wasm, config_model()), expect=lambda u: "v2", kind="chat4", rewrite=True),
+        Scenario("8", "native header routing of a realistic 4 KB chat POST (bench/chat-4k.json), no filter (baseline of 9, 0)",
+                 bench_values(), expect=lambda u: "v1", kind="chatfile"),
+        Scenario("9", "graysplit, (6)'s prompt matcher on that POST, \"slides\" found: every request to v2",
+                 wasm(graysplit_wasm, config_prompt()), expect=lambda u: "v2", kind="chatfile", miss="v1"),
+        Scenario("0", "graysplit, (7) on that POST: decided to v2 and its model rewritten",
+                 wasm(graysplit_wasm, config_model()), expect=lambda u: "v2", kind="chatfile", rewrite=True),
         Scenario("3", "graysplit, (c) with `lane` mode edge: every decision signed into the request's baggage",
                  wasm(graysplit_wasm, config_lane("edge")), expect=expect_split, lane="edge"),
         Scenario("4", "graysplit, (c) with `lane` mode follow: each request carries a lane that verifies",
@@ -889,7 +919,11 @@ def get(conn: http.client.HTTPConnection, user: bytes | None, extra: dict | None
     path = path or ANSWER_PATHS.get(kind, REQUEST_PATH)
     headers = {"cookie": COOKIE, "user-agent": USER_AGENT, "accept": "application/json"}
     body = None
-    if kind.startswith("chat") and user is not None:
+    if kind in ("chatfile", "chatmiss") and user is not None:
+        body = chat_file_body(miss=kind == "chatmiss")
+        headers["content-type"] = "application/json"
+        headers["x-user-id"] = user
+    elif kind.startswith("chat") and user is not None:
         body = chat_body(user.decode(), int(kind[4:]))
         headers["content-type"] = "application/json"
     elif kind == "jwt" and user is not None:
@@ -977,6 +1011,11 @@ def check_routing(s: Scenario, sample: int = 600) -> str:
         moved, mirror_bad = mirror_check(s, mirrored_before, len(users))
         problems += mirror_bad
         summary += f"; mirrored: {moved}"
+    if s.miss:   # the matcher really decides: without a needle the request stays on stable
+        status, body, _ = get(conn, b"user-miss", kind="chatmiss")
+        if (status, body) != (200, s.miss):
+            problems.append(f"a body without a needle got {status} {body!r}, want 200 {s.miss!r}")
+        summary += f"; without a needle: {body}"
     if s.rewrite:
         after = run.counters(s.admin, REWRITE_COUNTER)
         moved = {k.rsplit(".", 1)[-1]: after.get(k, 0) - rewrites_before.get(k, 0) for k in after}
@@ -1317,7 +1356,8 @@ class RunFailed(Exception):
 
 
 def wrk(wrk_bin: str, s: Scenario, seconds: int, connections: int, cpu: int | None) -> dict:
-    data = LANE_FILE if s.kind == "lane" else RUN_DIR / "tokens.txt"   # the members, or the tokens of "jwt"
+    # the members, the body of "chatfile", or the tokens of "jwt"
+    data = LANE_FILE if s.kind == "lane" else CHAT_FILE if s.kind == "chatfile" else RUN_DIR / "tokens.txt"
     cmd = [wrk_bin, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(WRK_SCRIPT),
            f"http://127.0.0.1:{s.port}{s.path}", "--", s.kind, str(data)]
     out = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_child_setup(cpu))
@@ -1784,7 +1824,7 @@ def main() -> int:
     ap.add_argument("--callgrind", type=int, default=int(os.environ.get("BENCH_CALLGRIND", 300)),
                     metavar="N", help="also count Envoy instructions per request under valgrind's "
                     "callgrind over N requests per scenario (noise-free; about 30 s per scenario)")
-    ap.add_argument("--only", default="abcdefghijklmnopqrstuvwxyz1234567",
+    ap.add_argument("--only", default="abcdefghijklmnopqrstuvwxyz1234567890",
                     help="scenarios to run, one character each, e.g. acf, ayz1 or ac34 ((a) is always run)")
     ap.add_argument("--without-llm", action="store_true",
                     help="debug: run (r) and (t) with `llm` removed from their config (a filter that does not "
