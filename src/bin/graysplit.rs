@@ -511,7 +511,7 @@ fn explain(args: &[String]) -> Result<ExitCode, String> {
     } else if let Some(u) = &o.user {
         println!("user id: {u:?}");
     }
-    if plan.rule_names().enumerate().any(|(i, _)| plan.has_prompt_condition(i)) {
+    if plan.reads_prompt {
         let body = readable_body(&o, &plan);
         let line = match body.as_deref().map(graysplit::body::prompt::extract) {
             None => "none: no JSON body within body.max_bytes (every prompt matcher fails)".to_string(),

@@ -32,10 +32,7 @@ pub fn extract(body: &[u8]) -> Option<String> {
     let mut none = String::new();
     let found = Walk { level: Level::Top, text: &mut none }.deserialize(&mut de).ok()?;
     de.end().ok()?;
-    match found {
-        Found::Prompt(p) => p,
-        _ => None,
-    }
+    prompt(found)
 }
 
 /// One matcher of `when.prompt`, compiled.

@@ -351,18 +351,20 @@ pub(super) fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> R
     let conds = || rules.iter().flat_map(|r| &r.when);
     let reads_claims = identity.iter().any(|s| matches!(s, IdSource::Claim(_)))
         || conds().any(|c| matches!(c, Cond::Claim(..)));
+    // Indexed by version; empty when no version has a model (nothing rewritten, nothing held).
     let mut models: Vec<Option<ModelSpec>> = Vec::new();
-    models.resize_with(b.versions.len(), || None);
-    let rewrites = !version_models.is_empty();
     for (v, m) in version_models {
+        models.resize_with(b.versions.len(), || None);
         if let Some(slot) = models.get_mut(v) {
             *slot = Some(m);
         }
     }
+    let reads_prompt = conds().any(|c| matches!(c, Cond::Prompt(_)));
     // `when.prompt` and a version's model read bodies too.
     let reads_body = identity.iter().any(|s| matches!(s, IdSource::Body(_)))
-        || conds().any(|c| matches!(c, Cond::Body(..) | Cond::Prompt(_)))
-        || rewrites;
+        || conds().any(|c| matches!(c, Cond::Body(..)))
+        || reads_prompt
+        || !models.is_empty();
     let claims_key = match raw.claims {
         Some(Obj(c)) => non_empty("claims.metadata_key", c.metadata_key.unwrap_or_else(|| "payload".into()))?,
         None => "payload".to_string(),
@@ -449,7 +451,8 @@ pub(super) fn compile(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> R
         claims_key: reads_claims.then_some(claims_key),
         body: reads_body.then_some(BodySpec { max_bytes }),
         body_fields,
-        models: if rewrites { models } else { Vec::new() },
+        models,
+        reads_prompt,
         pin,
     })
 }

@@ -70,6 +70,8 @@ pub struct Plan {
     /// With `versions.<v>.model`: per version (by `VersionId`), the model a request decided to
     /// it asks for. Empty when no version has one (then nothing is rewritten, nothing held).
     pub models: Vec<Option<ModelSpec>>,
+    /// Some rule has a `when.prompt` matcher: a body read for the decision yields its prompt.
+    pub reads_prompt: bool,
     pub pin: Option<PinSpec>,
     /// Lower-case names of the request headers the plan reads (pseudo-headers included).
     pub headers: Vec<String>,
@@ -547,11 +549,6 @@ impl Plan {
     /// The shadow of rule `rule`, if it has one.
     pub fn rule_shadow(&self, rule: usize) -> Option<&ShadowSpec> {
         self.split(rule)?.shadow.and_then(|s| self.shadows.get(s))
-    }
-
-    /// Whether rule `rule` has a `when.prompt` matcher.
-    pub fn has_prompt_condition(&self, rule: usize) -> bool {
-        self.rules.get(rule).is_some_and(|r| r.when.iter().any(|c| matches!(c, Cond::Prompt(_))))
     }
 
     /// The model a request decided to version `v` asks for, if `versions` gives it one.

@@ -74,10 +74,17 @@ pub struct Facts<'a, H: Host> {
     source: Option<Option<IpAddr>>,
     now: Option<i64>,
     claims: Option<Option<Claims>>,
-    /// The fields the plan's pointers name, by pointer index (`Some(None)`: no body to read).
-    body: Option<Option<Vec<Option<Field>>>>,
-    /// The body's prompt (`Some(None)`: none).
-    prompt: Option<Option<Prompt>>,
+    /// What the decision reads of the JSON body, once it is read (`None`: not yet).
+    body: Option<BodyFacts>,
+}
+
+/// The body's facts, all read from one copy of it (which is not kept).
+struct BodyFacts {
+    /// The fields the plan's pointers name, by pointer index (`None`: no body to read, or no
+    /// pointers).
+    fields: Option<Vec<Option<Field>>>,
+    /// Its prompt, with a plan that has prompt matchers.
+    prompt: Option<Prompt>,
 }
 
 impl<'a, H: Host> Facts<'a, H> {
@@ -91,7 +98,6 @@ impl<'a, H: Host> Facts<'a, H> {
             now: None,
             claims: None,
             body: None,
-            prompt: None,
         }
     }
 
@@ -191,25 +197,34 @@ impl<'a, H: Host> Facts<'a, H> {
     /// The field of the JSON body at `pointer`; every pointer's field is read on first need, in
     /// one pass over the body. [`Pending`] while the body is still to come.
     pub fn body_field(&mut self, pointer: &str) -> Result<Option<&Field>, Pending> {
+        let plan = self.plan;
+        let fields = self.body_facts()?.fields.as_ref();
+        Ok(fields.and_then(|f| f.get(plan.body_fields.index(pointer)?)).and_then(Option::as_ref))
+    }
+
+    /// The prompt of the JSON body (DESIGN.md "Prompt matchers"). [`Pending`] while the body is
+    /// still to come.
+    pub fn prompt(&mut self) -> Result<Option<&mut Prompt>, Pending> {
+        Ok(self.body_facts()?.prompt.as_mut())
+    }
+
+    /// The body's facts: on first need, one copy of the body from the host, read once for the
+    /// pointers' fields and once for the prompt (each only when the plan has some), then dropped.
+    fn body_facts(&mut self) -> Result<&mut BodyFacts, Pending> {
         let (plan, host) = (self.plan, self.host);
         if self.body.is_none() && host.body_pending() {
             return Err(Pending);
         }
-        let fields = self.body.get_or_insert_with(|| host.body().and_then(|b| plan.body_fields.extract(&b)));
-        let Some(fields) = fields.as_ref() else { return Ok(None) };
-        Ok(plan.body_fields.index(pointer).and_then(|i| fields.get(i)).and_then(Option::as_ref))
-    }
-
-    /// The prompt of the JSON body (DESIGN.md "Prompt matchers"), read on first need (the body
-    /// copy it is read from is not kept). [`Pending`] while the body is still to come.
-    pub fn prompt(&mut self) -> Result<Option<&mut Prompt>, Pending> {
-        let host = self.host;
-        if self.prompt.is_none() && host.body_pending() {
-            return Err(Pending);
-        }
-        let found =
-            self.prompt.get_or_insert_with(|| host.body().and_then(|b| prompt::extract(&b)).map(Prompt::new));
-        Ok(found.as_mut())
+        Ok(self.body.get_or_insert_with(|| {
+            let raw = host.body();
+            let raw = raw.as_deref();
+            BodyFacts {
+                fields: raw
+                    .filter(|_| !plan.body_fields.is_empty())
+                    .and_then(|b| plan.body_fields.extract(b)),
+                prompt: raw.filter(|_| plan.reads_prompt).and_then(prompt::extract).map(Prompt::new),
+            }
+        }))
     }
 }
 
