@@ -14,11 +14,14 @@ SRC := $(shell find src -name '*.rs') Cargo.toml $(wildcard Cargo.lock)
 ENVOY_LOCAL_IMAGE := graysplit/envoy:1.40.0-local
 ENVOY_IMAGE ?= $(ENVOY_LOCAL_IMAGE)
 export ENVOY_IMAGE
+# The module's OCI image (`make wasm-image`, `make wasm-push IMAGE=<registry>/<repo>:<tag>`).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+IMAGE ?= graysplit:$(VERSION)
 CONTAINER_TESTS := tests/it_config.py tests/it_ecds.py tests/it_override.py tests/it_split.py tests/it_observability.py
 
 .PHONY: help build wasm-target venv test unit functional lint run demo shadow-demo clean sha256 cli bench bench-probe soak fuzz istio-pin
 .PHONY: engine envoy-image image container-or-skip functional-container test-container
-.PHONY: prometheus prometheus-rules
+.PHONY: prometheus prometheus-rules registry wasm-image wasm-push
 CLI := target/release/graysplit
 
 help: ## List the targets
@@ -50,7 +53,7 @@ venv: $(VENV_STAMP) ## Install Envoy 1.40.0 and the test tools into .venv/
 unit: ## Unit tests of the pure logic, on the host
 	cargo test --features cli
 
-functional: build cli venv container-or-skip prometheus prometheus-rules ## Functional tests against a real Envoy (and the CLI, istio/*.yaml, docker compose, Prometheus)
+functional: build cli venv container-or-skip prometheus prometheus-rules registry ## Functional tests against a real Envoy (and the CLI, istio/*.yaml, docker compose, Prometheus)
 	$(PY) -m pytest tests
 
 functional-container: build venv container-or-skip ## The config, ECDS, override, split and observability tests with Envoy in a container
@@ -125,8 +128,24 @@ soak: build venv ## Minutes of live ramps and rollbacks under load; prints failu
 fuzz: ## Coverage-guided fuzzing of the config parser and the request path (FUZZ_SECONDS each, default 60)
 	$(MAKE) -C fuzz run SECONDS=$${FUZZ_SECONDS:-60}
 
-istio-pin: build ## Write the built wasm's sha256 into the file:// WasmPlugin (istio/wasmplugin-file.yaml)
-	@sum=$$(sha256sum $(WASM) | cut -d' ' -f1); sed -i -E "s/^(  sha256: ).*/\1$$sum/" istio/wasmplugin-file.yaml; echo "pinned sha256 $$sum in istio/wasmplugin-file.yaml"
+# With IMAGE given (make istio-pin IMAGE=...), the image recipes are pinned too; DIGEST=sha256:...
+# gives the manifest digest when the image was pushed by another tool.
+istio-pin: build venv ## Pin the recipes in istio/ and envoy-gateway/: the module's sha256; with IMAGE=..., the image and its manifest digest
+	$(PY) scripts/wasm_image.py pin $(if $(filter command line environment,$(origin IMAGE)),--image "$(IMAGE)") $(if $(DIGEST),--digest "$(DIGEST)")
+
+wasm-image: build venv engine ## The module as an OCI image IMAGE (default graysplit:$(VERSION)): one layer, plugin.wasm
+	$(PY) scripts/wasm_image.py build --image "$(IMAGE)"
+
+wasm-push: build venv engine ## Push IMAGE=<registry>/<repo>:<tag> (built first) and print its manifest digest
+	@case "$(IMAGE)" in */*) ;; *) echo "make wasm-push: IMAGE=<registry>/<repo>:<tag> (not $(IMAGE))" >&2; exit 2;; esac
+	$(PY) scripts/wasm_image.py push --image "$(IMAGE)"
+
+# docker-registry for tests/it_wasm_image.py. Where it cannot be installed (not root, no apt-get)
+# say why and go on: those tests are then reported as skipped.
+registry: ## Debian's docker-registry (the Distribution registry), for the image tests (as root)
+	@scripts/registry.sh; rc=$$?; \
+	if [ $$rc = 3 ]; then echo "make: the tests that need an image registry will be reported as SKIPPED"; \
+	elif [ $$rc != 0 ]; then exit $$rc; fi
 
 clean: ## Remove build output and the venv
 	cargo clean
