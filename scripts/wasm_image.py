@@ -36,7 +36,6 @@ import argparse
 import hashlib
 import io
 import json
-import os
 import re
 import subprocess
 import sys
@@ -46,6 +45,9 @@ import tomllib
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import envoy_image  # noqa: E402  (the `docker save` archive writer and SOURCE_DATE_EPOCH)
 
 REPO = Path(__file__).resolve().parent.parent
 WASM = REPO / "target" / "wasm32-wasip1" / "release" / "graysplit.wasm"
@@ -60,10 +62,6 @@ def cargo() -> dict:
 
 def default_image() -> str:
     return f"graysplit:{cargo()['version']}"
-
-
-def epoch() -> int:
-    return int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
 
 
 def revision() -> str:
@@ -95,7 +93,7 @@ def layer_tar(module: bytes) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         info = tarfile.TarInfo(MODULE_PATH)
-        info.size, info.mode, info.mtime = len(module), 0o644, epoch()
+        info.size, info.mode, info.mtime = len(module), 0o644, envoy_image.epoch()
         tar.addfile(info, io.BytesIO(module))
     return buf.getvalue()
 
@@ -104,7 +102,7 @@ def image_archive(image: str, module: bytes) -> tuple[str, bytes]:
     """(image ID, the `docker save` archive of `image` holding `module` as plugin.wasm)."""
     layer = layer_tar(module)
     diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
-    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch()))
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(envoy_image.epoch()))
     config = {
         # The module runs on any platform; Docker wants one named to load and push the image.
         "architecture": "amd64",
@@ -117,23 +115,7 @@ def image_archive(image: str, module: bytes) -> tuple[str, bytes]:
                                    f"({len(module)} bytes, sha256 "
                                    f"{hashlib.sha256(module).hexdigest()})"}],
     }
-    config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-    image_id = hashlib.sha256(config_bytes).hexdigest()
-    layer_dir = diff_id.split(":", 1)[1]
-    manifest = [{"Config": f"{image_id}.json", "RepoTags": [image],
-                 "Layers": [f"{layer_dir}/layer.tar"]}]
-    members = {
-        f"{image_id}.json": config_bytes,
-        f"{layer_dir}/layer.tar": layer,
-        "manifest.json": json.dumps(manifest, separators=(",", ":")).encode(),
-    }
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name in sorted(members):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(members[name]), 0o644, epoch()
-            tar.addfile(info, io.BytesIO(members[name]))
-    return f"sha256:{image_id}", buf.getvalue()
+    return envoy_image.save_archive(image, config, layer)
 
 
 def docker(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
@@ -228,7 +210,8 @@ def references(doc) -> tuple[list[tuple[str, str | None]], list[str | None]]:
         if not isinstance(node, dict):
             return
         url = node.get("url")
-        uri = (node.get("http_uri") or {}).get("uri") if isinstance(node.get("http_uri"), dict) else None
+        http_uri = node.get("http_uri")
+        uri = http_uri.get("uri") if isinstance(http_uri, dict) else None
         if _is_oci(url):                       # WasmPlugin spec, TrafficExtension spec.wasm
             images.append((url, node.get("sha256")))
         elif isinstance(url, str) and url.startswith("file://"):

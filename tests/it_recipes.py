@@ -6,9 +6,8 @@ are read as Kubernetes reads YAML: an unquoted sha256 that YAML turns into a num
 from __future__ import annotations
 
 import copy
-from pathlib import Path
-
 import pytest
+import yaml
 
 import crds as kube
 from harness import REPO
@@ -71,8 +70,7 @@ def it_a_sha256_that_yaml_reads_as_a_number_fails(crds, tmp_path):
                         ("EnvoyExtensionPolicy", None)):
         for digits in ("1" * 64, "12" + "e" + "3" * 61):
             doc = _doc(kind)
-            text = Path(tmp_path / "x.yaml")
-            import yaml
+            text = tmp_path / "x.yaml"
             raw = yaml.safe_dump(doc, sort_keys=False)
             old = next(ln for ln in raw.splitlines() if "sha256:" in ln)
             value = old.split("sha256:", 1)[1].strip()

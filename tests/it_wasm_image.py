@@ -102,8 +102,8 @@ class Registry:
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    if engine.problem() and shutil.which("docker") is None:
-        pytest.skip(engine.problem())
+    if shutil.which("docker") is None:
+        pytest.skip("no docker CLI (as root, `make engine` installs Debian's docker.io)")
     reg = Registry(tmp_path_factory.mktemp("registry"))
     yield reg
     reg.close()
