@@ -86,6 +86,51 @@ def it_check_reads_plugin_config_from_wasmplugin_yaml(tmp_path):
     ok = tmp_path / "ok.yaml"
     ok.write_text(yaml.safe_dump(wasmplugin("good", DESIGN_EXAMPLE)))
     assert cli("check", ok).returncode == 0
+
+
+def it_check_reads_every_recipe_kind_that_carries_a_config(tmp_path):
+    """A TrafficExtension's spec.wasm.pluginConfig, each of an EnvoyExtensionPolicy's
+    spec.wasm[i].config, and the configuration string of the Wasm extension config an
+    EnvoyFilter ADDs are checked as a WasmPlugin's pluginConfig is; a bad one names the
+    resource and the field."""
+    bad = json.loads(json.dumps(DESIGN_EXAMPLE))
+    bad["rules"][3]["split"][0]["percent"] = 120
+    te = {"apiVersion": "extensions.istio.io/v1alpha1", "kind": "TrafficExtension",
+          "metadata": {"name": "te", "namespace": "rag"},
+          "spec": {"wasm": {"url": "oci://example.com/graysplit:1", "pluginConfig": bad}}}
+    lua = {"apiVersion": "extensions.istio.io/v1alpha1", "kind": "TrafficExtension",
+           "metadata": {"name": "lua", "namespace": "rag"},
+           "spec": {"lua": {"inlineCode": "function envoy_on_request(h) end"}}}
+    eep = {"apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "EnvoyExtensionPolicy",
+           "metadata": {"name": "eep", "namespace": "rag"},
+           "spec": {"wasm": [{"name": "a", "config": DESIGN_EXAMPLE},
+                             {"name": "b", "config": bad}]}}
+    ef = {"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+          "metadata": {"name": "ef", "namespace": "rag"},
+          "spec": {"configPatches": [{"applyTo": "EXTENSION_CONFIG", "patch": {
+              "operation": "ADD", "value": {"name": "x", "typed_config": {
+                  "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                  "config": {"configuration": {
+                      "@type": "type.googleapis.com/google.protobuf.StringValue",
+                      "value": json.dumps(bad)}}}}}}]}}
+    path = tmp_path / "recipes.yaml"
+    path.write_text(yaml.safe_dump_all([te, lua, eep, ef]))
+    r = cli("check", path)
+    assert r.returncode == 1, r
+    lines = r.stdout.splitlines()
+    for origin in ("TrafficExtension te", "EnvoyExtensionPolicy eep wasm[1]",
+                   "EnvoyFilter ef configPatches[0]"):
+        assert any(f"{origin}: invalid config: rules[3].split[0].percent" in x for x in lines), \
+            (origin, r.stdout)
+    assert any("EnvoyExtensionPolicy eep wasm[0]: ok" in x for x in lines), r.stdout
+    assert "lua" not in r.stdout, "a Lua TrafficExtension has no graysplit config"
+    # explain picks a resource by its name, whatever its kind.
+    r = cli("explain", path, "--plugin", "te", "--user", "alice")
+    assert r.returncode != 0 and "TrafficExtension te: invalid config" in r.stderr, r
+    for f in ("trafficextension-gateway.yaml", "trafficextension-waypoint.yaml",
+              "envoyfilter-body-gateway.yaml"):
+        assert cli("check", REPO / "istio" / f).returncode == 0, f
+    assert cli("check", REPO / "envoy-gateway" / "envoyextensionpolicy.yaml").returncode == 0
     assert cli("check", REPO / "istio" / "wasmplugin-gateway.yaml").returncode == 0
 
 

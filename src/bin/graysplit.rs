@@ -30,8 +30,10 @@ Usage:
   graysplit compare [--json] [--seed N] FILE...
                                        per rule, the paired records' primary against shadow
 
-CONFIG is the plugin configuration as JSON, or a YAML file with WasmPlugin resources (their
-spec.pluginConfig is checked; with several, pick one with --plugin NAME). `-` reads stdin.
+CONFIG is the plugin configuration as JSON, or a YAML file of recipes: a WasmPlugin's
+spec.pluginConfig, a TrafficExtension's spec.wasm.pluginConfig, an EnvoyExtensionPolicy's
+spec.wasm[i].config, or the configuration of the Wasm extension config an EnvoyFilter adds
+(with several, pick one with --plugin NAME). `-` reads stdin.
 
 REQUEST facts (all optional, repeatable where it makes sense):
   --user ID              the user id, put where the config reads it first
@@ -47,7 +49,7 @@ REQUEST facts (all optional, repeatable where it makes sense):
                          body.max_bytes, as the filter does, counts as none): its fields,
                          its prompt (when.prompt) and its model (versions.<v>.model)
   --pin [NAME=]VALUE     a session pin cookie the request carries (bare: for every split rule)
-  --plugin NAME          which WasmPlugin of a YAML file
+  --plugin NAME          which resource of a YAML file (its metadata.name)
 
 compare reads the records shadow_sink received: OTLP/JSON logs, one ExportLogsServiceRequest
 per line as the OpenTelemetry Collector's file exporter writes them, or POSTed bodies (one or
@@ -104,6 +106,8 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
 /// A plugin configuration found in a file: where it came from, and its JSON text.
 struct Found {
     origin: String,
+    /// metadata.name of the resource it came from (empty for a JSON file)
+    name: String,
     json: String,
 }
 
@@ -116,29 +120,69 @@ fn read_input(path: &str) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))
 }
 
-/// The configurations in `path`: the file itself when it is JSON, else the `pluginConfig` of
-/// every WasmPlugin document in the YAML.
+/// The configurations in `path`: the file itself when it is JSON, else, in every YAML document,
+/// a WasmPlugin's `spec.pluginConfig`, a TrafficExtension's `spec.wasm.pluginConfig`, an
+/// EnvoyExtensionPolicy's `spec.wasm[i].config`, or the `configuration` string of a Wasm
+/// extension config an EnvoyFilter ADDs (istio/envoyfilter-body-*.yaml).
 fn configs_in(path: &str) -> Result<Vec<Found>, String> {
     let text = read_input(path)?;
     if text.trim_start().starts_with('{') {
-        return Ok(vec![Found { origin: path.to_string(), json: text }]);
+        return Ok(vec![Found { origin: path.to_string(), name: String::new(), json: text }]);
     }
     let mut found = Vec::new();
     for (i, doc) in serde_norway::Deserializer::from_str(&text).enumerate() {
         let value: serde_json::Value = serde::Deserialize::deserialize(doc)
             .map_err(|e| format!("{path}: document {}: not YAML: {e}", i + 1))?;
-        if value.get("kind").and_then(|k| k.as_str()) != Some("WasmPlugin") {
-            continue;
-        }
-        let name = value.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("?").to_string();
-        let origin = format!("{path}: WasmPlugin {name}");
-        let Some(cfg) = value.pointer("/spec/pluginConfig") else {
-            return Err(format!("{origin}: has no spec.pluginConfig"));
+        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        let name = value.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("?");
+        let origin = format!("{path}: {kind} {name}");
+        let mut push = |origin: String, json: String| {
+            found.push(Found { origin, name: name.to_string(), json });
         };
-        found.push(Found { origin, json: cfg.to_string() });
+        match kind {
+            "WasmPlugin" | "TrafficExtension" => {
+                let at = if kind == "WasmPlugin" { "/spec/pluginConfig" } else { "/spec/wasm/pluginConfig" };
+                if kind == "TrafficExtension" && value.pointer("/spec/wasm").is_none() {
+                    continue; // a Lua extension
+                }
+                let Some(cfg) = value.pointer(at) else {
+                    return Err(format!("{origin}: has no {}", at[1..].replace('/', ".")));
+                };
+                push(origin, cfg.to_string());
+            }
+            "EnvoyExtensionPolicy" => {
+                let wasm = value.pointer("/spec/wasm").and_then(|w| w.as_array());
+                for (j, w) in wasm.into_iter().flatten().enumerate() {
+                    let Some(cfg) = w.get("config") else {
+                        return Err(format!("{origin}: spec.wasm[{j}] has no config"));
+                    };
+                    push(format!("{origin} wasm[{j}]"), cfg.to_string());
+                }
+            }
+            "EnvoyFilter" => {
+                let patches = value.pointer("/spec/configPatches").and_then(|p| p.as_array());
+                for (j, cp) in patches.into_iter().flatten().enumerate() {
+                    let tc = cp.pointer("/patch/value/typed_config");
+                    let is_wasm = tc.and_then(|t| t.get("@type")).and_then(|t| t.as_str())
+                        == Some("type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm");
+                    let cfg = tc.and_then(|t| t.pointer("/config/configuration/value"));
+                    if let (true, Some(cfg)) = (is_wasm, cfg) {
+                        let Some(cfg) = cfg.as_str() else {
+                            return Err(format!(
+                                "{origin}: configPatches[{j}].patch.value.typed_config.config.configuration.value must be a string"
+                            ));
+                        };
+                        push(format!("{origin} configPatches[{j}]"), cfg.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
     }
     if found.is_empty() {
-        return Err(format!("{path}: neither JSON nor YAML with a WasmPlugin"));
+        return Err(format!(
+            "{path}: neither JSON nor YAML with a WasmPlugin, TrafficExtension, EnvoyExtensionPolicy or Wasm EnvoyFilter"
+        ));
     }
     Ok(found)
 }
@@ -345,13 +389,11 @@ fn parse_opts(args: &[String], cmd: &str) -> Result<Opts, String> {
 fn load_plan(o: &Opts) -> Result<(String, Plan), String> {
     let mut found = configs_in(&o.config)?;
     if let Some(name) = &o.plugin {
-        found.retain(|f| f.origin.ends_with(&format!("WasmPlugin {name}")));
+        found.retain(|f| &f.name == name);
     }
     let f = match found.len() {
         1 => found.remove(0),
-        0 => {
-            return Err(format!("{}: no WasmPlugin named {:?}", o.config, o.plugin.as_deref().unwrap_or("")))
-        }
+        0 => return Err(format!("{}: no resource named {:?}", o.config, o.plugin.as_deref().unwrap_or(""))),
         _ => {
             let names: Vec<_> = found.iter().map(|f| f.origin.clone()).collect();
             return Err(format!("several configs, pick one with --plugin NAME: {}", names.join("; ")));
