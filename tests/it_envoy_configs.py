@@ -51,13 +51,14 @@ def run_ecds() -> list[tuple[str, list[dict]]]:
 
 
 def istio_ecds() -> list[tuple[str, list[dict]]]:
-    """What istiod sends each WasmPlugin of istio/ with istio/'s EnvoyFilters applied."""
+    """What istiod sends each WasmPlugin and TrafficExtension of istio/ with istio/'s
+    EnvoyFilters applied."""
     import it_istio
 
     envoyfilters = [ef for _, ef in it_istio.ENVOYFILTERS]
     return [(f"istio/{name} with istio/'s EnvoyFilters, istiod {naming}",
              it_istio.delivered(plugin, envoyfilters, naming)[1])
-            for name, plugin in it_istio.PLUGINS for naming in it_istio.NAMINGS]
+            for name, plugin in it_istio.EXTENSIONS for naming in it_istio.namings(plugin)]
 
 
 # --------------------------------------------------------------------------- the configs

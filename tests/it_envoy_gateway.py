@@ -240,6 +240,25 @@ def chat(envoy: Envoy, user: str, extra=()) -> harness.Resp:
                          [("x-user-id", user), ("content-type", "application/json"), *extra], body)
 
 
+def it_the_http_variant_is_the_image_policy_with_other_code():
+    """envoyextensionpolicy-http.yaml is the same policy as envoyextensionpolicy.yaml (name,
+    targets, failOpen, config) with the module fetched over HTTP instead: only `code` differs,
+    and its sha256 is the module's own (64 hex, as `make istio-pin` writes it), not a manifest
+    digest."""
+    http = docs("EnvoyExtensionPolicy", "envoyextensionpolicy-http.yaml")
+    assert len(http) == 1
+    http = http[0]
+    assert http["metadata"] == POLICY["metadata"], "one of the two is applied, under one name"
+    strip = lambda spec: {**spec, "wasm": [{k: v for k, v in w.items() if k != "code"}
+                                           for w in spec["wasm"]]}  # noqa: E731
+    assert strip(http["spec"]) == strip(POLICY["spec"]), "the two policies differ beyond code"
+    for w in http["spec"]["wasm"]:
+        assert w["code"]["type"] == "HTTP" and set(w["code"]) == {"type", "http"}
+        assert re.fullmatch(r"[0-9a-f]{64}", w["code"]["http"]["sha256"])
+    for w in POLICY["spec"]["wasm"]:
+        assert w["code"]["type"] == "Image" and set(w["code"]) == {"type", "image"}
+
+
 def it_the_patch_sets_the_body_flag_on_the_policy_s_filter(apps, module, tmp_path):
     doc = rendered(tmp_path, apps, module)
     hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]

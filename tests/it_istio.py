@@ -61,11 +61,29 @@ def istio_docs() -> list[tuple[str, int, dict]]:
     return out
 
 
+def as_plugin(doc: dict) -> dict:
+    """A TrafficExtension in a WasmPlugin's shape, as istiod reads both (the field map of
+    pilot/pkg/config/kube/extensions/translate.go, read backwards): spec.wasm's fields at the
+    top of spec, beside selector, targetRefs, phase, priority and match. `kind` stays
+    TrafficExtension: istiod names its filter differently. A WasmPlugin is returned as it is."""
+    if doc.get("kind") != "TrafficExtension":
+        return doc
+    spec = copy.deepcopy(doc["spec"])
+    assert "wasm" in spec, f"{doc['metadata']['name']}: only Wasm TrafficExtensions are modelled"
+    wasm = spec.pop("wasm")
+    return {**doc, "spec": {**spec, **wasm}}
+
+
 DOCS = istio_docs()
 PLUGINS = [(f, d) for f, _, d in DOCS if d.get("kind") == "WasmPlugin"]
+TRAFFIC_EXTENSIONS = [(f, as_plugin(d)) for f, _, d in DOCS if d.get("kind") == "TrafficExtension"]
+# Every Wasm extension istio/ ships, WasmPlugins then TrafficExtensions, in a WasmPlugin's shape.
+EXTENSIONS = PLUGINS + TRAFFIC_EXTENSIONS
 ENVOYFILTERS = [(f, d) for f, _, d in DOCS if d.get("kind") == "EnvoyFilter"]
 SERVICES = [d for _, _, d in DOCS if d.get("kind") == "VirtualService"]
 RULES = [d for _, _, d in DOCS if d.get("kind") == "DestinationRule"]
+HTTPROUTES = [d for _, _, d in DOCS if d.get("kind") == "HTTPRoute"]
+GATEWAYS = [d for _, _, d in DOCS if d.get("kind") == "Gateway"]
 
 
 # --------------------------------------------------------------------------- CRD validation
@@ -165,8 +183,8 @@ def it_istio_dir_has_the_resources_a_release_needs():
     assert "CLIENT" in modes, "a sidecar WasmPlugin for callers (mode CLIENT)"
     schemes = {p["spec"]["url"].split("://")[0] for _, p in PLUGINS}
     assert {"oci", "file"} <= schemes, schemes
-    # Bodies: each WasmPlugin has its body-holding EnvoyFilter (the last section below).
-    missing = [f for f, p in PLUGINS if not any(
+    # Bodies: each extension has its body-holding EnvoyFilter (the last section below).
+    missing = [f for f, p in EXTENSIONS if not any(
         envoyfilter_targets(ef, p) for _, ef in ENVOYFILTERS)]
     assert not missing, f"no EnvoyFilter sets allow_on_headers_stop_iteration for {missing}"
 
@@ -366,7 +384,7 @@ def coverage_problems(plugin: dict, vs: dict, drs: list[dict]) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("name,plugin", PLUGINS, ids=[f for f, _ in PLUGINS])
+@pytest.mark.parametrize("name,plugin", EXTENSIONS, ids=[f for f, _ in EXTENSIONS])
 def it_virtualservice_routes_every_version_the_plugin_can_choose(name, plugin):
     assert SERVICES and RULES, "istio/ needs a VirtualService and a DestinationRule"
     for vs in SERVICES:
@@ -401,13 +419,190 @@ def it_coverage_check_catches_a_missing_or_misrouted_version():
     assert coverage_problems(plugin, _vs(), RULES), "the plugin's route_header must be matched"
 
 
+# --------------------------------------------------------------------------- HTTPRoute coverage
+# istio/httproute.yaml: Gateway API has no subsets, so each version has its own Service, named
+# rag-assistant-<subset> (the DestinationRule's subset name: rag-assistant-v2-1 selects the pods
+# labelled version: v2.1).
+
+SERVICE_SUBSET = re.compile(r"-(v\d+(?:-\d+)*)$")
+
+
+def httproute_for(plugin: dict) -> dict:
+    """The HTTPRoute of istio/ that routes what `plugin` decides: at a gateway the one whose
+    parent is a Gateway, in the mesh (callers' sidecars, a waypoint) the GAMMA one whose parent
+    is the Service."""
+    want = "Gateway" if plugin_context(plugin) == "GATEWAY" else "Service"
+    found = [r for r in HTTPROUTES
+             if {p.get("kind", "Gateway") for p in r["spec"]["parentRefs"]} == {want}]
+    assert len(found) == 1, f"{plugin['metadata']['name']}: {len(found)} HTTPRoutes for {want}"
+    return found[0]
+
+
+def httproute_matches(route: dict) -> list[tuple[dict, dict]]:
+    """(rule, match) of `route` in Gateway API's precedence, for the matches istio/ uses (header
+    matches only): more header matches first, then rule order, then match order. A rule without
+    matches matches every request."""
+    ordered = []
+    for i, rule in enumerate(route["spec"]["rules"]):
+        for j, m in enumerate(rule.get("matches") or [{}]):
+            assert set(m) <= {"headers"}, f"rules[{i}].matches[{j}]: extend the model: {set(m)}"
+            for h in m.get("headers") or []:
+                assert h.get("type", "Exact") == "Exact", "only Exact header matches are modelled"
+            ordered.append((-len(m.get("headers") or []), i, j, rule, m))
+    ordered.sort(key=lambda x: x[:3])
+    return [(rule, m) for *_, rule, m in ordered]
+
+
+def httproute_pick(route: dict, headers: dict[str, str]) -> tuple[dict | None, dict | None]:
+    """The rule (and match) a request with only `headers` takes."""
+    for rule, m in httproute_matches(route):
+        if all(headers.get(h["name"].lower()) == h["value"] for h in m.get("headers") or []):
+            return rule, m
+    return None, None
+
+
+def backend_version(rule: dict) -> tuple[str | None, str]:
+    """(the version of the pods a rule's single Service backend selects, or None; a problem)."""
+    refs = rule.get("backendRefs") or []
+    if len(refs) != 1 or refs[0].get("kind", "Service") != "Service":
+        return None, f"rule {rule.get('name')!r} must have exactly one Service backend"
+    m = SERVICE_SUBSET.search(refs[0]["name"])
+    for dr in RULES:
+        subset = subsets_of(dr).get(m.group(1) if m else "")
+        if subset is not None:
+            return subset["labels"]["version"], ""
+    return None, f"rule {rule.get('name')!r}: Service {refs[0]['name']} is no version's"
+
+
+def httproute_problems(plugin: dict, route: dict) -> list[str]:
+    """Why `route` does not route every version `plugin` can choose to its Service (a version
+    other than stable by an exact match on the route header), and every other request to
+    stable's (empty: it does)."""
+    cfg = plugin["spec"].get("pluginConfig") or {}
+    header = route_header(plugin)
+    problems = []
+    for version in known_versions(cfg):
+        rule, m = httproute_pick(route, {header: version})
+        if rule is None:
+            problems.append(f"version {version}: no rule matches {header}: {version}")
+            continue
+        exact = any(h["name"].lower() == header and h["value"] == version
+                    for h in (m or {}).get("headers") or [])
+        # stable may be left to the rule without matches (there is no subset to name).
+        if not exact and not (version == cfg.get("stable") and not (m or {}).get("headers")):
+            problems.append(f"version {version}: taken by rule {rule.get('name')!r}, not by an "
+                            f"exact match on {header}")
+            continue
+        got, problem = backend_version(rule)
+        if got != version:
+            problems.append(f"version {version}: {problem or f'routed to the pods of {got}'}")
+    rule, m = httproute_pick(route, {})
+    if rule is None or (m or {}).get("headers"):
+        problems.append("no rule without header matches for requests without the header")
+    else:
+        got, problem = backend_version(rule)
+        if got != cfg.get("stable"):
+            problems.append(f"default: {problem or f'routed to {got}, not to stable'}")
+    return problems
+
+
+def httproute_envoy_routes(route: dict, clusters: dict[str, str]) -> list[dict]:
+    """Envoy routes standing in for `route`: one per (rule, match), in precedence order, to the
+    cluster of the subset its Service selects (`clusters`: subset -> cluster name)."""
+    out = []
+    for rule, m in httproute_matches(route):
+        version, problem = backend_version(rule)
+        assert version is not None, problem
+        match: dict = {"prefix": "/", "headers": [
+            {"name": h["name"].lower(), "string_match": {"exact": h["value"]}}
+            for h in m.get("headers") or []]}
+        out.append({"name": f"{route['metadata']['name']}/{rule.get('name', len(out))}",
+                    "match": match, "route": {"cluster": clusters[subset_for(version)]}})
+    return out
+
+
+@pytest.mark.parametrize("name,plugin", EXTENSIONS, ids=[f for f, _ in EXTENSIONS])
+def it_httproute_routes_every_version_the_plugin_can_choose(name, plugin):
+    route = httproute_for(plugin)
+    assert httproute_problems(plugin, route) == [], f"{route['metadata']['name']} vs {name}"
+
+
+def it_httproute_coverage_check_catches_a_missing_or_misrouted_version():
+    plugin = _gateway()
+    route = httproute_for(plugin)
+    plugin["spec"]["pluginConfig"]["rules"].append({"name": "next", "enabled": False,
+                                                    "version": "v3.0"})
+    assert any("v3.0" in p for p in httproute_problems(plugin, route))
+    bad = _with(route, "spec.rules", [r for r in route["spec"]["rules"] if r["name"] != "gray"])
+    assert any("version v2.1" in p for p in httproute_problems(_gateway(), bad))
+    bad = _with(route, "spec.rules.0.backendRefs.0.name", "rag-assistant-v2-0")
+    assert any("v2.1" in p and "pods of v2.0" in p for p in httproute_problems(_gateway(), bad))
+    bad = _with(route, "spec.rules.0.backendRefs.0.name", "rag-assistant-v2-9")
+    assert any("no version's" in p for p in httproute_problems(_gateway(), bad))
+    bad = _with(route, "spec.rules", route["spec"]["rules"][:1])
+    assert any("without the header" in p for p in httproute_problems(_gateway(), bad))
+    bad = _with(route, "spec.rules.1.backendRefs.0.name", "rag-assistant-v2-1")
+    assert any("not to stable" in p for p in httproute_problems(_gateway(), bad))
+    # Precedence, not order: the match-less rule listed first still loses to the header match.
+    swapped = _with(route, "spec.rules", route["spec"]["rules"][::-1])
+    assert httproute_problems(_gateway(), swapped) == []
+    plugin = _gateway()
+    plugin["spec"]["pluginConfig"]["route_header"] = "x-version"
+    assert httproute_problems(plugin, route), "the plugin's route_header must be matched"
+
+
+# --------------------------------------------------------------------------- TrafficExtension
+# Each TrafficExtension of istio/ is its WasmPlugin written the new way: the same module, pull
+# policy, failStrategy, phase, priority and pluginConfig, selecting the same proxies. The
+# waypoint's has no WasmPlugin of its own: it decides for the same callers as the sidecar one.
+
+SELECTION = ("selector", "targetRef", "targetRefs", "match")
+TWIN_OF = {"rag/graysplit-waypoint": "rag/graysplit-callers"}
+
+
+def twin_of(te: dict) -> dict:
+    md = te["metadata"]
+    key = TWIN_OF.get(f"{md['namespace']}/{md['name']}", f"{md['namespace']}/{md['name']}")
+    found = [p for _, p in PLUGINS
+             if f"{p['metadata']['namespace']}/{p['metadata']['name']}" == key]
+    assert len(found) == 1, f"{md['name']}: no WasmPlugin {key} in istio/"
+    return found[0]
+
+
+@pytest.mark.parametrize("name,te", TRAFFIC_EXTENSIONS, ids=[f for f, _ in TRAFFIC_EXTENSIONS])
+def it_trafficextension_is_its_wasmplugin(name, te):
+    wp = twin_of(te)
+    assert te["apiVersion"] == "extensions.istio.io/v1alpha1"
+    same = {k: v for k, v in te["spec"].items() if k not in SELECTION}
+    want = {k: v for k, v in wp["spec"].items() if k not in SELECTION}
+    assert same == want, f"{name} differs from WasmPlugin {wp['metadata']['name']}"
+    if te["metadata"]["name"] == wp["metadata"]["name"]:
+        assert {k: te["spec"].get(k) for k in SELECTION} == \
+            {k: wp["spec"].get(k) for k in SELECTION}, "it must select the same proxies"
+        # The same name: istiod serves the same Wasm config, only the filter's name differs.
+        for naming in NAMINGS:
+            a = istiod_plugin_resource(te, "1.30")["typed_config"]["config"]
+            b = istiod_plugin_resource(wp, naming)["typed_config"]["config"]
+            assert {**a, "name": ""} == {**b, "name": ""}
+    else:
+        assert [g["spec"]["gatewayClassName"] for g in target_gateways(te)] == [WAYPOINT_CLASS]
+        assert plugin_context(te) == "SIDECAR_INBOUND"
+
+
+def it_a_trafficextension_out_of_step_fails_the_twin_check():
+    te = copy.deepcopy(next(p for f, p in TRAFFIC_EXTENSIONS if "gateway" in f))
+    te["spec"]["pluginConfig"]["rules"][1]["split"][0]["percent"] = 20
+    with pytest.raises(AssertionError, match="differs"):
+        it_trafficextension_is_its_wasmplugin("probe", te)
+
+
 # --------------------------------------------------------------------------- filter validation
 
-@pytest.mark.parametrize("name,plugin", PLUGINS, ids=[f for f, _ in PLUGINS])
+@pytest.mark.parametrize("name,plugin", EXTENSIONS, ids=[f for f, _ in EXTENSIONS])
 def it_plugin_config_passes_the_filters_own_validation(name, plugin):
     r = cli("check", str(ISTIO / name))
     assert r.returncode == 0, r
-    assert f"WasmPlugin {plugin['metadata']['name']}: ok" in r.stdout, r.stdout
+    assert f"{plugin['kind']} {plugin['metadata']['name']}: ok" in r.stdout, r.stdout
 
 
 def it_broken_plugin_config_in_a_wasmplugin_fails_the_check(tmp_path):
@@ -420,7 +615,7 @@ def it_broken_plugin_config_in_a_wasmplugin_fails_the_check(tmp_path):
     assert "rules[1].split[0].percent" in r.stdout and "120" in r.stdout, r.stdout
 
 
-@pytest.mark.parametrize("name,plugin", PLUGINS, ids=[f for f, _ in PLUGINS])
+@pytest.mark.parametrize("name,plugin", EXTENSIONS, ids=[f for f, _ in EXTENSIONS])
 def it_wasmplugin_pins_sha256_and_never_fails_open(name, plugin):
     spec = plugin["spec"]
     assert re.fullmatch(r"[0-9a-f]{64}", spec.get("sha256", "")), \
@@ -556,9 +751,30 @@ def istio_envoy(tmp_path):
 
 @pytest.mark.parametrize("name,plugin", PLUGINS, ids=[f for f, _ in PLUGINS])
 def it_wasmplugin_delivered_like_istiod_routes_as_configured(istio_envoy, name, plugin):
+    assert_routes_as_configured(istio_envoy(plugin), name, plugin)
+
+
+@pytest.mark.parametrize("name,te", TRAFFIC_EXTENSIONS, ids=[f for f, _ in TRAFFIC_EXTENSIONS])
+def it_trafficextension_delivered_like_istiod_routes_by_its_httproute(delivered_envoy, apps,
+                                                                        name, te):
+    """Each TrafficExtension as istiod 1.30 serves it (its own filter name and ECDS resource,
+    the Wasm config named <ns>.<name>), in front of routes made from its HTTPRoute (the ingress
+    one at the gateway, the mesh one for sidecars and the waypoint): it routes as configured."""
+    envoy = delivered_envoy(te, [], "1.30",
+                            routes=httproute_envoy_routes(httproute_for(te), apps.cluster_names()))
+    loaded = loaded_wasm_configs(envoy)
+    md = te["metadata"]
+    assert set(loaded) == {f"extensions.istio.io/trafficextension/{md['namespace']}.{md['name']}"}
+    assert [c["name"] for c in loaded.values()] == [f"{md['namespace']}.{md['name']}"]
+    assert_routes_as_configured(envoy, name, te)
+
+
+def assert_routes_as_configured(envoy: Envoy, name: str, plugin: dict) -> None:
+    """Real requests through `envoy` (the extension delivered, routes to one app per subset)
+    land where its pluginConfig says: the ramp's buckets, a minted sticky id, the header rules,
+    a spoofed route header replaced, the override honoured only from a trusted address."""
     cfg = plugin["spec"]["pluginConfig"]
     stable = subset_for(cfg["stable"])
-    envoy = istio_envoy(plugin)
     now = datetime.now(timezone.utc)
     rules = cfg.get("rules", [])
     id_header = next(s["header"] for s in cfg["identity"]["from"] if "header" in s)
@@ -595,7 +811,7 @@ def it_wasmplugin_delivered_like_istiod_routes_as_configured(istio_envoy, name, 
     # A client cannot pick its version: the filter replaces the routing header.
     assert envoy.version("/", [(id_header, outside), (route_header(plugin), gray_version)]) == stable
     # The override header from 127.0.0.1: honoured only if 127.0.0.1 is trusted.
-    if name == "wasmplugin-gateway.yaml":
+    if name in ("wasmplugin-gateway.yaml", "trafficextension-gateway.yaml"):
         assert not trusted(cfg, "127.0.0.1"), "the gateway trusts only 10.20.0.0/16"
     if cfg.get("override"):
         want = subset_for(gray_version) if trusted(cfg, "127.0.0.1") else stable
@@ -654,15 +870,26 @@ EXTENSION_CONFIG_TYPE = "type.googleapis.com/envoy.config.core.v3.TypedExtension
 TRANSLATED = "~istio-translated-wasmplugin"
 NAMINGS = ("1.30", "1.29")   # istiod's names for a WasmPlugin's filter: now, and before 1.30
 ROOT_NAMESPACE = "istio-system"
+WAYPOINT_CLASS = "istio-waypoint"
+
+
+def namings(plugin: dict) -> tuple[str, ...]:
+    """The istiod versions whose naming of `plugin`'s filter differs: a WasmPlugin is named
+    differently by 1.30 and by 1.29; a TrafficExtension exists from 1.30 on."""
+    return NAMINGS if plugin["kind"] == "WasmPlugin" else ("1.30",)
 
 
 def istiod_filter_name(plugin: dict, naming: str = "1.30") -> str:
-    """The HTTP filter (and ECDS resource) name istiod gives a WasmPlugin: 1.30
-    `extensions.istio.io/trafficextension/<ns>.<name>~istio-translated-wasmplugin`
-    (TrafficExtensionResourceNamePrefix in pilot/pkg/model/extensions.go, on the translated
-    name), up to 1.29 `extensions.istio.io/wasmplugin/<ns>.<name>`."""
+    """The HTTP filter (and ECDS resource) name istiod gives an extension
+    (TrafficExtensionResourceNamePrefix + <ns>.<name>, pilot/pkg/model/extensions.go): for a
+    TrafficExtension `extensions.istio.io/trafficextension/<ns>.<name>`; for a WasmPlugin, 1.30
+    names its translation, `...<ns>.<name>~istio-translated-wasmplugin`, and up to 1.29 it was
+    `extensions.istio.io/wasmplugin/<ns>.<name>`."""
     md = plugin["metadata"]
     ns = md.get("namespace", "default")
+    if plugin["kind"] == "TrafficExtension":
+        assert naming == "1.30", naming
+        return f"extensions.istio.io/trafficextension/{ns}.{md['name']}"
     if naming == "1.29":
         return f"extensions.istio.io/wasmplugin/{ns}.{md['name']}"
     assert naming == "1.30", naming
@@ -678,18 +905,43 @@ def istiod_filter_entry(plugin: dict, naming: str) -> dict:
 
 
 def istiod_plugin_resource(plugin: dict, naming: str, plugin_config: dict | None = None) -> dict:
-    """The WasmPlugin's own ECDS resource as Envoy gets it (harness.istio_ecds_document: istiod's
-    rendering after istio-agent), named as istiod `naming` names it."""
+    """The extension's own ECDS resource as Envoy gets it (harness.istio_ecds_document: istiod's
+    rendering after istio-agent), named as istiod `naming` names it. The Wasm config's name is
+    <ns>.<name> of the TrafficExtension istiod serves (buildWasmConfig): a WasmPlugin's
+    translation carries the marker from 1.30 on."""
     res = harness.istio_ecds_document(plugin, plugin_config=plugin_config)["resources"][0]
-    assert res["name"] == istiod_filter_name(plugin, "1.29"), "harness naming changed"
-    if naming == "1.30":
-        res["name"] = istiod_filter_name(plugin, "1.30")
-        res["typed_config"]["config"]["name"] += TRANSLATED   # buildWasmConfig: <ns>.<name>
+    assert res["typed_config"]["config"]["name"] == \
+        f"{plugin['metadata']['namespace']}.{plugin['metadata']['name']}", "harness naming changed"
+    res["name"] = istiod_filter_name(plugin, naming)
+    if plugin["kind"] == "WasmPlugin" and naming == "1.30":
+        res["typed_config"]["config"]["name"] += TRANSLATED
     return res
 
 
+def target_gateways(plugin: dict) -> list[dict]:
+    """The Gateways of istio/ an extension's targetRefs name (in its namespace)."""
+    ns = plugin["metadata"].get("namespace", "default")
+    out = []
+    for ref in plugin["spec"].get("targetRefs") or []:
+        assert (ref.get("group"), ref["kind"]) == ("gateway.networking.k8s.io", "Gateway"), \
+            f"{plugin['metadata']['name']}: targetRefs to {ref['kind']}: extend the model"
+        found = [g for g in GATEWAYS if g["metadata"]["name"] == ref["name"]
+                 and g["metadata"].get("namespace", "default") == ref.get("namespace", ns)]
+        assert len(found) == 1, f"{plugin['metadata']['name']}: Gateway {ref['name']} not in istio/"
+        out += found
+    return out
+
+
 def plugin_context(plugin: dict) -> str:
-    """The EnvoyFilter patch context of the listeners a WasmPlugin's filter is in."""
+    """The EnvoyFilter patch context of the listeners an extension's filter is in. A waypoint's
+    listeners are built as inbound ones and patched as SIDECAR_INBOUND (listener_builder.go
+    patchListeners: a proxy of type Waypoint is no Router; istiod applies no WAYPOINT-context
+    patch to a listener)."""
+    gateways = target_gateways(plugin)
+    if gateways:
+        classes = {g["spec"]["gatewayClassName"] for g in gateways}
+        assert len(classes) == 1, classes
+        return "SIDECAR_INBOUND" if classes == {WAYPOINT_CLASS} else "GATEWAY"
     modes = {m.get("mode") for m in plugin["spec"].get("match", [])}
     if modes == {"CLIENT"}:
         return "SIDECAR_OUTBOUND"
@@ -701,14 +953,28 @@ def plugin_context(plugin: dict) -> str:
     return "GATEWAY"
 
 
+def _refs(doc: dict) -> set[tuple]:
+    ns = doc["metadata"].get("namespace", "default")
+    return {(r.get("group"), r["kind"], r.get("namespace", ns), r["name"])
+            for r in doc["spec"].get("targetRefs") or []}
+
+
 def envoyfilter_selects(ef: dict, plugin: dict) -> bool:
-    """Whether istiod applies `ef` to the proxies `plugin` selects (PushContext.EnvoyFilters:
-    the proxy's namespace or the root namespace, and every workloadSelector label on the pod)."""
-    labels = (plugin["spec"].get("selector") or {}).get("matchLabels") or {}
+    """Whether istiod applies `ef` to the proxies `plugin` selects (PushContext.EnvoyFilters,
+    PolicyMatcherForProxy: the proxy's namespace or the root namespace; then an EnvoyFilter with
+    targetRefs applies to the Gateways (waypoints) it names, one with a workloadSelector to the
+    pods with every label, one with neither to every proxy there). A waypoint is selected by
+    targetRefs only."""
     ns = plugin["metadata"].get("namespace", "default")
+    if ef["metadata"].get("namespace") not in (ns, ROOT_NAMESPACE):
+        return False
     wanted = ((ef["spec"].get("workloadSelector") or {}).get("labels")) or {}
-    return (ef["metadata"].get("namespace") in (ns, ROOT_NAMESPACE)
-            and all(labels.get(k) == v for k, v in wanted.items()))
+    if ef["spec"].get("targetRefs"):
+        return bool(_refs(ef) & _refs(plugin))
+    if plugin["spec"].get("targetRefs"):
+        return not wanted
+    labels = (plugin["spec"].get("selector") or {}).get("matchLabels") or {}
+    return all(labels.get(k) == v for k, v in wanted.items())
 
 
 def _patches(envoyfilters: Sequence[dict], apply_to: str) -> list[dict]:
@@ -803,8 +1069,8 @@ def istio_agent(resource: dict) -> dict:
 
 def envoyfilter_targets(ef: dict, plugin: dict) -> bool:
     """Whether `ef` is the body-holding EnvoyFilter of `plugin`: it applies to its proxies and
-    REPLACEs its filter entry (under either of istiod's names)."""
-    names = {istiod_filter_name(plugin, n) for n in NAMINGS}
+    REPLACEs its filter entry (under any of istiod's names for it)."""
+    names = {istiod_filter_name(plugin, n) for n in namings(plugin)}
     return envoyfilter_selects(ef, plugin) and any(
         _hcm_patch_target(cp, plugin_context(plugin))[1] in names
         for cp in _patches([ef], "HTTP_FILTER") if cp["patch"]["operation"] == "REPLACE")
@@ -816,10 +1082,13 @@ def envoyfilter_of(plugin: dict) -> dict:
     return found[0]
 
 
-def plugin_of(ef: dict) -> dict:
-    found = [p for _, p in PLUGINS if envoyfilter_targets(ef, p)]
-    assert len(found) == 1, f"{ef['metadata']['name']}: targets {len(found)} WasmPlugins"
-    return found[0]
+def extensions_of(ef: dict) -> list[tuple[str, dict]]:
+    """The extensions (file, extension) whose body-holding EnvoyFilter `ef` is: a WasmPlugin
+    and the TrafficExtension of the same name, which one file serves (only one of the two is
+    applied), or one of them alone."""
+    found = [(f, p) for f, p in EXTENSIONS if envoyfilter_targets(ef, p)]
+    assert found, f"{ef['metadata']['name']}: targets no extension of istio/"
+    return found
 
 
 def delivered(plugin: dict, envoyfilters: Sequence[dict], naming: str,
@@ -888,24 +1157,33 @@ def expected_wasm_config(plugin: dict) -> dict:
 
 @pytest.mark.parametrize("name,ef", ENVOYFILTERS, ids=[f for f, _ in ENVOYFILTERS])
 def it_body_envoyfilter_uses_only_patches_istiod_applies(name, ef):
-    """Each EnvoyFilter is one istiod 1.30 (and 1.29) acts on: it selects its WasmPlugin's pods
-    in its namespace, ADDs one extension config (the only EXTENSION_CONFIG operation istiod
-    applies), REPLACEs the WasmPlugin's filter entry under both of istiod's names with an
-    entry that loads that config the way istiod's own entries do (ADS, waiting for it, Wasm and
-    RBAC types: istio-agent sends an RBAC filter when the module cannot be fetched), and uses
-    no MERGE (which istiod skips on that entry)."""
-    plugin = plugin_of(ef)
+    """Each EnvoyFilter is one istiod 1.30 (and 1.29) acts on: it selects its extensions'
+    proxies as they do (workloadSelector = selector, or targetRefs = targetRefs for a waypoint)
+    in their namespace, ADDs one extension config (the only EXTENSION_CONFIG operation istiod
+    applies), REPLACEs the extensions' filter entry under each of istiod's names for them (a
+    WasmPlugin's in 1.30 and 1.29, a TrafficExtension's) with an entry that loads that config
+    the way istiod's own entries do (ADS, waiting for it, Wasm and RBAC types: istio-agent
+    sends an RBAC filter when the module cannot be fetched), and uses no MERGE (which istiod
+    skips on that entry)."""
+    targets = [p for _, p in extensions_of(ef)]
     md, spec = ef["metadata"], ef["spec"]
     assert ef["apiVersion"] == "networking.istio.io/v1alpha3"
-    assert md["namespace"] == plugin["metadata"]["namespace"]
-    assert spec["workloadSelector"]["labels"] == plugin["spec"]["selector"]["matchLabels"]
+    for plugin in targets:
+        assert md["namespace"] == plugin["metadata"]["namespace"]
+        if plugin["spec"].get("targetRefs"):
+            assert spec["targetRefs"] == plugin["spec"]["targetRefs"]
+            assert "workloadSelector" not in spec
+        else:
+            assert spec["workloadSelector"]["labels"] == plugin["spec"]["selector"]["matchLabels"]
     assert spec.get("priority", 0) != 0, "a relative operation (REPLACE) with priority 0: IST0151"
+    names = [istiod_filter_name(p, n) for p in targets for n in namings(p)]
     ops = [(cp["applyTo"], cp["patch"]["operation"]) for cp in spec["configPatches"]]
-    assert ops == [("EXTENSION_CONFIG", "ADD"), ("HTTP_FILTER", "REPLACE"),
-                   ("HTTP_FILTER", "REPLACE")], ops
+    assert ops == [("EXTENSION_CONFIG", "ADD")] + [("HTTP_FILTER", "REPLACE")] * len(names), ops
     ext = extension_config_of(ef)
     assert not ext["name"].startswith("extensions.istio.io/"), "istiod's own name space"
-    context = plugin_context(plugin)
+    contexts = {plugin_context(p) for p in targets}
+    assert len(contexts) == 1, contexts
+    context = contexts.pop()
     subs = []
     for cp in _patches([ef], "HTTP_FILTER"):
         assert cp["match"]["context"] == context
@@ -916,29 +1194,30 @@ def it_body_envoyfilter_uses_only_patches_istiod_applies(name, ef):
             "config_source": {"ads": {}, "initial_fetch_timeout": "0s",
                               "resource_api_version": "V3"},
             "type_urls": [harness.WASM_TYPE_URL, RBAC_TYPE_URL]}}
-    assert subs == [istiod_filter_name(plugin, n) for n in NAMINGS]
-    for naming in NAMINGS:
-        filters, resources = delivered(plugin, [ef], naming)
-        assert [f["name"] for f in filters] == [ext["name"], "envoy.filters.http.router"]
-        assert [r["name"] for r in resources] == [ext["name"]], "one resource per name"
+    assert sorted(subs) == sorted(names) and len(set(subs)) == len(subs), (subs, names)
+    for plugin in targets:
+        for naming in namings(plugin):
+            filters, resources = delivered(plugin, [ef], naming)
+            assert [f["name"] for f in filters] == [ext["name"], "envoy.filters.http.router"]
+            assert [r["name"] for r in resources] == [ext["name"]], "one resource per name"
 
 
 @pytest.mark.parametrize("name,ef", ENVOYFILTERS, ids=[f for f, _ in ENVOYFILTERS])
-def it_body_envoyfilter_carries_exactly_its_wasmplugins_config(name, ef):
-    """While the EnvoyFilter is applied its extension config is what serves, so it must be the
-    WasmPlugin's as istiod renders it (module, sha256, pull policy, failure policy, and the
+def it_body_envoyfilter_carries_exactly_its_extensions_config(name, ef):
+    """While the EnvoyFilter is applied its extension config is what serves, so it must be its
+    extensions' as istiod renders them (module, sha256, pull policy, failure policy, and the
     pluginConfig itself, compared as JSON), plus the flag, and nothing else: a ramp step made in
-    the WasmPlugin but not here fails this test."""
-    plugin = plugin_of(ef)
+    the WasmPlugin (or the TrafficExtension) but not here fails this test."""
     ext = extension_config_of(ef)
     assert ext["typed_config"]["@type"] == harness.WASM_TYPE_URL
     assert set(ext) == {"name", "typed_config"} and set(ext["typed_config"]) == {"@type", "config"}
     got = copy.deepcopy(ext["typed_config"]["config"])
     assert got["configuration"]["@type"] == STRING_VALUE
     got["configuration"]["value"] = json.loads(got["configuration"]["value"])
-    want = expected_wasm_config(plugin)
-    assert got == want, (f"{name} is out of step with its WasmPlugin; its configuration should be\n"
-                         + json.dumps(want["configuration"]["value"], indent=2))
+    for file, plugin in extensions_of(ef):
+        want = expected_wasm_config(plugin)
+        assert got == want, (f"{name} is out of step with {file}; its configuration should be\n"
+                             + json.dumps(want["configuration"]["value"], indent=2))
 
 
 def it_a_merge_patch_is_crd_valid_and_never_reaches_the_wasmplugins_config(crds):
@@ -1043,16 +1322,19 @@ def apps():
 
 
 def start_delivered_envoy(workdir: Path, plugin: dict, envoyfilters: Sequence[dict], naming: str,
-                          apps: Apps, plugin_config: dict | None = None) -> Envoy:
+                          apps: Apps, plugin_config: dict | None = None,
+                          routes: list[dict] | None = None) -> Envoy:
     """A real Envoy configured with what `delivered` says a proxy of `plugin` gets: its HCM's
     HTTP filters (ADS replaced by one ECDS file per requested name, the one thing a standalone
-    Envoy does differently) and those files; the VirtualService's routes to `apps`."""
+    Envoy does differently) and those files; `routes` (default: the VirtualService's) to
+    `apps`."""
     if not harness.WASM.exists():
         pytest.fail(f"{harness.WASM} is missing: run `make build` first", pytrace=False)
     workdir.mkdir(parents=True, exist_ok=True)
     doc = harness.istio_bootstrap(plugin, ecds_path=workdir / "unused",
                                   access_log=workdir / "access.log",
-                                  routes=vs_envoy_routes(SERVICES[0], apps.cluster_names()))
+                                  routes=routes or vs_envoy_routes(SERVICES[0],
+                                                                   apps.cluster_names()))
     doc["static_resources"]["clusters"] = apps.clusters()
     hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     assert [f["name"] for f in hcm["http_filters"]] == [harness.istio_resource_name(plugin),
@@ -1075,9 +1357,9 @@ def start_delivered_envoy(workdir: Path, plugin: dict, envoyfilters: Sequence[di
 def delivered_envoy(tmp_path, apps):
     started: list[Envoy] = []
 
-    def start(plugin, envoyfilters, naming="1.30", plugin_config=None):
+    def start(plugin, envoyfilters, naming="1.30", plugin_config=None, routes=None):
         e = start_delivered_envoy(tmp_path / f"delivered{len(started)}", plugin, envoyfilters,
-                                  naming, apps, plugin_config)
+                                  naming, apps, plugin_config, routes)
         started.append(e)
         return e
 
@@ -1123,18 +1405,19 @@ def post(envoy: Envoy, body: bytes, headers: Sequence[tuple[str, str]]) -> harne
                          [("content-type", "application/json"), *headers], body=body)
 
 
-BODY_PAIRS = [(f, ef, n) for f, ef in ENVOYFILTERS for n in NAMINGS]
+BODY_PAIRS = [(f, ef, p, n) for f, ef in ENVOYFILTERS for _, p in extensions_of(ef)
+              for n in namings(p)]
 
 
-@pytest.mark.parametrize("name,ef,naming", BODY_PAIRS,
-                         ids=[f"{f}-istiod{n}" for f, _, n in BODY_PAIRS])
-def it_with_the_body_envoyfilter_a_json_body_identity_decides(delivered_envoy, name, ef, naming):
-    """The WasmPlugin with a body identity (its pluginConfig reading /user first), its
-    EnvoyFilter carrying the same config, both as istiod `naming` delivers them: Envoy loads the
-    EnvoyFilter's extension config with the flag (as the config dump shows it) and no field it
-    does not know, the user in the body decides against the header's, and the body reaches the
-    app byte for byte."""
-    plugin = plugin_of(ef)
+@pytest.mark.parametrize("name,ef,plugin,naming", BODY_PAIRS,
+                         ids=[f"{f}-{p['kind']}-istiod{n}" for f, _, p, n in BODY_PAIRS])
+def it_with_the_body_envoyfilter_a_json_body_identity_decides(delivered_envoy, name, ef, plugin,
+                                                              naming):
+    """The extension (WasmPlugin or TrafficExtension) with a body identity (its pluginConfig
+    reading /user first), its EnvoyFilter carrying the same config, both as istiod `naming`
+    delivers them: Envoy loads the EnvoyFilter's extension config with the flag (as the config
+    dump shows it) and no field it does not know, the user in the body decides against the
+    header's, and the body reaches the app byte for byte."""
     cfg = body_identity(plugin)
     envoy = delivered_envoy(plugin, [with_configuration(ef, cfg)], naming, cfg)
     loaded = loaded_wasm_configs(envoy)
@@ -1162,10 +1445,10 @@ def it_with_the_body_envoyfilter_a_json_body_identity_decides(delivered_envoy, n
     assert envoy.version("/", [(id_header, inside)]) == gray
 
 
-@pytest.mark.parametrize("name,plugin", PLUGINS, ids=[f for f, _ in PLUGINS])
+@pytest.mark.parametrize("name,plugin", EXTENSIONS, ids=[f for f, _ in EXTENSIONS])
 def it_without_the_envoyfilter_a_body_identity_still_answers_with_the_body_intact(
         delivered_envoy, name, plugin):
-    """The same WasmPlugin with a body identity, delivered by istiod alone: the config Envoy
+    """The same extension with a body identity, delivered by istiod alone: the config Envoy
     loads has no flag, so the filter never gets the body. Whatever it then decides (not asserted
     here), every request is answered 200 by an app, with its body intact."""
     cfg = body_identity(plugin)
