@@ -553,7 +553,9 @@ class Envoy:
         wait_until(admin_up, timeout, "Envoy admin /ready == LIVE")
         _, body = self.admin_get("/listeners?format=json")
         for ls in json.loads(body)["listener_statuses"]:
-            sa = ls["local_address"]["socket_address"]
+            sa = ls.get("local_address", {}).get("socket_address")
+            if sa is None:      # an internal listener
+                continue
             if ls["name"] == "app_ipv4":
                 self.port = sa["port_value"]
             elif ls["name"] == "app_ipv6":

@@ -32,6 +32,7 @@ import http.server
 import ipaddress
 import json
 import re
+import socket
 import socketserver
 import threading
 from datetime import datetime, timezone
@@ -1323,11 +1324,21 @@ def apps():
 
 def start_delivered_envoy(workdir: Path, plugin: dict, envoyfilters: Sequence[dict], naming: str,
                           apps: Apps, plugin_config: dict | None = None,
-                          routes: list[dict] | None = None) -> Envoy:
+                          routes: list[dict] | None = None, waypoint: bool | str = False) -> Envoy:
     """A real Envoy configured with what `delivered` says a proxy of `plugin` gets: its HCM's
     HTTP filters (ADS replaced by one ECDS file per requested name, the one thing a standalone
     Envoy does differently) and those files; `routes` (default: the VirtualService's) to
-    `apps`."""
+    `apps`. `waypoint`: that HCM moved into a waypoint's shape (waypoint_shaped; "no-source":
+    without the tunnel's source shared)."""
+    doc = delivered_bootstrap(workdir, plugin, envoyfilters, naming, apps, plugin_config, routes)
+    if waypoint:
+        doc = waypoint_shaped(doc, share_source=waypoint != "no-source")
+    return Envoy(workdir, doc, concurrency=1).launch()
+
+
+def delivered_bootstrap(workdir: Path, plugin: dict, envoyfilters: Sequence[dict], naming: str,
+                        apps: Apps, plugin_config: dict | None = None,
+                        routes: list[dict] | None = None) -> dict:
     if not harness.WASM.exists():
         pytest.fail(f"{harness.WASM} is missing: run `make build` first", pytrace=False)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -1350,16 +1361,130 @@ def start_delivered_envoy(workdir: Path, plugin: dict, envoyfilters: Sequence[di
         assert source.pop("ads") == {}
         source["path_config_source"] = {"path": str(path)}
     hcm["http_filters"] = filters
-    return Envoy(workdir, doc, concurrency=1).launch()
+    return doc
+
+
+# The VIP:port of rag-assistant's Service a waypoint's inner connection is for (stand-in).
+SERVICE_VIP = "10.96.0.20:8080"
+
+
+def waypoint_shaped(doc: dict, share_source: bool = True) -> dict:
+    """`doc` rebuilt the way istiod lays out a waypoint (pilot/pkg/networking/core/
+    listener_waypoint.go, buildConnectTerminateListener, buildWaypointInbound): the app
+    listener terminates CONNECT tunnels (`connect_terminate`: upgrade CONNECT, a
+    set_filter_state filter sharing the tunnel's destination and source with the upstream as
+    `envoy.filters.listener.original_dst.local_ip` / `.remote_ip`, a route of the CONNECT to the
+    `main_internal` cluster), and the HCM with the delivered filters moves into the internal
+    listener `main_internal`, whose original_dst listener filter restores those addresses, so
+    the filters see the tunnel's client as the downstream address (`share_source=False` leaves
+    the source out: then they see an internal address). HBONE is HTTP/2 CONNECT over mutual
+    TLS; here CONNECT is HTTP/1.1 in clear text, the part after the tunnel the same."""
+    doc = copy.deepcopy(doc)
+    listener = doc["static_resources"]["listeners"][0]
+    inner = copy.deepcopy(listener)
+    inner["name"] = "main_internal"
+    inner.pop("address", None)
+    inner["internal_listener"] = {}
+    inner["listener_filters"] = [{
+        "name": "envoy.filters.listener.original_dst", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3."
+                     "OriginalDst"}}]
+
+    def shared(key: str, value: str) -> dict:
+        return {"object_key": key, "format_string": {"text_format_source": {
+            "inline_string": value}}, "shared_with_upstream": "ONCE"}
+
+    terminate = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager."
+                 "v3.HttpConnectionManager",
+        "stat_prefix": "connect_terminate",
+        "upgrade_configs": [{"upgrade_type": "CONNECT"}],
+        "http2_protocol_options": {"allow_connect": True},
+        "route_config": {"name": "default", "virtual_hosts": [{
+            "name": "default", "domains": ["*"], "routes": [{
+                "match": {"connect_matcher": {}},
+                "route": {"cluster": "main_internal",
+                          "upgrade_configs": [{"upgrade_type": "CONNECT",
+                                               "connect_config": {}}]}}]}]},
+        "http_filters": [
+            {"name": "envoy.filters.http.set_filter_state", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3."
+                         "Config",
+                "on_request_headers": [
+                    shared("envoy.filters.listener.original_dst.local_ip", "%REQ(:AUTHORITY)%"),
+                    *([shared("envoy.filters.listener.original_dst.remote_ip",
+                              "%DOWNSTREAM_REMOTE_ADDRESS%")] if share_source else [])]}},
+            {"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+    }
+    listener["filter_chains"] = [{"filters": [
+        {"name": HCM_FILTER, "typed_config": terminate}]}]
+    # main_internal first: the harness reads the access log path of the first listener's HCM.
+    doc["static_resources"]["listeners"].insert(0, inner)
+    doc["static_resources"]["clusters"].append({
+        "name": "main_internal", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "main_internal", "endpoints": [{"lb_endpoints": [{
+            "endpoint": {"address": {"envoy_internal_address": {
+                "server_listener_name": "main_internal"}}}}]}]},
+        "transport_socket": {"name": "envoy.transport_sockets.internal_upstream", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3."
+                     "InternalUpstreamTransport",
+            "transport_socket": {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3."
+                         "RawBuffer"}}}}})
+    doc.setdefault("bootstrap_extensions", []).append({
+        "name": "envoy.bootstrap.internal_listener", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3."
+                     "InternalListener"}})
+    return doc
+
+
+class Tunnel:
+    """An HTTP/1.1 client through a CONNECT tunnel to `target` on `envoy`'s app listener, as
+    ztunnel sends a client's connection to a waypoint (one tunnel per client connection)."""
+
+    def __init__(self, envoy: Envoy, target: str = SERVICE_VIP):
+        self.sock = socket.create_connection(("127.0.0.1", envoy.port), timeout=10)
+        self.sock.sendall(f"CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n\r\n".encode())
+        self.file = self.sock.makefile("rb")
+        status = self.file.readline()
+        assert status.split()[1:2] == [b"200"], status
+        while self.file.readline() not in (b"\r\n", b""):
+            pass
+
+    def request(self, method: str, path: str, headers: Sequence[tuple[str, str]] = (),
+                body: bytes = b"") -> tuple[int, dict, str]:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers)
+        if body:
+            head += f"content-length: {len(body)}\r\n"
+        self.sock.sendall(f"{method} {path} HTTP/1.1\r\nhost: rag-assistant.rag:8080\r\n{head}"
+                          "\r\n".encode() + body)
+        status = int(self.file.readline().split()[1])
+        got: dict[str, str] = {}
+        while (line := self.file.readline()) not in (b"\r\n", b""):
+            k, _, v = line.decode().partition(":")
+            got[k.strip().lower()] = v.strip()
+        text = self.file.read(int(got.get("content-length", "0"))).decode()
+        return status, got, text
+
+    def version(self, path: str = "/", headers: Sequence[tuple[str, str]] = ()) -> str:
+        status, _, body = self.request("GET", path, headers)
+        assert status == 200, (status, body)
+        return body
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
 
 
 @pytest.fixture
 def delivered_envoy(tmp_path, apps):
     started: list[Envoy] = []
 
-    def start(plugin, envoyfilters, naming="1.30", plugin_config=None, routes=None):
+    def start(plugin, envoyfilters, naming="1.30", plugin_config=None, routes=None,
+              waypoint=False):
         e = start_delivered_envoy(tmp_path / f"delivered{len(started)}", plugin, envoyfilters,
-                                  naming, apps, plugin_config, routes)
+                                  naming, apps, plugin_config, routes, waypoint)
         started.append(e)
         return e
 
@@ -1466,3 +1591,82 @@ def it_without_the_envoyfilter_a_body_identity_still_answers_with_the_body_intac
         assert r.status == 200, r
         assert r.text in subsets, r
         assert r.header("x-body-sha256") == hashlib.sha256(body).hexdigest(), "body changed"
+
+
+# --------------------------------------------------------------------------- the waypoint's shape
+
+WAYPOINT_TE = next((p for f, p in TRAFFIC_EXTENSIONS if plugin_context(p) == "SIDECAR_INBOUND"
+                    and target_gateways(p)), None)
+
+
+def _waypoint_envoy(delivered_envoy, apps, envoyfilters=(), plugin_config=None, waypoint=True):
+    assert WAYPOINT_TE is not None, "istio/ has no waypoint TrafficExtension"
+    return delivered_envoy(WAYPOINT_TE, list(envoyfilters), "1.30", plugin_config,
+                           routes=httproute_envoy_routes(httproute_for(WAYPOINT_TE),
+                                                         apps.cluster_names()),
+                           waypoint=waypoint)
+
+
+def it_on_a_waypoint_the_trafficextension_decides_for_the_tunnel_s_client(delivered_envoy, apps):
+    """The waypoint TrafficExtension in an Envoy laid out as istiod lays out a waypoint (the
+    client's connection arrives in a CONNECT tunnel, graysplit runs in the internal listener
+    main_internal behind it, waypoint_shaped), routed by the mesh HTTPRoute: the ramp's buckets
+    and the header pilot decide, a spoofed route header is replaced, and the override is
+    honoured from the tunnel's client when its address is trusted (127.0.0.1/32 added here),
+    which works only because istiod shares the tunnel's source with main_internal."""
+    cfg = copy.deepcopy(WAYPOINT_TE["spec"]["pluginConfig"])
+    cfg["override"]["trusted_cidrs"].append("127.0.0.1/32")
+    envoy = _waypoint_envoy(delivered_envoy, apps, plugin_config=cfg)
+    ramp = next(r for r in cfg["rules"] if "split" in r)
+    salt, cut = ramp.get("salt", ramp["name"]), round(ramp["split"][0]["percent"] * 100)
+    gray, stable = subset_for(ramp["split"][0]["version"]), subset_for(cfg["stable"])
+    inside, outside = user_in(salt, 0, cut), user_in(salt, cut, 10000)
+    header = route_header(WAYPOINT_TE)
+    t = Tunnel(envoy)
+    try:
+        assert t.version("/", [("x-user-id", inside)]) == gray
+        assert t.version("/", [("x-user-id", outside)]) == stable
+        assert t.version("/", [("x-user-id", outside), (header, "v2.1")]) == stable, "spoofed"
+        assert t.version("/", [("x-user-id", outside), ("x-department", "legal")]) == gray
+        assert t.version("/", [("x-user-id", outside), ("x-gray-release", "v2.1")]) == gray
+    finally:
+        t.close()
+    assert envoy.counter("wasmcustom.graysplit_override_total.result.accepted") == 1
+    assert envoy.counter("wasmcustom.graysplit_decisions_total.rule.ramp.version.v2.1") == 1
+
+    # Without the tunnel's source shared, graysplit sees an internal address: it trusts none.
+    blind = _waypoint_envoy(delivered_envoy, apps, plugin_config=cfg, waypoint="no-source")
+    t = Tunnel(blind)
+    try:
+        assert t.version("/", [("x-user-id", outside), ("x-gray-release", "v2.1")]) == stable
+        assert t.version("/", [("x-user-id", inside)]) == gray, "the rest still decides"
+    finally:
+        t.close()
+    assert blind.counter("wasmcustom.graysplit_override_total.result.rejected") == 1
+
+
+def it_on_a_waypoint_the_body_envoyfilter_lets_a_json_body_decide(delivered_envoy, apps):
+    """envoyfilter-body-waypoint.yaml applied to the waypoint TrafficExtension, in the waypoint's
+    shape: a JSON body's user decides against the header's, through the tunnel, and the body
+    reaches the app byte for byte."""
+    ef = envoyfilter_of(WAYPOINT_TE)
+    cfg = body_identity(WAYPOINT_TE)
+    envoy = _waypoint_envoy(delivered_envoy, apps, [with_configuration(ef, cfg)], cfg)
+    assert loaded_wasm_configs(envoy)[extension_config_of(ef)["name"]][
+        "allow_on_headers_stop_iteration"] is True
+    ramp = next(r for r in cfg["rules"] if "split" in r)
+    salt, cut = ramp.get("salt", ramp["name"]), round(ramp["split"][0]["percent"] * 100)
+    gray, stable = subset_for(ramp["split"][0]["version"]), subset_for(cfg["stable"])
+    inside, outside = user_in(salt, 0, cut), user_in(salt, cut, 10000)
+    t = Tunnel(envoy)
+    try:
+        for body_user, header_user, want in ((inside, outside, gray), (outside, inside, stable)):
+            body = chat(body_user)
+            status, headers, text = t.request(
+                "POST", "/v1/chat/completions",
+                [("content-type", "application/json"), ("x-user-id", header_user)], body)
+            assert (status, text) == (200, want), (status, text, body_user)
+            assert headers["x-body-sha256"] == hashlib.sha256(body).hexdigest(), "body changed"
+    finally:
+        t.close()
+
