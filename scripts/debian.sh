@@ -1,4 +1,17 @@
-# Sourced by scripts/engine.sh and scripts/prometheus.sh: installs a Debian package as they do.
+# Sourced by scripts/engine.sh, prometheus.sh and registry.sh: installs a Debian package as they do.
+#
+# debian_can_install WHAT PKG: returns 0 when PKG can be installed here (root, apt-get); else
+# prints why, as "no WHAT: ...", and returns 3 (the callers' "missing, cannot be installed here").
+debian_can_install() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "no $1: installing Debian's $2 package needs root (uid $(id -u))" >&2
+    return 3
+  fi
+  if ! command -v apt-get >/dev/null; then
+    echo "no $1: there is no apt-get to install Debian's $2 package" >&2
+    return 3
+  fi
+}
 #
 # debian_install PKG [apt-get install options...]: installs PKG (running `apt-get update` first
 # when the package lists do not know it yet, as on a fresh machine), its output in

@@ -18,17 +18,10 @@ if have; then
   exit 0
 fi
 
-if [ "$(id -u)" != 0 ]; then
-  echo "no prometheus/promtool: installing Debian's prometheus package needs root (uid $(id -u))" >&2
-  exit 3
-fi
-if ! command -v apt-get >/dev/null; then
-  echo "no prometheus/promtool: there is no apt-get to install Debian's prometheus package" >&2
-  exit 3
-fi
+. "$(dirname "$0")/debian.sh"
+debian_can_install prometheus/promtool prometheus || exit 3
 
 echo "installing Debian's prometheus (prometheus or promtool is missing)"
-. "$(dirname "$0")/debian.sh"
 # --no-install-recommends: the server and promtool only, not the node exporter it recommends.
 debian_install prometheus --no-install-recommends || exit 1
 if ! have; then

@@ -12,16 +12,9 @@ if command -v docker-registry >/dev/null; then
   echo "registry: $(docker-registry --version 2>&1 | head -n 1) at $(command -v docker-registry)"
   exit 0
 fi
-if [ "$(id -u)" != 0 ]; then
-  echo "no docker-registry: installing Debian's docker-registry package needs root (uid $(id -u))" >&2
-  exit 3
-fi
-if ! command -v apt-get >/dev/null; then
-  echo "no docker-registry: there is no apt-get to install Debian's docker-registry package" >&2
-  exit 3
-fi
-echo "installing Debian's docker-registry (the Distribution registry, for the image tests)"
 . "$(dirname "$0")/debian.sh"
+debian_can_install docker-registry docker-registry || exit 3
+echo "installing Debian's docker-registry (the Distribution registry, for the image tests)"
 debian_install docker-registry --no-install-recommends || exit 1
 command -v docker-registry >/dev/null || { echo "docker-registry installed but not on PATH" >&2; exit 1; }
 echo "registry: $(docker-registry --version 2>&1 | head -n 1) at $(command -v docker-registry)"
