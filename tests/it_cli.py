@@ -113,20 +113,30 @@ def it_check_reads_every_recipe_kind_that_carries_a_config(tmp_path):
                   "config": {"configuration": {
                       "@type": "type.googleapis.com/google.protobuf.StringValue",
                       "value": json.dumps(bad)}}}}}}]}}
+    camel = json.loads(json.dumps(ef).replace('"typed_config"', '"typedConfig"'))
+    camel["metadata"]["name"] = "ef-camel"     # protobuf JSON's other spelling
     path = tmp_path / "recipes.yaml"
-    path.write_text(yaml.safe_dump_all([te, lua, eep, ef]))
+    path.write_text(yaml.safe_dump_all([te, lua, eep, ef, camel]))
     r = cli("check", path)
     assert r.returncode == 1, r
     lines = r.stdout.splitlines()
     for origin in ("TrafficExtension te", "EnvoyExtensionPolicy eep wasm[1]",
-                   "EnvoyFilter ef configPatches[0]"):
+                   "EnvoyFilter ef configPatches[0]", "EnvoyFilter ef-camel configPatches[0]"):
         assert any(f"{origin}: invalid config: rules[3].split[0].percent" in x for x in lines), \
             (origin, r.stdout)
     assert any("EnvoyExtensionPolicy eep wasm[0]: ok" in x for x in lines), r.stdout
     assert "lua" not in r.stdout, "a Lua TrafficExtension has no graysplit config"
-    # explain picks a resource by its name, whatever its kind.
+    # explain picks a config by name, KIND/NAME, or NAME/PART for one of several.
     r = cli("explain", path, "--plugin", "te", "--user", "alice")
     assert r.returncode != 0 and "TrafficExtension te: invalid config" in r.stderr, r
+    r = cli("explain", path, "--plugin", "eep", "--user", "alice")
+    assert r.returncode == 2 and "EnvoyExtensionPolicy/eep/wasm[0], " \
+        "EnvoyExtensionPolicy/eep/wasm[1]" in r.stderr, r
+    for sel in ("eep/wasm[0]", "EnvoyExtensionPolicy/eep/wasm[0]"):
+        r = cli("explain", path, "--plugin", sel, "--user", "alice")
+        assert r.returncode == 0 and "EnvoyExtensionPolicy eep wasm[0]" in r.stdout, (sel, r)
+    r = cli("explain", path, "--plugin", "WasmPlugin/te", "--user", "alice")
+    assert r.returncode == 2 and "selects none of: TrafficExtension/te" in r.stderr, r
     for f in ("trafficextension-gateway.yaml", "trafficextension-waypoint.yaml",
               "envoyfilter-body-gateway.yaml"):
         assert cli("check", REPO / "istio" / f).returncode == 0, f

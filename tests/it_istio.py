@@ -87,6 +87,44 @@ HTTPROUTES = [d for _, _, d in DOCS if d.get("kind") == "HTTPRoute"]
 GATEWAYS = [d for _, _, d in DOCS if d.get("kind") == "Gateway"]
 
 
+WAYPOINT_CLASS = "istio-waypoint"
+
+
+def target_gateways(plugin: dict) -> list[dict]:
+    """The Gateways of istio/ an extension's targetRefs name (in its namespace)."""
+    ns = plugin["metadata"].get("namespace", "default")
+    out = []
+    for ref in plugin["spec"].get("targetRefs") or []:
+        assert (ref.get("group"), ref["kind"]) == ("gateway.networking.k8s.io", "Gateway"), \
+            f"{plugin['metadata']['name']}: targetRefs to {ref['kind']}: extend the model"
+        found = [g for g in GATEWAYS if g["metadata"]["name"] == ref["name"]
+                 and g["metadata"].get("namespace", "default") == ref.get("namespace", ns)]
+        assert len(found) == 1, f"{plugin['metadata']['name']}: Gateway {ref['name']} not in istio/"
+        out += found
+    return out
+
+
+def plugin_context(plugin: dict) -> str:
+    """The EnvoyFilter patch context of the listeners an extension's filter is in. A waypoint's
+    listeners are built as inbound ones and patched as SIDECAR_INBOUND (listener_builder.go
+    patchListeners: a proxy of type Waypoint is no Router; istiod applies no WAYPOINT-context
+    patch to a listener)."""
+    gateways = target_gateways(plugin)
+    if gateways:
+        classes = {g["spec"]["gatewayClassName"] for g in gateways}
+        assert len(classes) == 1, classes
+        return "SIDECAR_INBOUND" if classes == {WAYPOINT_CLASS} else "GATEWAY"
+    modes = {m.get("mode") for m in plugin["spec"].get("match", [])}
+    if modes == {"CLIENT"}:
+        return "SIDECAR_OUTBOUND"
+    if modes == {"SERVER"}:
+        return "SIDECAR_INBOUND"
+    labels = (plugin["spec"].get("selector") or {}).get("matchLabels") or {}
+    assert not modes and labels.get("istio", "").startswith("ingressgateway"), \
+        f"{plugin['metadata']['name']}: which proxies' listeners? (extend plugin_context)"
+    return "GATEWAY"
+
+
 # --------------------------------------------------------------------------- CRD validation
 # tests/crds.py (strict schemas, CEL rules); tests/it_recipes.py validates every document.
 
@@ -103,27 +141,36 @@ AUTHNS = [d for _, _, d in DOCS if d.get("kind") == "RequestAuthentication"]
 
 
 def it_requestauthentication_is_what_the_claim_pilot_needs():
-    """requestauthentication.yaml against Istio 1.30's RequestAuthentication API (beyond its
-    CRD, which tests/it_recipes.py checks it against): it selects the same gateway pods as the gateway WasmPlugin, whose rules
-    read claims, and each jwtRule has an issuer and a key source."""
-    assert len(AUTHNS) == 1, AUTHNS
-    ra, gw = AUTHNS[0], _gateway()
-    assert ra["apiVersion"] in ("security.istio.io/v1", "security.istio.io/v1beta1")
-    assert set(ra) <= {"apiVersion", "kind", "metadata", "spec"}
-    spec = ra["spec"]
-    assert set(spec) <= {"selector", "targetRef", "targetRefs", "jwtRules"}, spec
-    assert spec["selector"] == gw["spec"]["selector"], "the same pods as the gateway's graysplit"
-    assert ra["metadata"].get("namespace") == gw["metadata"].get("namespace")
+    """The RequestAuthentications against Istio 1.30's RequestAuthentication API (beyond its
+    CRD, which tests/it_recipes.py checks them against): every extension whose rules read claims
+    has exactly one, selecting the same proxies in its namespace (selector, or targetRefs for a
+    Gateway API gateway), all with the same jwtRules; each jwtRule has an issuer and a key
+    source."""
+    assert AUTHNS
+    readers = [p for _, p in EXTENSIONS if any(
+        (r.get("when") or {}).get("claims") for r in p["spec"]["pluginConfig"].get("rules", []))]
+    assert _gateway() in readers, "the gateway's legal pilot reads a verified claim"
+    for plugin in readers:
+        mine = [ra for ra in AUTHNS
+                if ra["metadata"].get("namespace") == plugin["metadata"].get("namespace")
+                and ra["spec"].get("selector") == plugin["spec"].get("selector")
+                and ra["spec"].get("targetRefs") == plugin["spec"].get("targetRefs")]
+        assert len(mine) == 1, f"{plugin['metadata']['name']}: {len(mine)} RequestAuthentications"
+        cfg = plugin["spec"]["pluginConfig"]
+        assert cfg["identity"]["from"][0] == {"claim": "sub"}
+        assert cfg.get("claims", {}).get("metadata_key", "payload") == "payload", \
+            "Istio's jwt_authn writes the payload under `payload`"
     allowed = {"issuer", "audiences", "jwksUri", "jwks", "fromHeaders", "fromParams",
                "outputPayloadToHeader", "forwardOriginalToken", "outputClaimToHeaders",
                "fromCookies", "timeout"}
-    for rule in spec["jwtRules"]:
-        assert set(rule) <= allowed and rule["issuer"] and ("jwksUri" in rule or "jwks" in rule), rule
-    cfg = gw["spec"]["pluginConfig"]
-    reads = [c for r in cfg["rules"] for c in (r.get("when") or {}).get("claims", [])]
-    assert reads and cfg["identity"]["from"][0] == {"claim": "sub"}
-    assert cfg.get("claims", {}).get("metadata_key", "payload") == "payload", \
-        "Istio's jwt_authn writes the payload under `payload`"
+    for ra in AUTHNS:
+        assert ra["apiVersion"] in ("security.istio.io/v1", "security.istio.io/v1beta1")
+        assert set(ra) <= {"apiVersion", "kind", "metadata", "spec"}
+        assert set(ra["spec"]) <= {"selector", "targetRef", "targetRefs", "jwtRules"}, ra["spec"]
+        assert ra["spec"]["jwtRules"] == AUTHNS[0]["spec"]["jwtRules"], "one IdP"
+        for rule in ra["spec"]["jwtRules"]:
+            assert set(rule) <= allowed and rule["issuer"] and (
+                "jwksUri" in rule or "jwks" in rule), rule
 
 
 def istiod_jwt_authn(ra: dict) -> dict:
@@ -428,14 +475,25 @@ def it_coverage_check_catches_a_missing_or_misrouted_version():
 SERVICE_SUBSET = re.compile(r"-(v\d+(?:-\d+)*)$")
 
 
-def httproute_for(plugin: dict) -> dict:
-    """The HTTPRoute of istio/ that routes what `plugin` decides: at a gateway the one whose
-    parent is a Gateway, in the mesh (callers' sidecars, a waypoint) the GAMMA one whose parent
-    is the Service."""
-    want = "Gateway" if plugin_context(plugin) == "GATEWAY" else "Service"
-    found = [r for r in HTTPROUTES
-             if {p.get("kind", "Gateway") for p in r["spec"]["parentRefs"]} == {want}]
-    assert len(found) == 1, f"{plugin['metadata']['name']}: {len(found)} HTTPRoutes for {want}"
+def httproute_for(plugin: dict) -> dict | None:
+    """The HTTPRoute of istio/ that routes what `plugin` decides: at a Gateway API gateway the
+    one attached to the Gateway its targetRefs name; in the mesh (callers' sidecars, a
+    waypoint) the GAMMA one whose parent is the Service. None for the classic ingress gateway
+    (`selector: istio: ingressgateway`), which serves Istio Gateways and virtualservice.yaml:
+    an HTTPRoute's Gateway has pods of its own."""
+    if plugin_context(plugin) == "GATEWAY":
+        gateways = {(g["metadata"]["namespace"], g["metadata"]["name"])
+                    for g in target_gateways(plugin)}
+        if not gateways:
+            return None
+        found = [r for r in HTTPROUTES if any(
+            p.get("kind", "Gateway") == "Gateway"
+            and (p.get("namespace", r["metadata"]["namespace"]), p["name"]) in gateways
+            for p in r["spec"]["parentRefs"])]
+    else:
+        found = [r for r in HTTPROUTES
+                 if {p.get("kind", "Gateway") for p in r["spec"]["parentRefs"]} == {"Service"}]
+    assert len(found) == 1, f"{plugin['metadata']['name']}: {len(found)} HTTPRoutes"
     return found[0]
 
 
@@ -480,7 +538,7 @@ def httproute_problems(plugin: dict, route: dict) -> list[str]:
     other than stable by an exact match on the route header), and every other request to
     stable's (empty: it does)."""
     cfg = plugin["spec"].get("pluginConfig") or {}
-    header = route_header(plugin)
+    header = route_header(plugin).lower()
     problems = []
     for version in known_versions(cfg):
         rule, m = httproute_pick(route, {header: version})
@@ -522,15 +580,27 @@ def httproute_envoy_routes(route: dict, clusters: dict[str, str]) -> list[dict]:
     return out
 
 
-@pytest.mark.parametrize("name,plugin", EXTENSIONS, ids=[f for f, _ in EXTENSIONS])
+ROUTED = [(f, p) for f, p in EXTENSIONS if httproute_for(p) is not None]
+
+
+@pytest.mark.parametrize("name,plugin", ROUTED, ids=[f for f, _ in ROUTED])
 def it_httproute_routes_every_version_the_plugin_can_choose(name, plugin):
     route = httproute_for(plugin)
     assert httproute_problems(plugin, route) == [], f"{route['metadata']['name']} vs {name}"
 
 
+def it_every_httproute_has_its_extension():
+    """Each HTTPRoute of istio/ is the route of some extension (a Gateway API gateway's graysplit
+    selects that Gateway), and the classic ingress gateway's extensions have none."""
+    routes = {id(httproute_for(p)) for _, p in ROUTED}
+    assert routes == {id(r) for r in HTTPROUTES}, [r["metadata"]["name"] for r in HTTPROUTES
+                                                  if id(r) not in routes]
+    assert httproute_for(_gateway()) is None
+
+
 def it_httproute_coverage_check_catches_a_missing_or_misrouted_version():
     plugin = _gateway()
-    route = httproute_for(plugin)
+    route = httproute_for(next(p for f, p in ROUTED if plugin_context(p) == "GATEWAY"))
     plugin["spec"]["pluginConfig"]["rules"].append({"name": "next", "enabled": False,
                                                     "version": "v3.0"})
     assert any("v3.0" in p for p in httproute_problems(plugin, route))
@@ -554,11 +624,13 @@ def it_httproute_coverage_check_catches_a_missing_or_misrouted_version():
 
 # --------------------------------------------------------------------------- TrafficExtension
 # Each TrafficExtension of istio/ is its WasmPlugin written the new way: the same module, pull
-# policy, failStrategy, phase, priority and pluginConfig, selecting the same proxies. The
-# waypoint's has no WasmPlugin of its own: it decides for the same callers as the sidecar one.
+# policy, failStrategy, phase, priority and pluginConfig, selecting the same proxies. Two select
+# other proxies by targetRefs: the Gateway API gateway's (the gateway plugin's config) and the
+# waypoint's (the callers' plugin's config).
 
 SELECTION = ("selector", "targetRef", "targetRefs", "match")
-TWIN_OF = {"rag/graysplit-waypoint": "rag/graysplit-callers"}
+TWIN_OF = {"rag/graysplit-waypoint": "rag/graysplit-callers",
+           "istio-system/graysplit-gateway-api": "istio-system/graysplit-gateway"}
 
 
 def twin_of(te: dict) -> dict:
@@ -586,8 +658,11 @@ def it_trafficextension_is_its_wasmplugin(name, te):
             b = istiod_plugin_resource(wp, naming)["typed_config"]["config"]
             assert {**a, "name": ""} == {**b, "name": ""}
     else:
-        assert [g["spec"]["gatewayClassName"] for g in target_gateways(te)] == [WAYPOINT_CLASS]
-        assert plugin_context(te) == "SIDECAR_INBOUND"
+        # The same decision on other proxies, selected by targetRefs: a Gateway API gateway for
+        # the gateway's plugin, the waypoint for the callers' one.
+        assert target_gateways(te) and not te["spec"].get("selector")
+        want = "GATEWAY" if plugin_context(wp) == "GATEWAY" else "SIDECAR_INBOUND"
+        assert plugin_context(te) == want, (plugin_context(te), want)
 
 
 def it_a_trafficextension_out_of_step_fails_the_twin_check():
@@ -760,9 +835,12 @@ def it_trafficextension_delivered_like_istiod_routes_by_its_httproute(delivered_
                                                                         name, te):
     """Each TrafficExtension as istiod 1.30 serves it (its own filter name and ECDS resource,
     the Wasm config named <ns>.<name>), in front of routes made from its HTTPRoute (the ingress
-    one at the gateway, the mesh one for sidecars and the waypoint): it routes as configured."""
-    envoy = delivered_envoy(te, [], "1.30",
-                            routes=httproute_envoy_routes(httproute_for(te), apps.cluster_names()))
+    one at the Gateway API gateway, the mesh one for sidecars and the waypoint; the
+    VirtualService's at the classic ingress gateway): it routes as configured."""
+    route = httproute_for(te)
+    routes = (httproute_envoy_routes(route, apps.cluster_names()) if route is not None
+              else vs_envoy_routes(SERVICES[0], apps.cluster_names()))
+    envoy = delivered_envoy(te, [], "1.30", routes=routes)
     loaded = loaded_wasm_configs(envoy)
     md = te["metadata"]
     assert set(loaded) == {f"extensions.istio.io/trafficextension/{md['namespace']}.{md['name']}"}
@@ -871,7 +949,6 @@ EXTENSION_CONFIG_TYPE = "type.googleapis.com/envoy.config.core.v3.TypedExtension
 TRANSLATED = "~istio-translated-wasmplugin"
 NAMINGS = ("1.30", "1.29")   # istiod's names for a WasmPlugin's filter: now, and before 1.30
 ROOT_NAMESPACE = "istio-system"
-WAYPOINT_CLASS = "istio-waypoint"
 
 
 def namings(plugin: dict) -> tuple[str, ...]:
@@ -919,63 +996,73 @@ def istiod_plugin_resource(plugin: dict, naming: str, plugin_config: dict | None
     return res
 
 
-def target_gateways(plugin: dict) -> list[dict]:
-    """The Gateways of istio/ an extension's targetRefs name (in its namespace)."""
-    ns = plugin["metadata"].get("namespace", "default")
-    out = []
-    for ref in plugin["spec"].get("targetRefs") or []:
-        assert (ref.get("group"), ref["kind"]) == ("gateway.networking.k8s.io", "Gateway"), \
-            f"{plugin['metadata']['name']}: targetRefs to {ref['kind']}: extend the model"
-        found = [g for g in GATEWAYS if g["metadata"]["name"] == ref["name"]
-                 and g["metadata"].get("namespace", "default") == ref.get("namespace", ns)]
-        assert len(found) == 1, f"{plugin['metadata']['name']}: Gateway {ref['name']} not in istio/"
-        out += found
-    return out
-
-
-def plugin_context(plugin: dict) -> str:
-    """The EnvoyFilter patch context of the listeners an extension's filter is in. A waypoint's
-    listeners are built as inbound ones and patched as SIDECAR_INBOUND (listener_builder.go
-    patchListeners: a proxy of type Waypoint is no Router; istiod applies no WAYPOINT-context
-    patch to a listener)."""
-    gateways = target_gateways(plugin)
-    if gateways:
-        classes = {g["spec"]["gatewayClassName"] for g in gateways}
-        assert len(classes) == 1, classes
-        return "SIDECAR_INBOUND" if classes == {WAYPOINT_CLASS} else "GATEWAY"
-    modes = {m.get("mode") for m in plugin["spec"].get("match", [])}
-    if modes == {"CLIENT"}:
-        return "SIDECAR_OUTBOUND"
-    if modes == {"SERVER"}:
-        return "SIDECAR_INBOUND"
-    labels = (plugin["spec"].get("selector") or {}).get("matchLabels") or {}
-    assert not modes and labels.get("istio", "").startswith("ingressgateway"), \
-        f"{plugin['metadata']['name']}: which proxies' listeners? (extend plugin_context)"
-    return "GATEWAY"
-
-
-def _refs(doc: dict) -> set[tuple]:
-    ns = doc["metadata"].get("namespace", "default")
-    return {(r.get("group"), r["kind"], r.get("namespace", ns), r["name"])
-            for r in doc["spec"].get("targetRefs") or []}
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 
 
 def envoyfilter_selects(ef: dict, plugin: dict) -> bool:
-    """Whether istiod applies `ef` to the proxies `plugin` selects (PushContext.EnvoyFilters,
-    PolicyMatcherForProxy: the proxy's namespace or the root namespace; then an EnvoyFilter with
-    targetRefs applies to the Gateways (waypoints) it names, one with a workloadSelector to the
-    pods with every label, one with neither to every proxy there). A waypoint is selected by
-    targetRefs only."""
+    """Whether istiod applies `ef` to the proxies `plugin` selects (PushContext.EnvoyFilters:
+    the proxy's namespace or the root namespace; then policyattachment.go ShouldAttachPolicy).
+    A proxy of a Gateway API Gateway (an extension with targetRefs; its pods carry
+    gateway.networking.k8s.io/gateway-name) takes an EnvoyFilter whose targetRefs name its
+    Gateway in its namespace (or, for a waypoint, the GatewayClass istio-waypoint from the root
+    namespace), or one without targetRefs whose selector its labels satisfy, except a waypoint,
+    which never takes a selector policy. Any other proxy ignores an EnvoyFilter with targetRefs
+    and takes one whose workloadSelector its labels satisfy (none: every proxy)."""
     ns = plugin["metadata"].get("namespace", "default")
-    if ef["metadata"].get("namespace") not in (ns, ROOT_NAMESPACE):
+    ef_ns = ef["metadata"].get("namespace")
+    if ef_ns not in (ns, ROOT_NAMESPACE):
         return False
     wanted = ((ef["spec"].get("workloadSelector") or {}).get("labels")) or {}
-    if ef["spec"].get("targetRefs"):
-        return bool(_refs(ef) & _refs(plugin))
-    if plugin["spec"].get("targetRefs"):
-        return not wanted
-    labels = (plugin["spec"].get("selector") or {}).get("matchLabels") or {}
-    return all(labels.get(k) == v for k, v in wanted.items())
+    refs = ef["spec"].get("targetRefs") or []
+    gateways = target_gateways(plugin)
+    if not gateways:
+        labels = (plugin["spec"].get("selector") or {}).get("matchLabels") or {}
+        return not refs and all(labels.get(k) == v for k, v in wanted.items())
+    assert len(gateways) == 1, "an extension on several Gateways: extend the model"
+    gw = gateways[0]
+    waypoint = gw["spec"]["gatewayClassName"] == WAYPOINT_CLASS
+    if not refs:
+        labels = {GATEWAY_NAME_LABEL: gw["metadata"]["name"]}
+        return not waypoint and all(labels.get(k) == v for k, v in wanted.items())
+    for r in refs:
+        group_kind = (r.get("group", ""), r["kind"])
+        if (waypoint and ef_ns == ROOT_NAMESPACE and r["name"] == WAYPOINT_CLASS
+                and group_kind == ("gateway.networking.k8s.io", "GatewayClass")):
+            return True
+        if (ef_ns == ns and r.get("namespace", ns) == ns and r["name"] == gw["metadata"]["name"]
+                and group_kind == ("gateway.networking.k8s.io", "Gateway")):
+            return True
+    return False
+
+
+def it_envoyfilter_selection_follows_istiods_policy_attachment():
+    """The cases of ShouldAttachPolicy the recipes rely on, and the ones they must not trip."""
+    def ef(ns="rag", selector=None, refs=None):
+        spec: dict = {"configPatches": []}
+        if selector is not None:
+            spec["workloadSelector"] = {"labels": selector}
+        if refs is not None:
+            spec["targetRefs"] = refs
+        return {"metadata": {"name": "probe", "namespace": ns}, "spec": spec}
+
+    gw_ref = [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "waypoint"}]
+    waypoint = next(p for _, p in TRAFFIC_EXTENSIONS if "waypoint" in p["metadata"]["name"])
+    sidecar = next(p for _, p in PLUGINS if p["metadata"]["name"] == "graysplit-callers")
+    gateway_api = next(p for _, p in TRAFFIC_EXTENSIONS
+                       if p["metadata"]["name"] == "graysplit-gateway-api")
+    assert envoyfilter_selects(ef(refs=gw_ref), waypoint)
+    assert not envoyfilter_selects(ef(), waypoint), "a waypoint never takes a selector policy"
+    assert not envoyfilter_selects(ef(refs=gw_ref), sidecar), "a sidecar ignores targetRefs"
+    assert envoyfilter_selects(ef(), sidecar), "no selector: every proxy of the namespace"
+    assert envoyfilter_selects(ef(ns=ROOT_NAMESPACE, refs=[{
+        "group": "gateway.networking.k8s.io", "kind": "GatewayClass",
+        "name": WAYPOINT_CLASS}]), waypoint)
+    assert not envoyfilter_selects(ef(ns=ROOT_NAMESPACE, refs=gw_ref), waypoint), \
+        "a Gateway ref from another namespace"
+    assert not envoyfilter_selects(ef(ns="istio-system", selector={"istio": "ingressgateway"}),
+                                   gateway_api), "a Gateway API gateway's pods have other labels"
+    assert envoyfilter_selects(ef(ns="istio-system", selector={
+        GATEWAY_NAME_LABEL: "rag-gateway"}), gateway_api)
 
 
 def _patches(envoyfilters: Sequence[dict], apply_to: str) -> list[dict]:
@@ -1616,6 +1703,8 @@ def it_on_a_waypoint_the_trafficextension_decides_for_the_tunnel_s_client(delive
     which works only because istiod shares the tunnel's source with main_internal."""
     cfg = copy.deepcopy(WAYPOINT_TE["spec"]["pluginConfig"])
     cfg["override"]["trusted_cidrs"].append("127.0.0.1/32")
+    for rule in cfg["rules"]:     # the ramp as it is, without the calendar's end
+        rule.pop("expires_at", None)
     envoy = _waypoint_envoy(delivered_envoy, apps, plugin_config=cfg)
     ramp = next(r for r in cfg["rules"] if "split" in r)
     salt, cut = ramp.get("salt", ramp["name"]), round(ramp["split"][0]["percent"] * 100)

@@ -33,7 +33,8 @@ Usage:
 CONFIG is the plugin configuration as JSON, or a YAML file of recipes: a WasmPlugin's
 spec.pluginConfig, a TrafficExtension's spec.wasm.pluginConfig, an EnvoyExtensionPolicy's
 spec.wasm[i].config, or the configuration of the Wasm extension config an EnvoyFilter adds
-(with several, pick one with --plugin NAME). `-` reads stdin.
+(with several, pick one with --plugin). Every such config in the file is read as graysplit's.
+`-` reads stdin.
 
 REQUEST facts (all optional, repeatable where it makes sense):
   --user ID              the user id, put where the config reads it first
@@ -49,7 +50,8 @@ REQUEST facts (all optional, repeatable where it makes sense):
                          body.max_bytes, as the filter does, counts as none): its fields,
                          its prompt (when.prompt) and its model (versions.<v>.model)
   --pin [NAME=]VALUE     a session pin cookie the request carries (bare: for every split rule)
-  --plugin NAME          which resource of a YAML file (its metadata.name)
+  --plugin SEL           which config of a YAML file: NAME (metadata.name), KIND/NAME, or
+                         KIND/NAME/wasm[i] (NAME/configPatches[j]) for one of several
 
 compare reads the records shadow_sink received: OTLP/JSON logs, one ExportLogsServiceRequest
 per line as the OpenTelemetry Collector's file exporter writes them, or POSTed bodies (one or
@@ -106,9 +108,30 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
 /// A plugin configuration found in a file: where it came from, and its JSON text.
 struct Found {
     origin: String,
-    /// metadata.name of the resource it came from (empty for a JSON file)
+    /// kind and metadata.name of the resource it came from (empty for a JSON file)
+    kind: String,
     name: String,
+    /// which of the resource's configs: `wasm[1]`, `configPatches[0]`, or empty for the only one
+    part: String,
     json: String,
+}
+
+impl Found {
+    /// The most specific `--plugin` selector for it: KIND/NAME[/PART].
+    fn selector(&self) -> String {
+        match self.part.as_str() {
+            "" => format!("{}/{}", self.kind, self.name),
+            part => format!("{}/{}/{part}", self.kind, self.name),
+        }
+    }
+
+    /// Whether `--plugin sel` picks it: NAME, KIND/NAME, NAME/PART or KIND/NAME/PART.
+    fn selected_by(&self, sel: &str) -> bool {
+        let by_name = |rest: &str| {
+            rest == self.name || (!self.part.is_empty() && rest == format!("{}/{}", self.name, self.part))
+        };
+        by_name(sel) || sel.strip_prefix(&format!("{}/", self.kind)).is_some_and(by_name)
+    }
 }
 
 fn read_input(path: &str) -> Result<String, String> {
@@ -127,7 +150,13 @@ fn read_input(path: &str) -> Result<String, String> {
 fn configs_in(path: &str) -> Result<Vec<Found>, String> {
     let text = read_input(path)?;
     if text.trim_start().starts_with('{') {
-        return Ok(vec![Found { origin: path.to_string(), name: String::new(), json: text }]);
+        return Ok(vec![Found {
+            origin: path.to_string(),
+            kind: String::new(),
+            name: String::new(),
+            part: String::new(),
+            json: text,
+        }]);
     }
     let mut found = Vec::new();
     for (i, doc) in serde_norway::Deserializer::from_str(&text).enumerate() {
@@ -136,8 +165,9 @@ fn configs_in(path: &str) -> Result<Vec<Found>, String> {
         let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
         let name = value.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("?");
         let origin = format!("{path}: {kind} {name}");
-        let mut push = |origin: String, json: String| {
-            found.push(Found { origin, name: name.to_string(), json });
+        let mut push = |part: String, json: String| {
+            let origin = if part.is_empty() { origin.clone() } else { format!("{origin} {part}") };
+            found.push(Found { origin, kind: kind.to_string(), name: name.to_string(), part, json });
         };
         match kind {
             "WasmPlugin" | "TrafficExtension" => {
@@ -148,7 +178,7 @@ fn configs_in(path: &str) -> Result<Vec<Found>, String> {
                 let Some(cfg) = value.pointer(at) else {
                     return Err(format!("{origin}: has no {}", at[1..].replace('/', ".")));
                 };
-                push(origin, cfg.to_string());
+                push(String::new(), cfg.to_string());
             }
             "EnvoyExtensionPolicy" => {
                 let wasm = value.pointer("/spec/wasm").and_then(|w| w.as_array());
@@ -156,13 +186,16 @@ fn configs_in(path: &str) -> Result<Vec<Found>, String> {
                     let Some(cfg) = w.get("config") else {
                         return Err(format!("{origin}: spec.wasm[{j}] has no config"));
                     };
-                    push(format!("{origin} wasm[{j}]"), cfg.to_string());
+                    push(format!("wasm[{j}]"), cfg.to_string());
                 }
             }
             "EnvoyFilter" => {
                 let patches = value.pointer("/spec/configPatches").and_then(|p| p.as_array());
                 for (j, cp) in patches.into_iter().flatten().enumerate() {
-                    let tc = cp.pointer("/patch/value/typed_config");
+                    // protobuf JSON: typed_config or typedConfig
+                    let tc = cp
+                        .pointer("/patch/value/typed_config")
+                        .or_else(|| cp.pointer("/patch/value/typedConfig"));
                     let is_wasm = tc.and_then(|t| t.get("@type")).and_then(|t| t.as_str())
                         == Some("type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm");
                     let cfg = tc.and_then(|t| t.pointer("/config/configuration/value"));
@@ -172,7 +205,7 @@ fn configs_in(path: &str) -> Result<Vec<Found>, String> {
                                 "{origin}: configPatches[{j}].patch.value.typed_config.config.configuration.value must be a string"
                             ));
                         };
-                        push(format!("{origin} configPatches[{j}]"), cfg.to_string());
+                        push(format!("configPatches[{j}]"), cfg.to_string());
                     }
                 }
             }
@@ -388,15 +421,23 @@ fn parse_opts(args: &[String], cmd: &str) -> Result<Opts, String> {
 
 fn load_plan(o: &Opts) -> Result<(String, Plan), String> {
     let mut found = configs_in(&o.config)?;
-    if let Some(name) = &o.plugin {
-        found.retain(|f| &f.name == name);
+    let all: Vec<String> = found.iter().map(Found::selector).collect();
+    if let Some(sel) = &o.plugin {
+        found.retain(|f| f.selected_by(sel));
     }
     let f = match found.len() {
         1 => found.remove(0),
-        0 => return Err(format!("{}: no resource named {:?}", o.config, o.plugin.as_deref().unwrap_or(""))),
+        0 => {
+            return Err(format!(
+                "{}: --plugin {:?} selects none of: {}",
+                o.config,
+                o.plugin.as_deref().unwrap_or(""),
+                all.join(", ")
+            ))
+        }
         _ => {
-            let names: Vec<_> = found.iter().map(|f| f.origin.clone()).collect();
-            return Err(format!("several configs, pick one with --plugin NAME: {}", names.join("; ")));
+            let names: Vec<_> = found.iter().map(Found::selector).collect();
+            return Err(format!("several configs, pick one with --plugin: {}", names.join(", ")));
         }
     };
     let plan = config::parse_in(f.json.as_bytes(), &cli_env)
