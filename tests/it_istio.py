@@ -1022,7 +1022,11 @@ def envoyfilter_selects(ef: dict, plugin: dict) -> bool:
     gw = gateways[0]
     waypoint = gw["spec"]["gatewayClassName"] == WAYPOINT_CLASS
     if not refs:
-        labels = {GATEWAY_NAME_LABEL: gw["metadata"]["name"]}
+        # The labels Istio puts on a Gateway's pods (kube-gateway.yaml; the infrastructure
+        # labels are the Gateway's own without spec.infrastructure, deploymentcontroller.go).
+        labels = {**(gw["metadata"].get("labels") or {}),
+                  GATEWAY_NAME_LABEL: gw["metadata"]["name"],
+                  "gateway.networking.k8s.io/gateway-class-name": gw["spec"]["gatewayClassName"]}
         return not waypoint and all(labels.get(k) == v for k, v in wanted.items())
     for r in refs:
         group_kind = (r.get("group", ""), r["kind"])
@@ -1063,6 +1067,8 @@ def it_envoyfilter_selection_follows_istiods_policy_attachment():
                                    gateway_api), "a Gateway API gateway's pods have other labels"
     assert envoyfilter_selects(ef(ns="istio-system", selector={
         GATEWAY_NAME_LABEL: "rag-gateway"}), gateway_api)
+    assert envoyfilter_selects(ef(ns="istio-system", selector={
+        "gateway.networking.k8s.io/gateway-class-name": "istio"}), gateway_api)
 
 
 def _patches(envoyfilters: Sequence[dict], apply_to: str) -> list[dict]:
