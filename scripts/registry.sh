@@ -8,8 +8,10 @@
 # root, no apt-get): the caller may skip what needs it; 1 the install failed.
 set -uo pipefail
 
+say() { echo "registry: $(docker-registry --version 2>&1 | head -n 1) at $(command -v docker-registry)"; }
+
 if command -v docker-registry >/dev/null; then
-  echo "registry: $(docker-registry --version 2>&1 | head -n 1) at $(command -v docker-registry)"
+  say
   exit 0
 fi
 . "$(dirname "$0")/debian.sh"
@@ -17,4 +19,4 @@ debian_can_install docker-registry docker-registry || exit 3
 echo "installing Debian's docker-registry (the Distribution registry, for the image tests)"
 debian_install docker-registry --no-install-recommends || exit 1
 command -v docker-registry >/dev/null || { echo "docker-registry installed but not on PATH" >&2; exit 1; }
-echo "registry: $(docker-registry --version 2>&1 | head -n 1) at $(command -v docker-registry)"
+say

@@ -33,6 +33,7 @@ unquoted all-digit digest would be a YAML number).
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import json
@@ -48,14 +49,15 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import envoy_image  # noqa: E402  (the `docker save` archive writer and SOURCE_DATE_EPOCH)
+import run  # noqa: E402  (the built module's path)
 
 REPO = Path(__file__).resolve().parent.parent
-WASM = REPO / "target" / "wasm32-wasip1" / "release" / "graysplit.wasm"
 MODULE_PATH = "plugin.wasm"
 RECIPE_DIRS = ("istio", "envoy-gateway")
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
+@functools.cache
 def cargo() -> dict:
     return tomllib.loads((REPO / "Cargo.toml").read_text())["package"]
 
@@ -64,6 +66,7 @@ def default_image() -> str:
     return f"graysplit:{cargo()['version']}"
 
 
+@functools.cache
 def revision() -> str:
     """The git commit the module was built from, `-dirty` when the build inputs have changes."""
     def git(*args: str) -> subprocess.CompletedProcess:
@@ -76,7 +79,7 @@ def revision() -> str:
     return head.stdout.strip() + ("-dirty" if dirty.strip() else "")
 
 
-def labels(module: bytes) -> dict[str, str]:
+def labels(module_sha: str) -> dict[str, str]:
     pkg = cargo()
     return {
         "org.opencontainers.image.title": pkg["name"],
@@ -85,7 +88,7 @@ def labels(module: bytes) -> dict[str, str]:
         "org.opencontainers.image.version": pkg["version"],
         "org.opencontainers.image.revision": revision(),
         "org.opencontainers.image.licenses": pkg["license"],
-        "graysplit.wasm.sha256": hashlib.sha256(module).hexdigest(),
+        "graysplit.wasm.sha256": module_sha,
     }
 
 
@@ -101,6 +104,7 @@ def layer_tar(module: bytes) -> bytes:
 def image_archive(image: str, module: bytes) -> tuple[str, bytes]:
     """(image ID, the `docker save` archive of `image` holding `module` as plugin.wasm)."""
     layer = layer_tar(module)
+    module_sha = hashlib.sha256(module).hexdigest()
     diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(envoy_image.epoch()))
     config = {
@@ -108,46 +112,39 @@ def image_archive(image: str, module: bytes) -> tuple[str, bytes]:
         "architecture": "amd64",
         "os": "linux",
         "created": created,
-        "config": {"Labels": labels(module)},
+        "config": {"Labels": labels(module_sha)},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         "history": [{"created": created,
                      "created_by": f"scripts/wasm_image.py: {MODULE_PATH} "
-                                   f"({len(module)} bytes, sha256 "
-                                   f"{hashlib.sha256(module).hexdigest()})"}],
+                                   f"({len(module)} bytes, sha256 {module_sha})"}],
     }
     return envoy_image.save_archive(image, config, layer)
 
 
-def docker(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["docker", *args], input=input, capture_output=True)
-
-
-def image_id(image: str) -> str | None:
-    out = docker("image", "inspect", "--format", "{{.Id}}", image)
-    return out.stdout.decode().strip() if out.returncode == 0 else None
+def docker(*args: str, input: bytes | None = None, text: bool = False
+           ) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", *args], input=input, capture_output=True, text=text)
 
 
 def module_bytes() -> bytes:
-    if not WASM.is_file():
-        raise SystemExit(f"{WASM} is missing: `make build` first")
-    return WASM.read_bytes()
+    run.require_wasm()
+    return run.WASM.read_bytes()
 
 
 def build(image: str) -> str:
     module = module_bytes()
     want, archive = image_archive(image, module)
-    if image_id(image) == want:
+    if envoy_image.loaded_id(image) == want:
         print(f"{image} is up to date: {want} ({len(module):,} byte module)")
         return want
     r = docker("load", input=archive)
     if r.returncode != 0:
         raise SystemExit(f"docker load failed: {r.stderr.decode().strip()}")
-    got = image_id(image)
+    got = envoy_image.loaded_id(image)
     if got != want:
         raise SystemExit(f"docker load gave {image} the ID {got}, not {want}")
     print(f"built {image}: {want}, one layer with {MODULE_PATH} ({len(module):,} bytes, "
-          f"sha256 {hashlib.sha256(module).hexdigest()}), revision "
-          f"{labels(module)['org.opencontainers.image.revision']}")
+          f"sha256 {hashlib.sha256(module).hexdigest()}), revision {revision()}")
     return want
 
 
@@ -174,7 +171,7 @@ def pushed_digest(image: str) -> str | None:
 
 def push(image: str) -> str:
     build(image)
-    r = subprocess.run(["docker", "push", image], capture_output=True, text=True)
+    r = docker("push", image, text=True)
     sys.stdout.write(r.stdout)
     if r.returncode != 0:
         raise SystemExit(f"docker push {image} failed: {r.stderr.strip()}")
@@ -182,9 +179,9 @@ def push(image: str) -> str:
     if not m:
         raise SystemExit(f"docker push printed no manifest digest:\n{r.stdout}")
     digest, size = m.group(1), m.group(2)
-    if pushed_digest(image) != digest:
-        raise SystemExit(f"docker push printed {digest} but Docker recorded "
-                         f"{pushed_digest(image)} for {image}")
+    recorded = pushed_digest(image)
+    if recorded != digest:
+        raise SystemExit(f"docker push printed {digest} but Docker recorded {recorded} for {image}")
     print(f"pushed {image}")
     print(f"manifest digest {digest} ({size} bytes of manifest)")
     print(f"pin it: make istio-pin IMAGE={image}")
@@ -260,6 +257,7 @@ def pin_text(text: str, new: dict[str, str]) -> str:
 
 def pin(root: Path, image: str | None, digest: str | None, module_sha: str) -> list[str]:
     """Pin every recipe under root; returns what changed, one line per file."""
+    digest_hex = digest.split(":", 1)[1] if digest else None
     changed = []
     for path in recipe_files(root):
         text = path.read_text()
@@ -276,7 +274,7 @@ def pin(root: Path, image: str | None, digest: str | None, module_sha: str) -> l
                     raise SystemExit(f"{path}: an image reference without url or sha256 ({url!r}, "
                                      f"{sha!r}); every image recipe pins both")
                 new[url] = image_url(doc, image)
-                new[_scalar(sha)] = digest.split(":", 1)[1]
+                new[_scalar(sha)] = digest_hex
         new = {k: v for k, v in new.items() if k != v}
         if not new:
             continue
@@ -296,6 +294,7 @@ def image_url(doc, image: str) -> str:
 
 def check_pinned(root: Path, image: str | None, digest: str | None, module_sha: str) -> list[str]:
     """What is not pinned as asked after pin() (empty: all of it)."""
+    digest_hex = digest.split(":", 1)[1] if digest else None
     problems = []
     for path in recipe_files(root):
         for doc in yaml.safe_load_all(path.read_text()):
@@ -307,7 +306,7 @@ def check_pinned(root: Path, image: str | None, digest: str | None, module_sha: 
                 continue
             for url, sha in imgs:
                 want = image_url(doc, image)
-                if url != want or sha != digest.split(":", 1)[1]:
+                if url != want or sha != digest_hex:
                     problems.append(f"{path}: {url} {sha!r}, not {want} {digest}")
     return problems
 
@@ -317,7 +316,7 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="docker load the image")
-    b.add_argument("--image", default=default_image())
+    b.add_argument("--image", help="default graysplit:<Cargo version>")
     p = sub.add_parser("push", help="build, docker push, print the manifest digest")
     p.add_argument("--image", required=True)
     n = sub.add_parser("pin", help="write the image, its digest and the module's sha256 into the recipes")
@@ -325,10 +324,12 @@ def main() -> int:
     n.add_argument("--digest", help="the manifest digest (default: Docker's record of the push)")
     n.add_argument("--root", type=Path, default=REPO)
     a = sub.add_parser("archive", help="write the image as a `docker load` archive")
-    a.add_argument("--image", default=default_image())
+    a.add_argument("--image", help="default graysplit:<Cargo version>")
     a.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
 
+    if args.cmd in ("build", "archive"):
+        args.image = args.image or default_image()
     if args.cmd == "build":
         build(args.image)
     elif args.cmd == "push":

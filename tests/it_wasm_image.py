@@ -23,7 +23,6 @@ import os
 import shutil
 import subprocess
 import tarfile
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -78,14 +77,11 @@ class Registry:
     def url(self, path: str) -> str:
         return f"http://{self.host}{path}"
 
-    def ping(self) -> int | None:
+    def ping(self) -> int:
+        """The status of GET /v2/ (wait_until retries while it cannot connect)."""
         if self.proc.poll() is not None:
             raise AssertionError(f"docker-registry exited: {self.log_path.read_text()}")
-        try:
-            with urllib.request.urlopen(self.url("/v2/"), timeout=2) as r:
-                return r.status
-        except (urllib.error.URLError, ConnectionError):
-            return None
+        return run.http_get(self.url("/v2/"))[0]
 
     def get(self, path: str, accept: str | None = None) -> tuple[bytes, dict[str, str]]:
         req = urllib.request.Request(self.url(path))
@@ -232,6 +228,13 @@ def it_the_same_module_and_revision_give_the_same_image_id():
     assert c[0] != a[0]
 
 
+def pin_cli(*args: str) -> subprocess.CompletedProcess:
+    """scripts/wasm_image.py pin, as `make istio-pin` runs it."""
+    return subprocess.run([str(REPO / ".venv" / "bin" / "python"),
+                           str(REPO / "scripts" / "wasm_image.py"), "pin", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
 def pinned_copy(tmp_path: Path) -> Path:
     root = tmp_path / "repo"
     for d in wasm_image.RECIPE_DIRS:
@@ -255,9 +258,7 @@ def it_istio_pin_writes_the_image_and_its_digest_into_every_image_recipe(registr
     before = image_refs(root)
     kinds = {k for _, k, _, _ in before}
     assert {"WasmPlugin", "TrafficExtension", "EnvoyFilter", "EnvoyExtensionPolicy"} <= kinds, kinds
-    r = subprocess.run([str(harness.REPO / ".venv" / "bin" / "python"),
-                        str(REPO / "scripts" / "wasm_image.py"), "pin", "--image", image,
-                        "--root", str(root)], capture_output=True, text=True, timeout=120)
+    r = pin_cli("--image", image, "--root", str(root))
     assert r.returncode == 0, r.stdout + r.stderr
     after = image_refs(root)
     assert len(after) == len(before)
@@ -265,9 +266,9 @@ def it_istio_pin_writes_the_image_and_its_digest_into_every_image_recipe(registr
     for f, kind, url, sha in after:
         want = image if kind == "EnvoyExtensionPolicy" else "oci://" + image
         assert (url, sha) == (want, hexdigest), f
-        # ... and what is pinned is what the registry serves under that name.
-        assert istio_fetch(registry, repo, tag, expected_sha256=sha).module == \
-            harness.WASM.read_bytes()
+    # ... and what is pinned (one image, one digest) is what the registry serves under that name.
+    assert istio_fetch(registry, repo, tag, expected_sha256=hexdigest).module == \
+        harness.WASM.read_bytes()
     # Only those values changed: the same lines, comments included.
     for path in wasm_image.recipe_files(root):
         old = (REPO / path.relative_to(root)).read_text().splitlines()
@@ -286,10 +287,7 @@ def it_istio_pin_writes_the_image_and_its_digest_into_every_image_recipe(registr
 
 def it_istio_pin_without_a_push_says_what_to_do(tmp_path):
     root = pinned_copy(tmp_path)
-    r = subprocess.run([str(harness.REPO / ".venv" / "bin" / "python"),
-                        str(REPO / "scripts" / "wasm_image.py"), "pin", "--image",
-                        "127.0.0.1:1/never/pushed:x", "--root", str(root)],
-                       capture_output=True, text=True, timeout=120)
+    r = pin_cli("--image", "127.0.0.1:1/never/pushed:x", "--root", str(root))
     assert r.returncode != 0
     assert "push it first" in r.stderr and "make wasm-push IMAGE=127.0.0.1:1/never/pushed:x" in r.stderr
 
