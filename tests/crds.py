@@ -212,20 +212,22 @@ def _env_cel(env, where: str) -> list[str]:
             if isinstance(e, dict) and e.get("valueFrom") == "HOST" and "value" in e]
 
 
-def _istio_target(spec: dict, other: str, doc: dict) -> list[str]:
+def _same_ns_refs(spec: dict) -> list[str]:
+    return [f"spec.targetRefs[{i}].namespace: cross namespace referencing is not currently "
+            "supported" for i, ref in enumerate(spec.get("targetRefs") or [])
+            if isinstance(ref, dict) and not _ns_ok(ref)]
+
+
+def _istio_target(spec: dict) -> list[str]:
     errors = []
-    if sum(k in spec for k in (other, "targetRef", "targetRefs")) > 1:
-        errors.append(f"spec: only one of targetRefs or {other} can be set")
-    for i, ref in enumerate(spec.get("targetRefs") or []):
-        if isinstance(ref, dict) and not _ns_ok(ref):
-            errors.append(f"spec.targetRefs[{i}].namespace: cross namespace referencing is not "
-                          "currently supported")
-    return errors
+    if sum(k in spec for k in ("selector", "targetRef", "targetRefs")) > 1:
+        errors.append("spec: only one of targetRefs or selector can be set")
+    return errors + _same_ns_refs(spec)
 
 
 def wasmplugin_cel(doc: dict) -> list[str]:
     spec = doc.get("spec") or {}
-    return (_istio_target(spec, "selector", doc) + _url_cel(spec.get("url"), "spec.url")
+    return (_istio_target(spec) + _url_cel(spec.get("url"), "spec.url")
             + _labels_cel((spec.get("selector") or {}).get("matchLabels"),
                           "spec.selector.matchLabels")
             + _env_cel((spec.get("vmConfig") or {}).get("env"), "spec.vmConfig.env"))
@@ -233,7 +235,7 @@ def wasmplugin_cel(doc: dict) -> list[str]:
 
 def trafficextension_cel(doc: dict) -> list[str]:
     spec = doc.get("spec") or {}
-    errors = _istio_target(spec, "selector", doc)
+    errors = _istio_target(spec)
     if ("wasm" in spec) == ("lua" in spec):
         errors.append("spec: exactly one of wasm or lua must be set")
     wasm = spec.get("wasm") or {}
@@ -252,10 +254,7 @@ def envoyfilter_cel(doc: dict) -> list[str]:
         if isinstance(v, str) and "*" in v:
             errors.append(f"spec.workloadSelector.labels.{k}: wildcard is not supported in "
                           "selector")
-    for i, ref in enumerate(spec.get("targetRefs") or []):
-        if isinstance(ref, dict) and not _ns_ok(ref):
-            errors.append(f"spec.targetRefs[{i}].namespace: cross namespace referencing is not "
-                          "currently supported")
+    errors += _same_ns_refs(spec)
     for i, cp in enumerate(spec.get("configPatches") or []):
         match = (cp or {}).get("match") or {}
         if (match.get("context") == "WAYPOINT") != ("waypoint" in match):

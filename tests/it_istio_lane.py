@@ -2,10 +2,10 @@
 tests istio/: the whole chain of a gray RAG assistant kept on one version, from the ingress
 gateway (the edge) through rag-assistant and the retriever to gray's own vector store.
 
-- CRD validation: every Istio document of istio/lane/*.yaml against Istio 1.30.3's CRDs, with
-  it_istio's strict schemas and CEL rules, plus the one CEL rule of `vmConfig.env` that matters
-  here (no `value` with `valueFrom: HOST`). The CRDs also show what Istio offers for a key:
-  `vmConfig.env` has INLINE and HOST and nothing that reads a Secret (tested below).
+- CRD validation: tests/it_recipes.py validates every document of istio/lane/*.yaml
+  (tests/crds.py: strict schemas and CEL rules, `vmConfig.env`'s included). The CRDs also show
+  what Istio offers for a key: `vmConfig.env` has INLINE and HOST and nothing that reads a
+  Secret (tested below).
 - The chain: one edge, the followers, the hop each follower routes, and the checks that keep
   them one chain (the same baggage key, route header and key source; every version the edge can
   issue known to every follower and routed by its hop's VirtualService to a subset of its own).
@@ -47,6 +47,7 @@ import yaml
 import harness
 import it_istio
 import run  # scripts/run.py (harness puts scripts/ on the path)
+from crds import validate
 from harness import REPO, Envoy, cli, known_versions, user_in
 from it_istio import crds  # noqa: F401  (the fixture: Istio 1.30.3's CRD schemas, strict)
 from upstream import App
@@ -124,12 +125,6 @@ def subsets(version: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- CRD validation
-
-def validate(doc: dict, crds) -> list[str]:
-    """tests/crds.py's validation (strict schema and CEL rules, vmConfig.env's included);
-    tests/it_recipes.py runs it on every document of istio/lane/."""
-    return it_istio.validate(doc, crds)
-
 
 def it_istio_has_no_secret_source_for_a_wasm_vm(crds):
     """What Istio 1.30.3's API offers a Wasm VM, as its CRDs say: `vmConfig.env` entries are a
