@@ -107,7 +107,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
 
 /// A plugin configuration found in a file: where it came from, and its JSON text.
 struct Found {
-    origin: String,
+    path: String,
     /// kind and metadata.name of the resource it came from (empty for a JSON file)
     kind: String,
     name: String,
@@ -117,6 +117,15 @@ struct Found {
 }
 
 impl Found {
+    /// Where it came from, for messages: `PATH`, or `PATH: KIND NAME[ PART]`.
+    fn origin(&self) -> String {
+        match (self.kind.is_empty(), self.part.is_empty()) {
+            (true, _) => self.path.clone(),
+            (false, true) => format!("{}: {} {}", self.path, self.kind, self.name),
+            (false, false) => format!("{}: {} {} {}", self.path, self.kind, self.name, self.part),
+        }
+    }
+
     /// The most specific `--plugin` selector for it: KIND/NAME[/PART].
     fn selector(&self) -> String {
         match self.part.as_str() {
@@ -151,7 +160,7 @@ fn configs_in(path: &str) -> Result<Vec<Found>, String> {
     let text = read_input(path)?;
     if text.trim_start().starts_with('{') {
         return Ok(vec![Found {
-            origin: path.to_string(),
+            path: path.to_string(),
             kind: String::new(),
             name: String::new(),
             part: String::new(),
@@ -166,20 +175,27 @@ fn configs_in(path: &str) -> Result<Vec<Found>, String> {
         let name = value.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("?");
         let origin = format!("{path}: {kind} {name}");
         let mut push = |part: String, json: String| {
-            let origin = if part.is_empty() { origin.clone() } else { format!("{origin} {part}") };
-            found.push(Found { origin, kind: kind.to_string(), name: name.to_string(), part, json });
+            found.push(Found {
+                path: path.to_string(),
+                kind: kind.to_string(),
+                name: name.to_string(),
+                part,
+                json,
+            });
         };
+        let at = match kind {
+            "WasmPlugin" => Some("/spec/pluginConfig"),
+            // a Lua extension has no graysplit config
+            "TrafficExtension" if value.pointer("/spec/wasm").is_some() => Some("/spec/wasm/pluginConfig"),
+            _ => None,
+        };
+        if let Some(at) = at {
+            let Some(cfg) = value.pointer(at) else {
+                return Err(format!("{origin}: has no {}", at[1..].replace('/', ".")));
+            };
+            push(String::new(), cfg.to_string());
+        }
         match kind {
-            "WasmPlugin" | "TrafficExtension" => {
-                let at = if kind == "WasmPlugin" { "/spec/pluginConfig" } else { "/spec/wasm/pluginConfig" };
-                if kind == "TrafficExtension" && value.pointer("/spec/wasm").is_none() {
-                    continue; // a Lua extension
-                }
-                let Some(cfg) = value.pointer(at) else {
-                    return Err(format!("{origin}: has no {}", at[1..].replace('/', ".")));
-                };
-                push(String::new(), cfg.to_string());
-            }
             "EnvoyExtensionPolicy" => {
                 let wasm = value.pointer("/spec/wasm").and_then(|w| w.as_array());
                 for (j, w) in wasm.into_iter().flatten().enumerate() {
@@ -244,7 +260,7 @@ fn check(args: &[String]) -> Result<ExitCode, String> {
                 Ok(plan) => {
                     println!(
                         "{}: ok: stable {}, {} rules, versions {}",
-                        f.origin,
+                        f.origin(),
                         plan.versions.first().map_or("", String::as_str),
                         plan.rule_count(),
                         plan.versions.join(", ")
@@ -253,7 +269,7 @@ fn check(args: &[String]) -> Result<ExitCode, String> {
                 }
                 Err(e) => {
                     bad += 1;
-                    println!("{}: invalid config: {e}", f.origin);
+                    println!("{}: invalid config: {e}", f.origin());
                 }
             }
         }
@@ -420,28 +436,26 @@ fn parse_opts(args: &[String], cmd: &str) -> Result<Opts, String> {
 }
 
 fn load_plan(o: &Opts) -> Result<(String, Plan), String> {
-    let mut found = configs_in(&o.config)?;
-    let all: Vec<String> = found.iter().map(Found::selector).collect();
-    if let Some(sel) = &o.plugin {
-        found.retain(|f| f.selected_by(sel));
+    let found = configs_in(&o.config)?;
+    fn selectors<'a>(fs: impl IntoIterator<Item = &'a Found>) -> String {
+        fs.into_iter().map(Found::selector).collect::<Vec<_>>().join(", ")
     }
-    let f = match found.len() {
-        1 => found.remove(0),
+    let mut picked: Vec<&Found> =
+        found.iter().filter(|f| o.plugin.as_deref().map_or(true, |sel| f.selected_by(sel))).collect();
+    let f = match picked.len() {
+        1 => picked.remove(0),
         0 => {
             return Err(format!(
                 "{}: --plugin {:?} selects none of: {}",
                 o.config,
                 o.plugin.as_deref().unwrap_or(""),
-                all.join(", ")
-            ))
+                selectors(&found)
+            ));
         }
-        _ => {
-            let names: Vec<_> = found.iter().map(Found::selector).collect();
-            return Err(format!("several configs, pick one with --plugin: {}", names.join(", ")));
-        }
+        _ => return Err(format!("several configs, pick one with --plugin: {}", selectors(picked))),
     };
     let plan = config::parse_in(f.json.as_bytes(), &cli_env)
-        .map_err(|e| format!("{}: invalid config: {e}", f.origin))?;
+        .map_err(|e| format!("{}: invalid config: {e}", f.origin()))?;
     if let (Some(body), Some(spec)) = (&o.request.body, &plan.body) {
         if body.len() > spec.max_bytes {
             eprintln!(
@@ -453,10 +467,10 @@ fn load_plan(o: &Opts) -> Result<(String, Plan), String> {
     }
     for v in &o.tripped {
         if !plan.watches.iter().any(|w| !w.stable && plan.version_name(w.version) == v) {
-            return Err(format!("--tripped {v}: no guarded rule of {} splits to {v:?}", f.origin));
+            return Err(format!("--tripped {v}: no guarded rule of {} splits to {v:?}", f.origin()));
         }
     }
-    Ok((f.origin, plan))
+    Ok((f.origin(), plan))
 }
 
 /// The request for user `user` (or none): the user id goes where the config reads it first.
