@@ -58,6 +58,24 @@ def loads(text: str):
     return yaml.load(text, Loader=KubeLoader)
 
 
+# --------------------------------------------------------------------------- Gateway API
+
+def httproute_matches(route: dict) -> list[tuple[dict, dict]]:
+    """(rule, match) of `route` in Gateway API's precedence, for the matches the recipes use
+    (header matches only): more header matches first, then rule order, then match order. A rule without
+    matches matches every request."""
+    ordered = []
+    for i, rule in enumerate(route["spec"]["rules"]):
+        for j, m in enumerate(rule.get("matches") or [{}]):
+            assert set(m) <= {"headers"}, f"rules[{i}].matches[{j}]: extend the model: {set(m)}"
+            for h in m.get("headers") or []:
+                assert h.get("type", "Exact") == "Exact", "only Exact header matches are modelled"
+            ordered.append((-len(m.get("headers") or []), i, j, rule, m))
+    ordered.sort(key=lambda x: x[:3])
+    return [(rule, m) for *_, rule, m in ordered]
+
+
+
 # --------------------------------------------------------------------------- schemas
 
 def strict(schema):

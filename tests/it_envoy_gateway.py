@@ -7,7 +7,8 @@ enabled per route by `typed_per_filter_config` (`envoy.config.route.v3.FilterCon
 HTTP server the test starts (Envoy Gateway serves the module it pulled that way); the policy's
 `config` as a `google.protobuf.StringValue`; `fail_open` from `failOpen`; then
 envoy-gateway/envoypatchpolicy.yaml's JSON patch applied to the listener, as Envoy Gateway applies
-it. Routes come from envoy-gateway/gateway.yaml's HTTPRoute, one Envoy route per rule, in order.
+it. Routes come from envoy-gateway/gateway.yaml's HTTPRoute, one Envoy route per rule match, in
+Gateway API's precedence (crds.httproute_matches).
 Envoy Gateway itself is not run.
 """
 
@@ -15,11 +16,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import http.server
 import json
 import re
-import socketserver
-import threading
 from pathlib import Path
 
 import pytest
@@ -27,7 +25,7 @@ import pytest
 import crds as kube
 import harness
 from harness import REPO, Envoy, bucket, wait_until
-from upstream import Apps, OpenAIApp
+from upstream import App, Apps, OpenAIApp
 
 EG = REPO / "envoy-gateway"
 FILTER_CONFIG = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
@@ -57,40 +55,23 @@ def filter_name(policy: dict, index: int = 0) -> str:
     return f"envoy.filters.http.wasm/envoyextensionpolicy/{md['namespace']}/{md['name']}/wasm/{index}"
 
 
-class ModuleServer:
+class ModuleServer(App):
     """Serves the module at /<sha256>.wasm, as Envoy Gateway's wasm HTTP server does."""
 
     def __init__(self, module: bytes):
         self.module = module
         self.sha = hashlib.sha256(module).hexdigest()
         self.fetches = 0
-        outer = self
+        super().__init__("module")
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                outer.fetches += 1
-                if self.path != f"/{outer.sha}.wasm":
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("content-length", str(len(outer.module)))
-                self.end_headers()
-                self.wfile.write(outer.module)
-
-        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-            daemon_threads = True
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def respond(self, h, body: bytes) -> None:
+        self.fetches += 1
+        found = h.path == f"/{self.sha}.wasm"
+        h.send_response(200 if found else 404)
+        h.send_header("content-length", str(len(self.module) if found else 0))
+        h.end_headers()
+        if found:
+            h.wfile.write(self.module)
 
 
 def json_patch(doc: dict, patch: dict) -> None:
@@ -159,18 +140,16 @@ def rendered(workdir: Path, apps: Apps, module: ModuleServer, *, enabled_rules=N
         }}}
     hcm["http_filters"] = [wasm] + [f for f in hcm["http_filters"]
                                     if f["name"] == "envoy.filters.http.router"]
-    # Routes: one per HTTPRoute rule, in order.
+    # Routes: one per HTTPRoute rule match, in Gateway API's precedence.
     backends = {GRAY: "gray", STABLE: "stable"}
-    svc_version = {}
     routes = []
-    for rule in ROUTE["spec"]["rules"]:
+    for rule, m in kube.httproute_matches(ROUTE):
         svc = rule["backendRefs"][0]["name"]
         version = GRAY if svc.endswith(GRAY.replace(".", "-")) else STABLE
-        svc_version[svc] = version
         match: dict = {"prefix": "/"}
-        for m in rule.get("matches") or []:
+        if m.get("headers"):
             match["headers"] = [{"name": h["name"], "string_match": {"exact": h["value"]}}
-                                for h in m.get("headers", [])]
+                                for h in m["headers"]]
         r = {"name": f"httproute/{ROUTE['metadata']['namespace']}/{ROUTE['metadata']['name']}"
                      f"/rule/{rule['name']}",
              "match": match, "route": {"cluster": backends[version]}}

@@ -32,7 +32,6 @@ import http.server
 import ipaddress
 import json
 import re
-import socket
 import socketserver
 import threading
 from datetime import datetime, timezone
@@ -45,6 +44,7 @@ import yaml
 import harness
 import run  # scripts/run.py (harness puts scripts/ on the path)
 import tokens
+import crds as kube
 from crds import load_crds, validate
 from harness import (DEFAULT_ROUTE_HEADER, REPO, Envoy, bucket, cli, go_float, go_json, go_string,
                      known_versions, user_in)
@@ -497,24 +497,9 @@ def httproute_for(plugin: dict) -> dict | None:
     return found[0]
 
 
-def httproute_matches(route: dict) -> list[tuple[dict, dict]]:
-    """(rule, match) of `route` in Gateway API's precedence, for the matches istio/ uses (header
-    matches only): more header matches first, then rule order, then match order. A rule without
-    matches matches every request."""
-    ordered = []
-    for i, rule in enumerate(route["spec"]["rules"]):
-        for j, m in enumerate(rule.get("matches") or [{}]):
-            assert set(m) <= {"headers"}, f"rules[{i}].matches[{j}]: extend the model: {set(m)}"
-            for h in m.get("headers") or []:
-                assert h.get("type", "Exact") == "Exact", "only Exact header matches are modelled"
-            ordered.append((-len(m.get("headers") or []), i, j, rule, m))
-    ordered.sort(key=lambda x: x[:3])
-    return [(rule, m) for *_, rule, m in ordered]
-
-
 def httproute_pick(route: dict, headers: dict[str, str]) -> tuple[dict | None, dict | None]:
     """The rule (and match) a request with only `headers` takes."""
-    for rule, m in httproute_matches(route):
+    for rule, m in kube.httproute_matches(route):
         if all(headers.get(h["name"].lower()) == h["value"] for h in m.get("headers") or []):
             return rule, m
     return None, None
@@ -569,7 +554,7 @@ def httproute_envoy_routes(route: dict, clusters: dict[str, str]) -> list[dict]:
     """Envoy routes standing in for `route`: one per (rule, match), in precedence order, to the
     cluster of the subset its Service selects (`clusters`: subset -> cluster name)."""
     out = []
-    for rule, m in httproute_matches(route):
+    for rule, m in kube.httproute_matches(route):
         version, problem = backend_version(rule)
         assert version is not None, problem
         match: dict = {"prefix": "/", "headers": [
@@ -1532,42 +1517,22 @@ def waypoint_shaped(doc: dict, share_source: bool = True) -> dict:
     return doc
 
 
-class Tunnel:
-    """An HTTP/1.1 client through a CONNECT tunnel to `target` on `envoy`'s app listener, as
-    ztunnel sends a client's connection to a waypoint (one tunnel per client connection)."""
+class Tunnel(harness.Conn):
+    """harness.Conn through a CONNECT tunnel to `target` on `envoy`'s app listener, as ztunnel
+    sends a client's connection to a waypoint (one tunnel per client connection)."""
 
     def __init__(self, envoy: Envoy, target: str = SERVICE_VIP):
-        self.sock = socket.create_connection(("127.0.0.1", envoy.port), timeout=10)
+        super().__init__(envoy.port)
         self.sock.sendall(f"CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n\r\n".encode())
-        self.file = self.sock.makefile("rb")
-        status = self.file.readline()
-        assert status.split()[1:2] == [b"200"], status
-        while self.file.readline() not in (b"\r\n", b""):
-            pass
-
-    def request(self, method: str, path: str, headers: Sequence[tuple[str, str]] = (),
-                body: bytes = b"") -> tuple[int, dict, str]:
-        head = "".join(f"{k}: {v}\r\n" for k, v in headers)
-        if body:
-            head += f"content-length: {len(body)}\r\n"
-        self.sock.sendall(f"{method} {path} HTTP/1.1\r\nhost: rag-assistant.rag:8080\r\n{head}"
-                          "\r\n".encode() + body)
-        status = int(self.file.readline().split()[1])
-        got: dict[str, str] = {}
-        while (line := self.file.readline()) not in (b"\r\n", b""):
-            k, _, v = line.decode().partition(":")
-            got[k.strip().lower()] = v.strip()
-        text = self.file.read(int(got.get("content-length", "0"))).decode()
-        return status, got, text
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        assert head.split(b" ", 2)[1] == b"200", head
 
     def version(self, path: str = "/", headers: Sequence[tuple[str, str]] = ()) -> str:
-        status, _, body = self.request("GET", path, headers)
-        assert status == 200, (status, body)
-        return body
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
+        r = self.get(path, headers)
+        assert r.status == 200, r
+        return r.text
 
 
 @pytest.fixture
@@ -1609,6 +1574,19 @@ def body_identity(plugin: dict) -> dict:
     return cfg
 
 
+def first_split(cfg: dict) -> tuple[dict, str, int]:
+    """cfg's first split rule, its salt and its cut (the first bucket past its first version)."""
+    ramp = next(r for r in cfg["rules"] if "split" in r)
+    return ramp, ramp.get("salt", ramp["name"]), round(ramp["split"][0]["percent"] * 100)
+
+
+def split_users(cfg: dict) -> tuple[str, str, str, str]:
+    """(the first split version's subset, stable's, a user inside that split, one outside)."""
+    ramp, salt, cut = first_split(cfg)
+    return (subset_for(ramp["split"][0]["version"]), subset_for(cfg["stable"]),
+            user_in(salt, 0, cut), user_in(salt, cut, 10000))
+
+
 def chat(user: str) -> bytes:
     """An OpenAI-style chat body of about 3 KB carrying the user in /user."""
     return json.dumps({"model": "qwen2.5-72b", "user": user, "stream": False, "messages": [
@@ -1645,10 +1623,8 @@ def it_with_the_body_envoyfilter_a_json_body_identity_decides(delivered_envoy, n
     assert envoy.stats("unknown_fields") == {"server.dynamic_unknown_fields": 0,
                                              "server.static_unknown_fields": 0}
 
-    ramp = next(r for r in cfg["rules"] if "split" in r)
-    salt, cut = ramp.get("salt", ramp["name"]), round(ramp["split"][0]["percent"] * 100)
-    gray, stable = subset_for(ramp["split"][0]["version"]), subset_for(cfg["stable"])
-    inside, outside = user_in(salt, 0, cut), user_in(salt, cut, 10000)
+    ramp, _, _ = first_split(cfg)
+    gray, stable, inside, outside = split_users(cfg)
     id_header = next(s["header"] for s in cfg["identity"]["from"] if "header" in s)
     for body_user, header_user, want in ((inside, outside, gray), (outside, inside, stable),
                                          (inside, outside, gray)):
@@ -1674,8 +1650,7 @@ def it_without_the_envoyfilter_a_body_identity_still_answers_with_the_body_intac
     loaded = loaded_wasm_configs(envoy)
     assert set(loaded) == {istiod_filter_name(plugin)}
     assert "allow_on_headers_stop_iteration" not in loaded[istiod_filter_name(plugin)]
-    ramp = next(r for r in cfg["rules"] if "split" in r)
-    salt, cut = ramp.get("salt", ramp["name"]), round(ramp["split"][0]["percent"] * 100)
+    _, salt, cut = first_split(cfg)
     subsets = {s["name"] for dr in RULES for s in dr["spec"]["subsets"]}
     for user in (user_in(salt, 0, cut), user_in(salt, cut, 10000), user_in(salt, 0, cut, "u-"),
                  user_in(salt, cut, 10000, "u-")):
@@ -1712,31 +1687,22 @@ def it_on_a_waypoint_the_trafficextension_decides_for_the_tunnel_s_client(delive
     for rule in cfg["rules"]:     # the ramp as it is, without the calendar's end
         rule.pop("expires_at", None)
     envoy = _waypoint_envoy(delivered_envoy, apps, plugin_config=cfg)
-    ramp = next(r for r in cfg["rules"] if "split" in r)
-    salt, cut = ramp.get("salt", ramp["name"]), round(ramp["split"][0]["percent"] * 100)
-    gray, stable = subset_for(ramp["split"][0]["version"]), subset_for(cfg["stable"])
-    inside, outside = user_in(salt, 0, cut), user_in(salt, cut, 10000)
+    gray, stable, inside, outside = split_users(cfg)
     header = route_header(WAYPOINT_TE)
-    t = Tunnel(envoy)
-    try:
+    with Tunnel(envoy) as t:
         assert t.version("/", [("x-user-id", inside)]) == gray
         assert t.version("/", [("x-user-id", outside)]) == stable
         assert t.version("/", [("x-user-id", outside), (header, "v2.1")]) == stable, "spoofed"
         assert t.version("/", [("x-user-id", outside), ("x-department", "legal")]) == gray
         assert t.version("/", [("x-user-id", outside), ("x-gray-release", "v2.1")]) == gray
-    finally:
-        t.close()
     assert envoy.counter("wasmcustom.graysplit_override_total.result.accepted") == 1
     assert envoy.counter("wasmcustom.graysplit_decisions_total.rule.ramp.version.v2.1") == 1
 
     # Without the tunnel's source shared, graysplit sees an internal address: it trusts none.
     blind = _waypoint_envoy(delivered_envoy, apps, plugin_config=cfg, waypoint="no-source")
-    t = Tunnel(blind)
-    try:
+    with Tunnel(blind) as t:
         assert t.version("/", [("x-user-id", outside), ("x-gray-release", "v2.1")]) == stable
         assert t.version("/", [("x-user-id", inside)]) == gray, "the rest still decides"
-    finally:
-        t.close()
     assert blind.counter("wasmcustom.graysplit_override_total.result.rejected") == 1
 
 
@@ -1749,19 +1715,12 @@ def it_on_a_waypoint_the_body_envoyfilter_lets_a_json_body_decide(delivered_envo
     envoy = _waypoint_envoy(delivered_envoy, apps, [with_configuration(ef, cfg)], cfg)
     assert loaded_wasm_configs(envoy)[extension_config_of(ef)["name"]][
         "allow_on_headers_stop_iteration"] is True
-    ramp = next(r for r in cfg["rules"] if "split" in r)
-    salt, cut = ramp.get("salt", ramp["name"]), round(ramp["split"][0]["percent"] * 100)
-    gray, stable = subset_for(ramp["split"][0]["version"]), subset_for(cfg["stable"])
-    inside, outside = user_in(salt, 0, cut), user_in(salt, cut, 10000)
-    t = Tunnel(envoy)
-    try:
+    gray, stable, inside, outside = split_users(cfg)
+    with Tunnel(envoy) as t:
         for body_user, header_user, want in ((inside, outside, gray), (outside, inside, stable)):
             body = chat(body_user)
-            status, headers, text = t.request(
-                "POST", "/v1/chat/completions",
-                [("content-type", "application/json"), ("x-user-id", header_user)], body)
-            assert (status, text) == (200, want), (status, text, body_user)
-            assert headers["x-body-sha256"] == hashlib.sha256(body).hexdigest(), "body changed"
-    finally:
-        t.close()
+            r = t.request("POST", "/v1/chat/completions",
+                          [("content-type", "application/json"), ("x-user-id", header_user)], body)
+            assert (r.status, r.text) == (200, want), (r, body_user)
+            assert r.header("x-body-sha256") == hashlib.sha256(body).hexdigest(), "body changed"
 
