@@ -638,8 +638,8 @@ def it_trafficextension_is_its_wasmplugin(name, te):
         assert {k: te["spec"].get(k) for k in SELECTION} == \
             {k: wp["spec"].get(k) for k in SELECTION}, "it must select the same proxies"
         # The same name: istiod serves the same Wasm config, only the filter's name differs.
+        a = istiod_plugin_resource(te, "1.30")["typed_config"]["config"]
         for naming in NAMINGS:
-            a = istiod_plugin_resource(te, "1.30")["typed_config"]["config"]
             b = istiod_plugin_resource(wp, naming)["typed_config"]["config"]
             assert {**a, "name": ""} == {**b, "name": ""}
     else:
